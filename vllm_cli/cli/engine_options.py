@@ -1,0 +1,76 @@
+"""The engine flags every subcommand that builds an engine shares (serve, chat, bench).
+
+`@with_engine_options` appends these options to a Typer command's signature and hands the
+command one `engine_args: EngineArgs` built from them, so each flag is declared once, named
+as vLLM names it, with its default coming from EngineArgs. Importing this module imports no
+torch: `vllm-cli --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from typing import Annotated, Optional
+
+import typer
+
+from vllm_cli.config import EngineArgs
+
+_PANEL = "Engine options"
+
+# name -> (annotation, help)
+_ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
+    "tokenizer": (Optional[str], "Tokenizer dir or hub id (default: the model's own)."),
+    "revision": (Optional[str], "Model revision (branch, tag or commit) on the hub."),
+    "trust_remote_code": (bool, "Allow configs/tokenizers that need remote code."),
+    "dtype": (str, "auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint's 16-bit type on CUDA)."),
+    "device": (str, "auto | cpu | cuda."),
+    "load_format": (str, "auto | dummy (random weights from config.json alone, for benchmarks)."),
+    "seed": (int, "Random seed."),
+    "max_model_len": (Optional[int], "Context length (default: the model's)."),
+    "block_size": (int, "Tokens per KV-cache block."),
+    "kv_cache_memory": (Optional[str], "KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM)."),
+    "gpu_memory_utilization": (float, "Share of GPU memory the engine may use."),
+    "max_num_seqs": (int, "Most sequences running at once."),
+    "max_num_batched_tokens": (Optional[int], "Token budget of one step (default 2048)."),
+    "enable_prefix_caching": (bool, "Reuse the KV cache of shared prompt prefixes."),
+    "enable_chunked_prefill": (bool, "Split long prompts into chunks that share steps with decodes."),
+}
+
+
+def _option(name: str, annotation, help_text: str):
+    default = EngineArgs.__dataclass_fields__[name].default
+    flag = "--" + name.replace("_", "-")
+    decls = [f"{flag}/--no-{flag[2:]}"] if annotation is bool else [flag]
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default,
+        annotation=Annotated[annotation, typer.Option(*decls, help=help_text, rich_help_panel=_PANEL,
+                                                      show_default=default is not None)])
+
+
+def with_engine_options(*exclude: str):
+    """Decorate a command taking `model` and `engine_args`; `exclude` drops flags it sets itself."""
+
+    def decorate(func):
+        sig = inspect.signature(func)
+        hints = typing.get_type_hints(func, include_extras=True)  # real objects, not strings
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+               if p.name != "engine_args"]
+        added = [_option(n, a, h) for n, (a, h) in _ENGINE_OPTIONS.items() if n not in exclude and n not in sig.parameters]
+        added_names = [p.name for p in added]
+
+        @functools.wraps(func)
+        def wrapper(**kwargs):
+            values = {n: kwargs.pop(n) for n in added_names}
+            try:
+                engine_args = EngineArgs(model=kwargs.get("model"), **values)
+            except ValueError as e:
+                raise typer.BadParameter(str(e)) from None
+            return func(engine_args=engine_args, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=own + added, return_annotation=None)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + added}
+        return wrapper
+
+    return decorate

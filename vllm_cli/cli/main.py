@@ -1,0 +1,57 @@
+"""The `vllm-cli` Typer app. Subcommands live in their own modules and import the engine
+(torch, transformers) only when they run, so --help, --version and completion are instant."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vllm_cli.version import __version__
+
+app = typer.Typer(
+    name="vllm-cli",
+    help="Serve, chat with and benchmark large language models from one command.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"vllm-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", "-V", callback=_version_callback, is_eager=True,
+                                                    help="Show the version and exit.")] = None,
+) -> None:
+    """Serve, chat with and benchmark large language models from one command."""
+
+
+def _register() -> None:
+    from vllm_cli.cli import generate
+
+    generate.register(app)
+    for name in ("serve", "chat", "bench"):
+        try:
+            module = __import__(f"vllm_cli.cli.{name}", fromlist=["register"])
+        except ModuleNotFoundError as e:
+            if e.name != f"vllm_cli.cli.{name}":
+                raise
+            continue  # that subcommand has not landed yet
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""EngineArgs: every engine setting and its default, in one place.
+
+The CLI subcommands map their flags onto these fields (same names as vLLM's flags with
+dashes turned into underscores); the engine derives everything else from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+LOAD_FORMATS = ("auto", "dummy")
+
+
+@dataclass
+class EngineArgs:
+    model: str | None = None  # local dir, hub id or .gguf file; None: the default model
+    tokenizer: str | None = None  # defaults to the model's own
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    load_format: str = "auto"
+    seed: int = 0
+    max_model_len: int | None = None  # None: the model's own context length
+    block_size: int = 16
+    kv_cache_memory: int | str | None = None  # bytes or "4GiB"; CPU pool size (None: a share of free RAM)
+    gpu_memory_utilization: float = 0.9
+    num_kv_blocks: int | None = None  # explicit pool size, overrides the memory budgets (tests)
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None  # None: chosen from max_model_len
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    chat_template: str | None = None
+    served_model_name: list[str] = field(default_factory=list)
+    skip_tokenizer_init: bool = False
+    disable_log_stats: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {self.load_format!r}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_memory is not None:
+            self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
+        if isinstance(self.served_model_name, str):
+            self.served_model_name = [self.served_model_name]
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "t": 1000**4, "tb": 1000**4}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """'4GiB', '512MB', '2g' or a number of bytes -> bytes."""
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"kv_cache_memory must be > 0, got {value}")
+        return int(value)
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number):]
+    try:
+        result = int(float(number) * _UNITS[unit])
+    except (KeyError, ValueError):
+        raise ValueError(f"kv_cache_memory must be a size such as 4GiB or 512MB, got {value!r}") from None
+    if result <= 0:
+        raise ValueError(f"kv_cache_memory must be > 0, got {value!r}")
+    return result

@@ -1,0 +1,156 @@
+"""AsyncEngine: the LLMEngine's step loop on its own thread, driven from asyncio.
+
+The HTTP server and the chat REPL await `generate()`, an async iterator of RequestOutput
+deltas. The engine thread owns the LLMEngine: requests and aborts reach it through a
+queue and are applied between steps, outputs travel back with call_soon_threadsafe. Torch
+releases the GIL in its kernels, so the event loop keeps serving while a step runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import traceback
+import uuid
+from collections.abc import AsyncIterator
+
+from vllm_cli.config import EngineArgs
+from vllm_cli.engine.llm_engine import LLMEngine, PromptInput
+from vllm_cli.logger import init_logger
+from vllm_cli.outputs import RequestOutput
+from vllm_cli.sampling_params import SamplingParams
+
+logger = init_logger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class _Stream:
+    """Where one request's outputs go: an asyncio queue on the caller's loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, item) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._commands: queue.Queue = queue.Queue()
+        self._streams: dict[str, _Stream] = {}
+        self._stopped = threading.Event()
+        self._dead: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="vllm-cli-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> "AsyncEngine":
+        return cls(LLMEngine.from_engine_args(args))
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and self._dead is None
+
+    # ----- public API (event loop side) -----
+    async def generate(self, prompt: PromptInput, params: SamplingParams, request_id: str | None = None,
+                       prompt_token_ids: list[int] | None = None) -> AsyncIterator[RequestOutput]:
+        """Yield delta outputs until the request finishes. Cancelling the consumer (a client
+        that went away) aborts the request and frees its KV blocks.
+        Raises ValueError for invalid input before anything is queued."""
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine has stopped: {self._dead}")
+        request_id = request_id or uuid.uuid4().hex
+        if prompt_token_ids is None:
+            text, prompt_token_ids = self.engine.process_prompt(prompt)
+        else:
+            text = prompt if isinstance(prompt, str) else None
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        stream = _Stream(asyncio.get_running_loop())
+        self._streams[request_id] = stream
+        self._commands.put(("add", request_id, text, prompt_token_ids, params.clone(output_kind="delta")))
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._commands.put(("abort", request_id))
+
+    async def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self._stopped.set()
+        self._commands.put(("wake",))
+        self._thread.join(timeout)
+
+    def stats(self):
+        return self.engine.stats()
+
+    # ----- engine thread -----
+    def _apply(self, command: tuple) -> None:
+        kind = command[0]
+        if kind == "add":
+            _, request_id, text, ids, params = command
+            stream = self._streams.get(request_id)
+            if stream is None:  # cancelled before it started
+                return
+            try:
+                self.engine.add_request(request_id, text, params, prompt_token_ids=ids)
+            except Exception as e:  # validated already; anything left is reported to the caller
+                stream.put(e)
+        elif kind == "abort":
+            self.engine.abort_request(command[1])
+
+    def _run(self) -> None:
+        engine = self.engine
+        while not self._stopped.is_set():
+            try:
+                block = not engine.has_unfinished_requests()
+                while True:
+                    try:
+                        command = self._commands.get(block=block, timeout=0.5 if block else None)
+                    except queue.Empty:
+                        break
+                    self._apply(command)
+                    block = False
+                if not engine.has_unfinished_requests():
+                    continue
+                outputs = engine.step()
+            except Exception as e:
+                self._fail_in_flight(e)
+                continue
+            for output in outputs:
+                stream = self._streams.get(output.request_id)
+                if stream is not None:
+                    stream.put(output)
+        self._fail_in_flight(EngineDeadError("the engine is shutting down"))
+
+    def _fail_in_flight(self, error: Exception) -> None:
+        """A step failed: every in-flight request gets the error; the engine goes on serving."""
+        if not isinstance(error, EngineDeadError):
+            logger.error("engine step failed; aborting %d requests:\n%s", len(self.engine.requests),
+                         "".join(traceback.format_exception(error)))
+        ids = self.engine.abort_all()
+        for request_id in ids:
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                stream.put(RuntimeError(f"the request failed inside the engine: {error}"))

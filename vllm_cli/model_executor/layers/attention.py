@@ -1,0 +1,161 @@
+"""Paged attention: the interface every backend implements, and the torch backend (CPU).
+
+The KV cache of one layer is a pair of tensors shaped [num_blocks * block_size, num_kv_heads,
+head_dim] ("slots"). A token's KV lives at slot = block_table[pos // block_size] * block_size +
+pos % block_size. Each step the model runner builds one AttentionMetadata for the flat batch;
+every layer then (1) writes the step's new K/V into the cache by slot_mapping and (2) attends
+over each sequence's whole context read back through its block table. Writing before reading
+lets a sequence read blocks another sequence computes in the same step (prefix sharing).
+
+A backend is two functions: build_metadata (once per step) and forward (once per layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class SeqBatchInfo:
+    """What the model runner knows about each scheduled sequence in a step (plain Python)."""
+
+    query_lens: list[int]  # tokens computed this step, per sequence (flat batch order)
+    context_lens: list[int]  # tokens in the cache after this step (computed before + query)
+    block_tables: list[list[int]]
+
+
+@dataclass
+class _Group:
+    """Sequences attended together with one padded SDPA call."""
+
+    token_index: torch.Tensor  # [n] flat token rows of this group (None-free)
+    query_index: torch.Tensor  # [G, Qmax] flat row per padded query position (T = a zero row)
+    out_index: torch.Tensor  # [n] position of each token in the [G * Qmax] padded output
+    kv_slots: torch.Tensor  # [G, Lmax] cache slot per key position (0 where padded)
+    key_pos: torch.Tensor  # [G, Lmax] absolute key positions
+    query_pos: torch.Tensor  # [G, Qmax] absolute query positions
+    valid: torch.Tensor  # [G, Qmax, Lmax] bool: causal and within the context
+    is_decode: bool
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] where each new token's K/V goes
+    num_tokens: int
+    groups: list[_Group]
+    _bias_cache: dict | None = None
+
+
+class TorchAttentionBackend:
+    """Gathers each sequence's K/V through its block table and calls SDPA, batched.
+
+    Decode sequences (one query token) form one group, everything else (prefills and
+    chunks) another, so a step with one long prompt does not pad every decode to its
+    length. The per-step index building is vectorized; per layer it is one gather and
+    one SDPA call per group, independent of the number of sequences.
+    """
+
+    name = "torch"
+
+    def __init__(self, block_size: int, device: torch.device):
+        self.block_size = block_size
+        self.device = device
+
+    def build_metadata(self, info: SeqBatchInfo, slot_mapping: torch.Tensor) -> AttentionMetadata:
+        decode = [i for i, q in enumerate(info.query_lens) if q == 1]
+        prefill = [i for i, q in enumerate(info.query_lens) if q != 1]
+        starts = [0] * len(info.query_lens)
+        total = 0
+        for i, q in enumerate(info.query_lens):
+            starts[i] = total
+            total += q
+        groups = [self._build_group(info, idx, starts, total, is_decode=(idx is decode))
+                  for idx in (decode, prefill) if idx]
+        return AttentionMetadata(slot_mapping=slot_mapping, num_tokens=total, groups=groups)
+
+    def _build_group(self, info: SeqBatchInfo, seqs: list[int], starts: list[int], total: int,
+                     is_decode: bool) -> _Group:
+        dev, bs = self.device, self.block_size
+        qlens = torch.tensor([info.query_lens[i] for i in seqs], dtype=torch.long)
+        ctxs = torch.tensor([info.context_lens[i] for i in seqs], dtype=torch.long)
+        q_start = torch.tensor([starts[i] for i in seqs], dtype=torch.long)
+        qmax, lmax = int(qlens.max()), int(ctxs.max())
+        nblocks = (lmax + bs - 1) // bs
+        tables = torch.zeros(len(seqs), nblocks, dtype=torch.long)
+        for row, i in enumerate(seqs):
+            bt = info.block_tables[i][:nblocks]
+            tables[row, : len(bt)] = torch.tensor(bt, dtype=torch.long)
+        kv_slots = (tables[:, :, None] * bs + torch.arange(bs)).reshape(len(seqs), -1)[:, :lmax]
+        key_pos = torch.arange(lmax).expand(len(seqs), lmax)
+        # Keys past a sequence's context read slot 0 of the null block (always zero), never
+        # stale or uninitialized memory: a masked NaN would still poison softmax @ V.
+        kv_slots = torch.where(key_pos < ctxs[:, None], kv_slots, 0)
+
+        q_offsets = torch.arange(qmax)
+        q_valid = q_offsets[None, :] < qlens[:, None]  # [G, Qmax]
+        query_index = torch.where(q_valid, q_start[:, None] + q_offsets, torch.full_like(q_valid, total, dtype=torch.long))
+        query_pos = ctxs[:, None] - qlens[:, None] + q_offsets[None, :]  # absolute positions
+        valid = (key_pos[:, None, :] <= query_pos[:, :, None]) & (key_pos[:, None, :] < ctxs[:, None, None])
+        # Padded query rows attend to key 0 so SDPA never sees an all-masked row (no NaNs).
+        valid[:, :, 0] |= ~q_valid
+        flat_positions = (torch.arange(len(seqs))[:, None] * qmax + q_offsets[None, :])[q_valid]
+        token_index = query_index[q_valid]
+        return _Group(
+            token_index=token_index.to(dev), query_index=query_index.to(dev), out_index=flat_positions.to(dev),
+            kv_slots=kv_slots.to(dev), key_pos=key_pos.to(dev), query_pos=query_pos.to(dev),
+            valid=valid.to(dev), is_decode=is_decode,
+        )
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+                alibi_slopes: torch.Tensor | None = None, sliding_window: int | None = None) -> torch.Tensor:
+        """q [T, H, D], k/v [T, KVH, D]; caches [num_slots, KVH, D]. Returns [T, H, D]."""
+        k_cache.index_copy_(0, meta.slot_mapping, k)
+        v_cache.index_copy_(0, meta.slot_mapping, v)
+        if len(meta.groups) == 1 and meta.groups[0].token_index.numel() == q.shape[0]:
+            return self._attend_group(q, k_cache, v_cache, meta.groups[0], scale, alibi_slopes, sliding_window)
+        out = torch.empty_like(q)
+        for group in meta.groups:
+            out[group.token_index] = self._attend_group(q, k_cache, v_cache, group, scale, alibi_slopes, sliding_window)
+        return out
+
+    def _attend_group(self, q, k_cache, v_cache, g: _Group, scale, alibi_slopes, sliding_window) -> torch.Tensor:
+        num_heads, head_dim = q.shape[1], q.shape[2]
+        num_kv_heads = k_cache.shape[1]
+        keys = k_cache[g.kv_slots].transpose(1, 2)  # [G, KVH, L, D]
+        values = v_cache[g.kv_slots].transpose(1, 2)
+        valid = g.valid
+        if sliding_window is not None:
+            valid = valid & (g.key_pos[:, None, :] > g.query_pos[:, :, None] - sliding_window)
+        num_seqs = g.query_index.shape[0]
+        if g.is_decode:
+            # One query per sequence: fold the query heads of each KV head into the query
+            # axis, so SDPA needs no repeat of K/V for grouped-query attention.
+            group_size = num_heads // num_kv_heads
+            queries = q[g.token_index].view(num_seqs, num_kv_heads, group_size, head_dim)
+            mask = valid[:, None]  # [G, 1, 1, L]
+            if alibi_slopes is not None:
+                bias = alibi_slopes.view(1, num_kv_heads, group_size, 1) * (g.key_pos - g.query_pos)[:, None, None, :]
+                mask = bias.to(queries.dtype).masked_fill(~mask, float("-inf"))
+            out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
+            return out.reshape(num_seqs, num_heads, head_dim)
+        q_ext = torch.cat([q, q.new_zeros(1, num_heads, head_dim)])
+        queries = q_ext[g.query_index].transpose(1, 2)  # [G, H, Qmax, D]
+        mask = valid[:, None]  # [G, 1, Qmax, L]
+        if alibi_slopes is not None:
+            rel = (g.key_pos[:, None, :] - g.query_pos[:, :, None])[:, None]  # [G, 1, Qmax, L]
+            bias = alibi_slopes.view(1, num_heads, 1, 1) * rel
+            mask = bias.to(queries.dtype).masked_fill(~mask, float("-inf"))
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale,
+                                             enable_gqa=num_heads != num_kv_heads)
+        out = out.transpose(1, 2).reshape(num_seqs * out.shape[2], num_heads, head_dim)
+        return out[g.out_index]
+
+
+def get_attention_backend(name: str, block_size: int, device: torch.device) -> TorchAttentionBackend:
+    if name in ("auto", "torch"):
+        return TorchAttentionBackend(block_size, device)
+    raise ValueError(f"unknown attention backend {name!r}; available: torch")

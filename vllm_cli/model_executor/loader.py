@@ -1,0 +1,95 @@
+"""Build a model from a ModelSource: our implementation, materialized once in the target
+dtype and device, filled from the checkpoint one tensor at a time (or randomly for
+--load-format dummy)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from vllm_cli.logger import init_logger
+from vllm_cli.model_executor.models import get_model_class
+
+logger = init_logger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str, hf_config, device: torch.device) -> torch.dtype:
+    """auto: float32 on CPU; on CUDA the checkpoint's 16-bit type (float16 for float32 checkpoints)."""
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if device.type == "cpu":
+        return torch.float32
+    from vllm_cli.model_executor.weight_utils import checkpoint_dtype
+
+    stored = checkpoint_dtype(hf_config)
+    return stored if stored in (torch.float16, torch.bfloat16) else torch.float16
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def _materialize(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """Replace meta parameters by uninitialized real ones, keeping tied parameters tied."""
+    replaced: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in replaced:
+                target_dtype = dtype if param.is_floating_point() else param.dtype
+                replaced[id(param)] = nn.Parameter(torch.empty(param.shape, dtype=target_dtype, device=device),
+                                                   requires_grad=False)
+            module._parameters[name] = replaced[id(param)]
+    model.to(device)  # buffers (rotary tables, ALiBi slopes) were built on the CPU
+
+
+def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, load_format: str = "auto",
+               seed: int = 0) -> nn.Module:
+    cls = get_model_class(hf_config)
+    start = time.perf_counter()
+    with torch.device("meta"):
+        model = cls(hf_config)
+    _materialize(model, dtype, device)
+    model.eval()
+    params = dict(model.named_parameters())
+    if load_format == "dummy":
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        for param in params.values():
+            # vLLM's dummy weights: small uniform values keep activations finite at any depth.
+            param.data.copy_(torch.empty(param.shape, dtype=torch.float32).uniform_(-1e-3, 1e-3, generator=generator))
+        source_desc = "dummy weights"
+    else:
+        from vllm_cli.model_executor.weight_utils import iterate_weights
+
+        with torch.no_grad():
+            loaded = model.load_weights(iterate_weights(source, hf_config=hf_config))
+        missing = sorted(set(params) - loaded - _tied_names(model))
+        if missing:
+            raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
+        source_desc = source.gguf_file or source.path
+    num_params = sum(p.numel() for p in params.values())
+    size = sum(p.numel() * p.element_size() for p in params.values())
+    logger.info("Loaded %s (%s, %.0fM parameters, %s, %s) in %.1f s; weights take %.2f GiB",
+                source.name, type(model).__name__, num_params / 1e6, str(dtype).removeprefix("torch."),
+                source_desc, time.perf_counter() - start, size / 2**30)
+    return model
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    """Names that alias another parameter (e.g. lm_head.weight tied to the embedding)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            tied.add(name)
+        seen.setdefault(id(param), name)
+    return tied

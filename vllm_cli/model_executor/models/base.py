@@ -1,0 +1,65 @@
+"""What every model implementation provides to the model runner, and shared weight loading."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ForwardContext:
+    """Per-step state every layer reads: the attention backend, its metadata and the caches."""
+
+    backend: Any
+    attn_metadata: Any
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+    extras: dict = field(default_factory=dict)
+    rotary: Any = None
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+
+
+class CausalLM(nn.Module):
+    """Base class: forward(input_ids, positions, ctx) -> final hidden states [T, H];
+    compute_logits(hidden) -> [N, vocab]; load_weights(named tensors) -> names loaded."""
+
+    stacked_params: dict[str, tuple[str, Any]] = {}
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def kv_cache_shape(self) -> tuple[int, int, int]:
+        """(num_layers, num_kv_heads, head_dim)."""
+        raise NotImplementedError
+
+    def shard_slice(self, param_name: str, shard_id, param: torch.Tensor) -> slice:
+        raise NotImplementedError
+
+    def load_stacked_weights(self, weights: Iterable[tuple[str, torch.Tensor]], skip: tuple[str, ...] = ()) -> set[str]:
+        """Copy checkpoint tensors into parameters, mapping split projections onto fused ones."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if any(s in name for s in skip):
+                continue
+            if name == "lm_head.weight" and getattr(self, "tie_word_embeddings", False):
+                continue
+            shard_id = None
+            for fragment, (fused, sid) in self.stacked_params.items():
+                if fragment in name:
+                    name, shard_id = name.replace(fragment, fused), sid
+                    break
+            if name not in params:
+                raise ValueError(f"checkpoint tensor {name!r} has no counterpart in {type(self).__name__}")
+            param = params[name]
+            target = param.data if shard_id is None else param.data[self.shard_slice(name, shard_id, param)]
+            if tuple(target.shape) != tuple(tensor.shape):
+                raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+            target.copy_(tensor)
+            loaded.add(name)
+        return loaded

@@ -1,0 +1,137 @@
+"""The Llama family (Llama 1-3, Mistral, Qwen2, SmolLM2) for a flat batch and a paged KV cache.
+
+Every linear runs once over the whole flat batch of tokens: q/k/v are one fused matmul and so
+are gate/up. Checkpoint names (q_proj, k_proj, ...) are mapped onto the fused weights at load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from vllm_cli.model_executor.layers.common import RMSNorm, RotaryEmbedding, silu_and_mul
+from vllm_cli.model_executor.models.base import CausalLM, ForwardContext
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config, layer_idx: int, qkv_bias: bool):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.scale = self.head_dim**-0.5
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=getattr(config, "attention_bias", False))
+        window = getattr(config, "sliding_window", None)
+        self.sliding_window = window if window and getattr(config, "use_sliding_window", True) else None
+
+    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = ctx.rotary.apply(q.view(-1, self.num_heads, self.head_dim), ctx.cos, ctx.sin)
+        k = ctx.rotary.apply(k.view(-1, self.num_kv_heads, self.head_dim), ctx.cos, ctx.sin)
+        v = v.reshape(-1, self.num_kv_heads, self.head_dim)
+        k_cache, v_cache = ctx.kv_caches[self.layer_idx]
+        out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale,
+                                  sliding_window=self.sliding_window)
+        return self.o_proj(out.view(-1, self.q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {config.hidden_act!r} is not supported for this architecture")
+        bias = getattr(config, "mlp_bias", False)
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config, layer_idx: int, qkv_bias: bool):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, layer_idx, qkv_bias)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), ctx)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config, qkv_bias: bool):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qkv_bias) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(CausalLM):
+    # checkpoint name fragment -> (fused parameter fragment, shard id)
+    stacked_params = {
+        ".q_proj.": (".qkv_proj.", "q"),
+        ".k_proj.": (".qkv_proj.", "k"),
+        ".v_proj.": (".qkv_proj.", "v"),
+        ".gate_proj.": (".gate_up_proj.", 0),
+        ".up_proj.": (".gate_up_proj.", 1),
+    }
+    qkv_bias = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = LlamaModel(config, self.qkv_bias)
+        attn = self.model.layers[0].self_attn
+        self.rotary = RotaryEmbedding(config, attn.head_dim, self.max_position(config))
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @staticmethod
+    def max_position(config) -> int:
+        return int(getattr(config, "max_position_embeddings", 2048))
+
+    def kv_cache_shape(self) -> tuple[int, int, int]:
+        attn = self.model.layers[0].self_attn
+        return len(self.model.layers), attn.num_kv_heads, attn.head_dim
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        ctx.rotary = self.rotary
+        ctx.cos, ctx.sin = self.rotary.cos_sin(positions, self.lm_head.weight.dtype)
+        hidden = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            hidden = layer(hidden, ctx)
+        return self.model.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def shard_slice(self, param_name: str, shard_id, param: torch.Tensor) -> slice:
+        if shard_id in ("q", "k", "v"):
+            attn = self.model.layers[0].self_attn
+            start = {"q": 0, "k": attn.q_size, "v": attn.q_size + attn.kv_size}[shard_id]
+            size = attn.q_size if shard_id == "q" else attn.kv_size
+            return slice(start, start + size)
+        half = param.shape[0] // 2
+        return slice(shard_id * half, (shard_id + 1) * half)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return self.load_stacked_weights(weights, skip=("rotary_emb.inv_freq",))
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    pass
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    qkv_bias = True
