@@ -70,6 +70,7 @@ class AsyncEngine:
         if self._dead is not None:
             raise EngineDeadError(f"the engine has stopped: {self._dead}")
         request_id = request_id or uuid.uuid4().hex
+        self.engine.validate_params(params)
         if prompt_token_ids is None:
             text, prompt_token_ids = self.engine.process_prompt(prompt)
         else:

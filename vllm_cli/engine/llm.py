@@ -44,6 +44,8 @@ class LLM:
                 raise ValueError(f"got {len(prompts)} prompts but {len(params_list)} sampling params")
         # Validate everything before queueing anything: a bad prompt fails the call cleanly.
         processed = [self.engine.process_prompt(p) for p in prompts]
+        for params in params_list:
+            self.engine.validate_params(params)
         ids = []
         for (text, token_ids), params in zip(processed, params_list):
             request_id = str(next(self._counter))

@@ -25,6 +25,7 @@ from vllm_cli.sampling_params import SamplingParams
 logger = init_logger(__name__)
 
 PromptInput = str | list[int] | dict
+MAX_LOGPROBS = 20  # vLLM's default cap on logprobs / prompt_logprobs per position
 
 
 @dataclass
@@ -168,12 +169,19 @@ class LLMEngine:
                              f"{self.max_model_len} tokens (prompt plus at least one generated token)")
         return text, ids
 
+    def validate_params(self, params: SamplingParams) -> None:
+        """Engine-dependent limits SamplingParams cannot check alone. Raises ValueError."""
+        for name in ("logprobs", "prompt_logprobs"):
+            if (getattr(params, name) or 0) > MAX_LOGPROBS:
+                raise ValueError(f"{name} must be at most {MAX_LOGPROBS}, got {getattr(params, name)}")
+
     def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams | None = None,
                     prompt_token_ids: list[int] | None = None) -> Request:
         """Queue a request. Pass prompt_token_ids when the prompt was already processed."""
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = params or SamplingParams()
+        self.validate_params(params)
         if prompt_token_ids is None:
             text, prompt_token_ids = self.process_prompt(prompt)
         else:
@@ -190,8 +198,8 @@ class LLMEngine:
         if params.seed is not None:
             from vllm_cli.engine.sampler import make_generator
 
-            # Choice 0 draws exactly what an n=1 request with this seed draws.
-            seq.generator = make_generator(params.seed if seq.index == 0 else hash((params.seed, seq.index)) & (2**63 - 1))
+            # As vLLM: choice i uses seed + i, so choice 0 matches an n=1 request.
+            seq.generator = make_generator(params.seed + seq.index)
         if self.tokenizer is not None:
             from vllm_cli.engine.detokenizer import IncrementalDetokenizer
 

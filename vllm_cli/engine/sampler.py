@@ -11,7 +11,7 @@ batch, so a seeded request draws the same tokens alone or inside any batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -138,7 +138,8 @@ class Sampler:
             x[torch.tensor(mask_r, device=dev), torch.tensor(mask_t, device=dev)] = _NEG_INF
         # Penalties touch only (row, token) pairs that occurred: sparse updates, no [rows, V] temporaries.
         if rep:
-            r, t, _ = _occurrences([[rows[i].prompt_token_ids, rows[i].output_token_ids] for i in rep], vocab, dev)
+            seqs = [[rows[i].prompt_token_ids, rows[i].output_token_ids] for i in rep]
+            r, t, _ = _occurrences(seqs, vocab, dev)
             r_glob = torch.tensor(rep, device=dev)[r]
             pen = torch.tensor([rows[i].params.repetition_penalty for i in rep], device=dev)[r]
             v = x[r_glob, t]
@@ -155,7 +156,7 @@ class Sampler:
 def _occurrences(
     seqs_per_row: list[list[Sequence[int]]], vocab: int, dev: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Distinct (row, token) pairs in the rows' token sequences and their counts; ids outside the vocab dropped."""
+    """Distinct (row, token) pairs in each row's sequences, with counts; ids outside the vocab dropped."""
     ids: list[torch.Tensor] = []
     lens: list[int] = []
     for seqs in seqs_per_row:
@@ -224,7 +225,7 @@ def _argmax(x: torch.Tensor) -> torch.Tensor:
     return x.max(dim=-1).indices
 
 
-def _on_rows(t: torch.Tensor, idx: list[int], fn) -> None:
+def _on_rows(t: torch.Tensor, idx: list[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Apply fn (which may work in place on its argument) to rows idx of t, in place."""
     if len(idx) == t.shape[0]:
         fn(t)
@@ -247,7 +248,7 @@ _TOP_P_GROWTH = 16  # 256 -> 4096 -> full sort
 
 
 def _top_p(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Zero the tokens outside the smallest set whose cumulative prob reaches top_p (top token always kept)."""
+    """Zero tokens outside the smallest set whose cumulative prob reaches top_p (top token always kept)."""
     vocab = probs.shape[1]
     thr = torch.full_like(top_p, float("nan"))
     todo = torch.ones_like(top_p, dtype=torch.bool)
