@@ -7,17 +7,22 @@ import sys
 
 import typer
 
+# Bad flags or input (ValueError), a model or file that is not there (OSError, including
+# ModelNotFoundError): the user can act on the message, a traceback would only hide it.
+EXPECTED_ERRORS = (ValueError, OSError)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
 
 @contextlib.contextmanager
 def user_errors():
-    """Model not found, bad flag values, unsupported architectures, ...: no traceback."""
     try:
         yield
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    except (ValueError, OSError, RuntimeError) as e:
-        if type(e).__name__ == "ModelNotFoundError" or isinstance(e, (ValueError, OSError)) or "CUDA" in str(e):
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"Error: {message}", file=sys.stderr)
-            raise typer.Exit(1) from None
-        raise
+    except EXPECTED_ERRORS as e:
+        print(f"Error: {one_line(e)}", file=sys.stderr)
+        raise typer.Exit(1) from None

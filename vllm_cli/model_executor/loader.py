@@ -76,6 +76,10 @@ def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, l
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
         source_desc = source.gguf_file or source.path
+    if device.type == "cpu" and dtype == torch.float32:
+        from vllm_cli.model_executor.layers.common import optimize_linears_for_cpu
+
+        optimize_linears_for_cpu(model)
     num_params = sum(p.numel() for p in params.values())
     size = sum(p.numel() * p.element_size() for p in params.values())
     logger.info("Loaded %s (%s, %.0fM parameters, %s, %s) in %.1f s; weights take %.2f GiB",

@@ -12,7 +12,7 @@ A backend is two functions: build_metadata (once per step) and forward (once per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +31,42 @@ class SeqBatchInfo:
 class _Group:
     """Sequences attended together with one padded SDPA call."""
 
-    token_index: torch.Tensor  # [n] flat token rows of this group (None-free)
+    token_index: torch.Tensor  # [n] flat token rows of this group
     query_index: torch.Tensor  # [G, Qmax] flat row per padded query position (T = a zero row)
     out_index: torch.Tensor  # [n] position of each token in the [G * Qmax] padded output
-    kv_slots: torch.Tensor  # [G, Lmax] cache slot per key position (0 where padded)
+    kv_slots: torch.Tensor  # [G * Lmax] cache slot per key position (null block where padded)
     key_pos: torch.Tensor  # [G, Lmax] absolute key positions
     query_pos: torch.Tensor  # [G, Qmax] absolute query positions
     valid: torch.Tensor  # [G, Qmax, Lmax] bool: causal and within the context
     is_decode: bool
+    # Additive float masks ([G, 1|H, Qmax, Lmax]) built on first use and shared by every
+    # layer with the same (sliding window, ALiBi slopes): SDPA is much faster with a float
+    # mask than with a bool one, and building it per layer would cost as much again.
+    masks: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.query_index.shape[0], self.query_index.shape[1], self.key_pos.shape[1]
+
+    def mask(self, dtype: torch.dtype, sliding_window: int | None, alibi_slopes: torch.Tensor | None,
+             num_kv_heads: int) -> torch.Tensor:
+        key = (dtype, sliding_window, None if alibi_slopes is None else id(alibi_slopes))
+        mask = self.masks.get(key)
+        if mask is None:
+            valid = self.valid
+            if sliding_window is not None:
+                valid = valid & (self.key_pos[:, None, :] > self.query_pos[:, :, None] - sliding_window)
+            rel = (self.key_pos[:, None, :] - self.query_pos[:, :, None]).to(dtype)  # [G, Qmax, L]
+            if alibi_slopes is None:
+                mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device)[:, None]
+            elif self.is_decode:  # heads grouped per KV head: [G, KVH, group, L]
+                group = alibi_slopes.numel() // num_kv_heads
+                mask = alibi_slopes.to(dtype).view(1, num_kv_heads, group, 1) * rel
+            else:
+                mask = alibi_slopes.to(dtype).view(1, -1, 1, 1) * rel[:, None]
+            mask = mask.masked_fill(~valid[:, None], float("-inf"))
+            self.masks[key] = mask
+        return mask
 
 
 @dataclass
@@ -46,7 +74,6 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] where each new token's K/V goes
     num_tokens: int
     groups: list[_Group]
-    _bias_cache: dict | None = None
 
 
 class TorchAttentionBackend:
@@ -105,7 +132,7 @@ class TorchAttentionBackend:
         token_index = query_index[q_valid]
         return _Group(
             token_index=token_index.to(dev), query_index=query_index.to(dev), out_index=flat_positions.to(dev),
-            kv_slots=kv_slots.to(dev), key_pos=key_pos.to(dev), query_pos=query_pos.to(dev),
+            kv_slots=kv_slots.reshape(-1).to(dev), key_pos=key_pos.to(dev), query_pos=query_pos.to(dev),
             valid=valid.to(dev), is_decode=is_decode,
         )
 
@@ -125,34 +152,26 @@ class TorchAttentionBackend:
     def _attend_group(self, q, k_cache, v_cache, g: _Group, scale, alibi_slopes, sliding_window) -> torch.Tensor:
         num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[1]
-        keys = k_cache[g.kv_slots].transpose(1, 2)  # [G, KVH, L, D]
-        values = v_cache[g.kv_slots].transpose(1, 2)
-        valid = g.valid
-        if sliding_window is not None:
-            valid = valid & (g.key_pos[:, None, :] > g.query_pos[:, :, None] - sliding_window)
-        num_seqs = g.query_index.shape[0]
+        num_seqs, qmax, lmax = g.shape
+        # index_select on the flat slot list is several times faster than advanced indexing.
+        keys = k_cache.index_select(0, g.kv_slots).view(num_seqs, lmax, num_kv_heads, head_dim).transpose(1, 2)
+        values = v_cache.index_select(0, g.kv_slots).view(num_seqs, lmax, num_kv_heads, head_dim).transpose(1, 2)
+        mask = g.mask(q.dtype, sliding_window, alibi_slopes, num_kv_heads)
         if g.is_decode:
             # One query per sequence: fold the query heads of each KV head into the query
             # axis, so SDPA needs no repeat of K/V for grouped-query attention.
-            group_size = num_heads // num_kv_heads
-            queries = q[g.token_index].view(num_seqs, num_kv_heads, group_size, head_dim)
-            mask = valid[:, None]  # [G, 1, 1, L]
-            if alibi_slopes is not None:
-                bias = alibi_slopes.view(1, num_kv_heads, group_size, 1) * (g.key_pos - g.query_pos)[:, None, None, :]
-                mask = bias.to(queries.dtype).masked_fill(~mask, float("-inf"))
+            queries = q.index_select(0, g.token_index).view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
             out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
             return out.reshape(num_seqs, num_heads, head_dim)
-        q_ext = torch.cat([q, q.new_zeros(1, num_heads, head_dim)])
-        queries = q_ext[g.query_index].transpose(1, 2)  # [G, H, Qmax, D]
-        mask = valid[:, None]  # [G, 1, Qmax, L]
-        if alibi_slopes is not None:
-            rel = (g.key_pos[:, None, :] - g.query_pos[:, :, None])[:, None]  # [G, 1, Qmax, L]
-            bias = alibi_slopes.view(1, num_heads, 1, 1) * rel
-            mask = bias.to(queries.dtype).masked_fill(~mask, float("-inf"))
+        if num_seqs == 1:
+            queries = q.index_select(0, g.token_index)[None].transpose(1, 2)  # no padding needed
+        else:
+            q_ext = torch.cat([q, q.new_zeros(1, num_heads, head_dim)])
+            queries = q_ext[g.query_index].transpose(1, 2)  # [G, H, Qmax, D]
         out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale,
                                              enable_gqa=num_heads != num_kv_heads)
-        out = out.transpose(1, 2).reshape(num_seqs * out.shape[2], num_heads, head_dim)
-        return out[g.out_index]
+        out = out.transpose(1, 2).reshape(num_seqs * qmax, num_heads, head_dim)
+        return out.index_select(0, g.out_index)
 
 
 def get_attention_backend(name: str, block_size: int, device: torch.device) -> TorchAttentionBackend:

@@ -107,7 +107,7 @@ class LlamaForCausalLM(CausalLM):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         ctx.rotary = self.rotary
-        ctx.cos, ctx.sin = self.rotary.cos_sin(positions, self.lm_head.weight.dtype)
+        ctx.cos, ctx.sin = self.rotary.cos_sin(positions, self.model.embed_tokens.weight.dtype)
         hidden = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
             hidden = layer(hidden, ctx)
