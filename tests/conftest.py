@@ -58,6 +58,11 @@ TINY_CONFIGS = {
     "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   tie_word_embeddings=True, use_sliding_window=False),
+    "mpt": dict(model_type="mpt", d_model=64, n_heads=4, n_layers=2, expansion_ratio=4, max_seq_len=512,
+                attn_config={"alibi": True, "alibi_bias_max": 8}),
+    # 6 heads: ALiBi slopes for a head count that is not a power of two.
+    "mpt_6_heads": dict(model_type="mpt", d_model=96, n_heads=6, n_layers=2, expansion_ratio=4, max_seq_len=512,
+                        attn_config={"alibi": True, "alibi_bias_max": 8}),
 }
 
 

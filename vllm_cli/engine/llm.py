@@ -58,10 +58,17 @@ class LLM:
              chat_template: str | None = None, add_generation_prompt: bool = True,
              continue_final_message: bool = False, chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
         """Chat with one conversation (a list of messages) or several (a list of lists)."""
-        from vllm_cli.tokenizer import apply_chat_template
+        from vllm_cli.tokenizer import apply_chat_template, chat_stop_strings
 
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         template = self.resolve_chat_template(chat_template)[0]
+        extra_stops = chat_stop_strings(template)
+        if extra_stops:
+            sampling_params = sampling_params or SamplingParams()
+            if isinstance(sampling_params, SamplingParams):
+                sampling_params = sampling_params.clone(stop=sampling_params.stop + extra_stops)
+            else:
+                sampling_params = [p.clone(stop=p.stop + extra_stops) for p in sampling_params]
         prompts = [
             {"prompt_token_ids": apply_chat_template(
                 self.engine.tokenizer, conv, template, add_generation_prompt=add_generation_prompt,

@@ -88,9 +88,9 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
-        self.kv_cache_tokens = num_blocks * args.block_size
+        self.kv_cache_tokens = self.block_manager.num_usable_blocks * args.block_size
         logger.info("KV cache: %d blocks of %d tokens = %d tokens (%.2f GiB, %s); max_model_len %d",
-                    num_blocks, args.block_size, self.kv_cache_tokens,
+                    self.block_manager.num_usable_blocks, args.block_size, self.kv_cache_tokens,
                     num_blocks * self.runner.kv_cache_bytes_per_block() / 2**30, str(self.dtype).removeprefix("torch."),
                     self.max_model_len)
 
@@ -134,10 +134,10 @@ class LLMEngine:
         else:
             budget = args.kv_cache_memory or _default_cpu_kv_budget()
             num_blocks = int(budget // per_block)
-        min_blocks = -(-self.max_model_len // args.block_size)
+        min_blocks = -(-self.max_model_len // args.block_size) + 1  # + the null block
         if num_blocks < min_blocks:
             raise ValueError(
-                f"the KV cache holds {num_blocks * args.block_size} tokens, fewer than max_model_len "
+                f"the KV cache holds {max(num_blocks - 1, 0) * args.block_size} tokens, fewer than max_model_len "
                 f"({self.max_model_len}): give it more memory (--kv-cache-memory / --gpu-memory-utilization) "
                 f"or lower --max-model-len")
         return num_blocks

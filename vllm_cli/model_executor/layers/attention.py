@@ -61,7 +61,7 @@ class _Group:
                 mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device)[:, None]
             elif self.is_decode:  # heads grouped per KV head: [G, KVH, group, L]
                 group = alibi_slopes.numel() // num_kv_heads
-                mask = alibi_slopes.to(dtype).view(1, num_kv_heads, group, 1) * rel
+                mask = alibi_slopes.to(dtype).view(1, num_kv_heads, group, 1) * rel[:, None]
             else:
                 mask = alibi_slopes.to(dtype).view(1, -1, 1, 1) * rel[:, None]
             mask = mask.masked_fill(~valid[:, None], float("-inf"))

@@ -9,9 +9,12 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "LlamaForCausalLM": ("llama", "LlamaForCausalLM"),
     "MistralForCausalLM": ("llama", "MistralForCausalLM"),
     "Qwen2ForCausalLM": ("llama", "Qwen2ForCausalLM"),
+    "MptForCausalLM": ("mpt", "MptForCausalLM"),
+    "MPTForCausalLM": ("mpt", "MptForCausalLM"),  # the spelling in mosaicml's config.json
 }
 # model_type -> architecture, for configs without `architectures` (e.g. from GGUF metadata)
-_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                "mpt": "MptForCausalLM"}
 
 
 def supported_architectures() -> list[str]:
