@@ -51,8 +51,10 @@ def test_get_tokenizer_from_saved_dir(smollm2_tokenizer, tmp_path):
     assert tok.chat_template == smollm2_tokenizer.chat_template
 
 
-def test_get_tokenizer_accepts_gguf_file_path(smollm2_gguf_path, monkeypatch):
+def test_get_tokenizer_accepts_gguf_file_path(smollm2_gguf_path, monkeypatch, tmp_path):
     import transformers
+
+    monkeypatch.setenv("VLLM_CLI_CACHE_DIR", str(tmp_path))  # an empty GGUF cache: load from the file
 
     seen = {}
 

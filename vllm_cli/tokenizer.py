@@ -21,6 +21,15 @@ FALLBACK_CHAT_TEMPLATE: str = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
+FALLBACK_STOP_STRINGS = ("<|im_end|>",)
+
+
+def chat_stop_strings(chat_template: str) -> list[str]:
+    """Stop strings a chat request needs on top of its own: the fallback template's end marker,
+    which a base model never learned to emit as EOS."""
+    return list(FALLBACK_STOP_STRINGS) if chat_template == FALLBACK_CHAT_TEMPLATE else []
+
+
 # Arguments apply_chat_template owns; chat_template_kwargs may not override them.
 _RESERVED_TEMPLATE_KWARGS = frozenset(
     {"conversation", "chat_template", "tokenize", "return_dict", "return_tensors",
@@ -56,16 +65,28 @@ def get_tokenizer(
 
     from transformers import AutoTokenizer
 
+    # A local .gguf: its converted tokenizer is cached on disk (converting the vocab takes seconds).
+    local_gguf = os.path.join(path, gguf_file) if gguf_file and os.path.isfile(os.path.join(path, gguf_file)) else None
+    if local_gguf:
+        from vllm_cli.model_executor.model_source import load_cached_gguf_tokenizer, save_gguf_tokenizer
+
+        cached = load_cached_gguf_tokenizer(local_gguf, path, trust_remote_code=trust_remote_code)
+        if cached is not None:
+            return cached
+
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if revision is not None:
         kwargs["revision"] = revision
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     try:
-        return AutoTokenizer.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except Exception as e:  # transformers raises many types; the caller wants one readable line
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise OSError(f"cannot load a tokenizer from {where}: {reason}") from e
+    if local_gguf:
+        save_gguf_tokenizer(local_gguf, tokenizer, trust_remote_code=trust_remote_code)  # never raises
+    return tokenizer
 
 
 def resolve_chat_template(tokenizer: Any, chat_template: str | None) -> tuple[str, str]:
