@@ -30,7 +30,7 @@ MAX_LOGPROBS = 20  # vLLM's default cap on logprobs / prompt_logprobs per positi
 
 @dataclass
 class EngineStats:
-    num_running: int
+    num_running: int  # requests with a sequence in the running set (vLLM counts requests)
     num_waiting: int
     kv_cache_usage: float
     num_kv_blocks: int
@@ -73,6 +73,9 @@ class LLMEngine:
                                 load_format=args.load_format, seed=args.seed or 0)
         self.vocab_size = int(self.hf_config.vocab_size)
         self.max_model_len = self._resolve_max_model_len()
+        set_max_model_len = getattr(self.model, "set_max_model_len", None)
+        if set_max_model_len is not None:  # e.g. Phi-3 LongRoPE picks its factors from it
+            set_max_model_len(self.max_model_len)
         self.runner = ModelRunner(self.model, self.device, self.dtype, args.block_size)
 
         num_blocks = self._num_kv_blocks()
@@ -187,6 +190,7 @@ class LLMEngine:
         else:
             text = prompt if isinstance(prompt, str) else None
         request = Request(request_id, text, prompt_token_ids, params)
+        self.prompt_tokens_total += len(prompt_token_ids)  # as vLLM counts: cache hits included
         for seq in request.seqs:
             self._init_sequence(seq)
             self.scheduler.add(seq)
@@ -231,9 +235,6 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if not sched:
             return []
-        for seq, n in sched.scheduled:
-            if seq.num_computed_tokens < seq.num_prompt_tokens:
-                self.prompt_tokens_total += min(n, seq.num_prompt_tokens - seq.num_computed_tokens)
         step_logits = self.runner.execute(sched.scheduled)
         for seq, n in sched.scheduled:
             seq.num_computed_tokens += n
@@ -340,8 +341,9 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         bm = self.block_manager
+        running = {seq.request.request_id for seq in self.scheduler.running}
         return EngineStats(
-            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            num_running=len(running), num_waiting=len(self.requests) - len(running),
             kv_cache_usage=bm.usage, num_kv_blocks=bm.num_blocks,
             prompt_tokens_total=self.prompt_tokens_total, generation_tokens_total=self.generation_tokens_total,
             num_preemptions=self.scheduler.num_preemptions,

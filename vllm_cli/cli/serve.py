@@ -1,0 +1,100 @@
+"""`vllm-cli serve`: the OpenAI-compatible HTTP server (aiohttp) on the in-process engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperCommand
+
+from vllm_cli.cli.engine_options import with_engine_options
+from vllm_cli.cli.errors import user_errors
+from vllm_cli.config import EngineArgs
+
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_SERVER = "Server options"
+
+
+class _ServeCommand(TyperCommand):
+    """Lets `--served-model-name a b c` take several values after one flag, as vLLM's argparse
+    nargs='+' does (Click options take one value each; repeating the flag works too)."""
+
+    def make_parser(self, ctx):
+        parser = super().make_parser(ctx)
+        option = getattr(parser, "_long_opt", {}).get("--served-model-name")
+        if option is not None:  # Click internals; without them only the repeated form works
+            store = option.process
+
+            def greedy(value, state) -> None:
+                store(value, state)
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    store(state.rargs.pop(0), state)
+
+            option.process = greedy
+        return parser
+
+
+def _origins(values: list[str] | None) -> list[str]:
+    """--allowed-origins as vLLM spells it ('["*"]', a JSON list), comma-separated, or repeated."""
+    out: list[str] = []
+    for value in values or []:
+        value = value.strip()
+        if value.startswith("["):
+            try:
+                items = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise typer.BadParameter(f"not a JSON list: {value}", param_hint="--allowed-origins") from e
+            out.extend(str(v) for v in items)
+        else:
+            out.extend(v.strip() for v in value.split(",") if v.strip())
+    return out
+
+
+@with_engine_options()
+def serve(
+    *,
+    model: Annotated[Optional[str], typer.Argument(
+        help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")] = None,
+    host: Annotated[Optional[str], typer.Option(
+        help="Interface to listen on (default: all interfaces).", rich_help_panel=_SERVER)] = None,
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).", rich_help_panel=_SERVER)] = 8000,
+    served_model_name: Annotated[Optional[list[str]], typer.Option(
+        "--served-model-name", metavar="NAME...", rich_help_panel=_SERVER,
+        help="Name(s) clients use in `model` (default: the model's). The first is used in responses "
+             "that do not name one.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        envvar="VLLM_API_KEY", show_default=False, rich_help_panel=_SERVER,
+        help="Require `Authorization: Bearer KEY` (all paths but /health, /metrics, /version).")] = None,
+    chat_template: Annotated[Optional[str], typer.Option(
+        help="Jinja chat template (a file or inline); default: the tokenizer's, else ChatML.",
+        rich_help_panel=_SERVER)] = None,
+    allowed_origins: Annotated[Optional[list[str]], typer.Option(
+        metavar="ORIGINS", help="CORS origins allowed to call the API: '*', a list like '[\"https://a.example\"]' or "
+             "comma-separated (default: none, CORS off).", rich_help_panel=_SERVER)] = None,
+    log_level: Annotated[str, typer.Option(help=" | ".join(_LOG_LEVELS) + ".", rich_help_panel=_SERVER)] = "info",
+    shutdown_timeout: Annotated[float, typer.Option(
+        help="On SIGINT/SIGTERM, seconds in-flight requests get to finish before they are aborted.",
+        rich_help_panel=_SERVER)] = 30.0,
+    engine_args: EngineArgs,
+) -> None:
+    """Serve a model over OpenAI's HTTP API (/v1/chat/completions, /v1/completions, /v1/models, ...)."""
+    if log_level.lower() not in _LOG_LEVELS:
+        raise typer.BadParameter(f"must be one of {', '.join(_LOG_LEVELS)}", param_hint="--log-level")
+    origins = _origins(allowed_origins)
+    with user_errors():
+        import asyncio
+
+        from vllm_cli.entrypoints.openai.api_server import run_server
+        from vllm_cli.logger import set_log_level
+
+        set_log_level(log_level)
+        engine_args = dataclasses.replace(engine_args, served_model_name=list(served_model_name or []),
+                                          chat_template=chat_template)
+        asyncio.run(run_server(engine_args, host=host, port=port, api_key=api_key or None,
+                               allowed_origins=origins, shutdown_timeout=shutdown_timeout))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve", cls=_ServeCommand)(serve)

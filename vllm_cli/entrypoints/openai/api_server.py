@@ -1,0 +1,349 @@
+"""The OpenAI-compatible HTTP server: `build_app(async_engine, ...)` makes the aiohttp app
+(routes, middleware, /openapi.json); `run_server(engine_args, ...)` loads the engine, serves
+it and drains in-flight requests on SIGINT/SIGTERM.
+
+Middleware, outermost first: CORS preflight (before auth: browsers send no credentials on
+preflight), errors (everything leaves as {"error": {...}}), API key. CORS headers on real
+responses are added in on_response_prepare, so streamed responses get them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from vllm_cli.config import EngineArgs
+from vllm_cli.engine.async_engine import AsyncEngine
+from vllm_cli.entrypoints.openai import protocol as p
+from vllm_cli.entrypoints.openai.metrics import Metrics
+from vllm_cli.entrypoints.openai.protocol import APIError, parse_request
+from vllm_cli.entrypoints.openai.serving_chat import ServingChat
+from vllm_cli.entrypoints.openai.serving_completion import ServingCompletion
+from vllm_cli.entrypoints.openai.serving_engine import server_error
+from vllm_cli.logger import init_logger
+from vllm_cli.tokenizer import resolve_chat_template
+from vllm_cli.version import __version__
+
+logger = init_logger(__name__)
+
+MAX_BODY_BYTES = 10 * 2**20  # far above any prompt that fits a context window
+OPEN_PATHS = frozenset({"/health", "/metrics", "/version"})  # no API key needed: probes and scrapers
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ServerState:
+    async_engine: AsyncEngine
+    served_model_names: list[str]
+    chat_template_desc: str
+    metrics: Metrics
+    chat: ServingChat
+    completion: ServingCompletion
+    created: int
+    openapi: dict
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+def build_app(async_engine: AsyncEngine, *, api_key: str | None = None, allowed_origins: Sequence[str] = (),
+              served_model_names: Sequence[str] | None = None,
+              max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
+    """The app for one engine. api_key: required as `Authorization: Bearer KEY` on every path but
+    /health, /metrics and /version. allowed_origins: CORS origins ("*" for any; none: CORS off)."""
+    engine = async_engine.engine
+    names = list(served_model_names or engine.served_model_names)
+    if engine.tokenizer is not None:
+        template, desc = resolve_chat_template(engine.tokenizer, engine.args.chat_template)
+    else:
+        template, desc = "", "none (no tokenizer: chat is unavailable)"
+    metrics = Metrics(async_engine, names[0])
+    common = dict(metrics=metrics, served_model_names=names)
+    state = ServerState(async_engine, names, desc, metrics, ServingChat(async_engine, chat_template=template, **common),
+                        ServingCompletion(async_engine, **common), p.now(), openapi_schema(bool(api_key)))
+
+    app = web.Application(middlewares=[_preflight(list(allowed_origins)), _errors, _auth(api_key)],
+                          client_max_size=max_body_bytes)
+    app[STATE] = state
+    if allowed_origins:
+        app.on_response_prepare.append(_cors_headers(list(allowed_origins)))
+    app.router.add_get("/health", _health)
+    app.router.add_get("/version", _version)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{model:.+}", _model)
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_post("/v1/completions", _completions)
+    app.router.add_post("/tokenize", _tokenize)
+    app.router.add_post("/detokenize", _detokenize)
+    app.router.add_get("/openapi.json", _openapi)
+    return app
+
+
+# ----- middleware -----
+
+def _error_response(error: APIError, headers: dict | None = None) -> web.Response:
+    response = web.json_response(error.to_dict(), status=error.status, headers=headers)
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except APIError as e:
+        return _error_response(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        if e.status in (404, 405):
+            message = f"{e.reason}: {request.method} {request.path}"
+        else:
+            message = e.text.removeprefix(f"{e.status}: ") if e.text else e.reason
+        error = APIError(message, e.status, type="invalid_request_error" if e.status < 500 else "server_error")
+        keep = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
+        return _error_response(error, keep)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        return _error_response(server_error(e))
+
+
+def _auth(api_key: str | None):
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, expected):
+                raise APIError("invalid or missing API key: send it as 'Authorization: Bearer <key>'", 401,
+                               code="invalid_api_key")
+        return await handler(request)
+
+    return auth
+
+
+def _origin_allowed(request: web.Request, origins: list[str]) -> str | None:
+    origin = request.headers.get("Origin")
+    return origin if origin is not None and ("*" in origins or origin in origins) else None
+
+
+def _preflight(origins: list[str]):
+    @web.middleware
+    async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not origins or request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+            return await handler(request)
+        origin = _origin_allowed(request, origins)
+        if origin is None:
+            return _error_response(APIError("CORS: origin not allowed", 403))
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": "*" if "*" in origins else origin,
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin"})
+
+    return preflight
+
+
+def _cors_headers(origins: list[str]):
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        origin = _origin_allowed(request, origins)
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            response.headers["Vary"] = "Origin"
+
+    return add
+
+
+# ----- routes -----
+
+async def _health(request: web.Request) -> web.Response:
+    return web.Response(status=200 if request.app[STATE].async_engine.is_running else 503)
+
+
+async def _version(request: web.Request) -> web.Response:
+    return web.json_response(p.VersionResponse(version=__version__).model_dump())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[STATE].metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _model_card(state: ServerState, name: str) -> p.ModelCard:
+    engine = state.async_engine.engine
+    return p.ModelCard(id=name, created=state.created, root=engine.model_name, max_model_len=engine.max_model_len)
+
+
+async def _models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response(p.ModelList(data=[_model_card(state, n) for n in state.served_model_names]).model_dump())
+
+
+async def _model(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    name = state.chat.model_name(request.match_info["model"])
+    return web.json_response(_model_card(state, name).model_dump())
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    return await request.app[STATE].chat.handle(request)
+
+
+async def _completions(request: web.Request) -> web.StreamResponse:
+    return await request.app[STATE].completion.handle(request)
+
+
+async def _tokenize(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    req = parse_request(p.TokenizeRequest, await request.read())
+    state.chat.model_name(req.model)
+    tokenizer = state.chat.tokenizer
+    if tokenizer is None:
+        raise APIError("this server was started without a tokenizer")
+    if req.messages is not None:
+        ids = state.chat.render([m.to_template_dict() for m in req.messages], req.add_generation_prompt,
+                                req.continue_final_message, req.chat_template_kwargs)
+    else:
+        ids = list(tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens))
+    engine = state.async_engine.engine
+    return web.json_response(p.TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len,
+                                                tokens=ids).model_dump())
+
+
+async def _detokenize(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    req = parse_request(p.DetokenizeRequest, await request.read())
+    state.chat.model_name(req.model)
+    tokenizer = state.chat.tokenizer
+    if tokenizer is None:
+        raise APIError("this server was started without a tokenizer")
+    vocab = len(tokenizer)
+    if any(not 0 <= t < vocab for t in req.tokens):
+        raise APIError(f"token ids must be in [0, {vocab})", param="tokens")
+    return web.json_response(p.DetokenizeResponse(prompt=tokenizer.decode(req.tokens)).model_dump())
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].openapi)
+
+
+def openapi_schema(api_key_required: bool) -> dict:
+    """OpenAPI 3.1 description of every route, from the pydantic models themselves."""
+    requests = [p.ChatCompletionRequest, p.CompletionRequest, p.TokenizeRequest, p.DetokenizeRequest]
+    responses = [p.ChatCompletionResponse, p.ChatCompletionChunk, p.CompletionResponse, p.ModelList, p.ModelCard,
+                 p.TokenizeResponse, p.DetokenizeResponse, p.VersionResponse, p.ErrorResponse]
+    refs, top = models_json_schema([(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
+                                   ref_template="#/components/schemas/{model}")
+
+    def ref(model: type[BaseModel], mode: str = "serialization") -> dict:
+        return refs[(model, mode)]
+
+    def json_body(schema: dict) -> dict:
+        return {"content": {"application/json": {"schema": schema}}}
+
+    errors = {str(code): {"description": desc, **json_body(ref(p.ErrorResponse))} for code, desc in (
+        (400, "Invalid request"), (401, "Missing or wrong API key"), (404, "Unknown model or path"),
+        (413, "Request body too large"), (500, "Failure inside the server"))}
+
+    def post(summary: str, request: type[BaseModel], response: type[BaseModel], stream: bool = False) -> dict:
+        ok = json_body(ref(response))
+        if stream:
+            ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+        return {"post": {"summary": summary, "requestBody": {"required": True, **json_body(ref(request, "validation"))},
+                         "responses": {"200": {"description": "OK", **ok}, **errors}}}
+
+    def get(summary: str, content: dict | None = None, open_: bool = False, **extra) -> dict:
+        op = {"summary": summary, "responses": {"200": {"description": "OK", **(content or {})}, **errors}, **extra}
+        if open_ and api_key_required:
+            op["security"] = []
+        return {"get": op}
+
+    paths = {
+        "/v1/chat/completions": post("Chat completion", p.ChatCompletionRequest, p.ChatCompletionResponse, True),
+        "/v1/completions": post("Text completion", p.CompletionRequest, p.CompletionResponse, True),
+        "/v1/models": get("Served models", json_body(ref(p.ModelList))),
+        "/v1/models/{model}": get("One served model", json_body(ref(p.ModelCard)), parameters=[
+            {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]),
+        "/tokenize": post("Text or messages to token ids", p.TokenizeRequest, p.TokenizeResponse),
+        "/detokenize": post("Token ids to text", p.DetokenizeRequest, p.DetokenizeResponse),
+        "/health": get("200 while the engine runs", open_=True),
+        "/version": get("Server version", json_body(ref(p.VersionResponse)), open_=True),
+        "/metrics": get("Prometheus metrics", {"content": {"text/plain": {"schema": {"type": "string"}}}}, open_=True),
+        "/openapi.json": get("This document", {"content": {"application/json": {"schema": {"type": "object"}}}}),
+    }
+    doc = {"openapi": "3.1.0", "info": {"title": "vllm-cli OpenAI-compatible API", "version": __version__},
+           "paths": paths, "components": {"schemas": top.get("$defs", {})}}
+    if api_key_required:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        doc["security"] = [{"bearer": []}]
+    else:  # no 401 to expect
+        for path in paths.values():
+            for op in path.values():
+                del op["responses"]["401"]
+    return doc
+
+
+# ----- running it -----
+
+def _url(sockname: tuple) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def run_server(engine_args: EngineArgs, *, host: str | None, port: int, api_key: str | None = None,
+                     allowed_origins: Sequence[str] = (), shutdown_timeout: float = 30.0) -> None:
+    """Serve until SIGINT/SIGTERM; then stop accepting, give in-flight requests up to
+    shutdown_timeout seconds to finish, abort the rest and return."""
+    async_engine = AsyncEngine.from_engine_args(engine_args)
+    try:
+        app = build_app(async_engine, api_key=api_key, allowed_origins=allowed_origins)
+        state = app[STATE]
+        access_log = logging.getLogger("vllm_cli.access")
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=shutdown_timeout,
+                               access_log=access_log, access_log_format='%a "%r" %s %b %Tfs')
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            engine = async_engine.engine
+            names = state.served_model_names
+            alias = "" if names == [engine.model_name] else " as " + ", ".join(map(repr, names))
+            logger.info("Serving %s%s on %s (OpenAI API under /v1); chat template: %s; KV cache: %d tokens; "
+                        "max_model_len: %d%s", engine.model_name, alias, ", ".join(_url(a) for a in runner.addresses),
+                        state.chat_template_desc, engine.kv_cache_tokens, engine.max_model_len,
+                        "; API key required" if api_key else "")
+            await _wait_for_signal()
+            logger.info("Shutting down: no new requests; %d in flight get up to %gs to finish",
+                        engine.get_num_unfinished_requests(), shutdown_timeout)
+        finally:
+            await runner.cleanup()
+    finally:
+        async_engine.shutdown()
+    logger.info("Server stopped")
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in signals:  # a second Ctrl-C interrupts the grace period
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,181 @@
+"""What chat and text completions share: the model check, prompt and max_tokens validation,
+request -> SamplingParams, the engine call (with metrics), merging several engine streams,
+and the SSE writer.
+
+Every engine stream is closed with `aclosing`: a client that goes away (a failed write, or
+the handler task cancelled) closes it at once, which aborts the request and frees its KV
+blocks instead of waiting for garbage collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from vllm_cli.engine.async_engine import AsyncEngine, EngineDeadError
+from vllm_cli.entrypoints.openai.metrics import Metrics
+from vllm_cli.entrypoints.openai.protocol import APIError, SamplingRequest
+from vllm_cli.logger import init_logger
+from vllm_cli.outputs import RequestOutput
+from vllm_cli.sampling_params import SamplingParams
+
+logger = init_logger(__name__)
+
+_SAMPLING_FIELDS = frozenset(SamplingParams.__dataclass_fields__)
+
+
+class OpenAIServing:
+    def __init__(self, async_engine: AsyncEngine, metrics: Metrics, served_model_names: list[str]):
+        self.async_engine = async_engine
+        self.engine = async_engine.engine
+        self.tokenizer = self.engine.tokenizer
+        self.metrics = metrics
+        self.served_model_names = served_model_names
+
+    def model_name(self, requested: str | None) -> str:
+        """The name to answer with: the requested one, which must be served, or the first."""
+        if requested is None:
+            return self.served_model_names[0]
+        if requested not in self.served_model_names:
+            raise APIError(f"The model `{requested}` does not exist.", 404, param="model", code="model_not_found")
+        return requested
+
+    def process_prompt(self, prompt: str | list[int], param: str) -> tuple[str | None, list[int]]:
+        try:
+            return self.engine.process_prompt(prompt)
+        except ValueError as e:
+            raise APIError(str(e), param=param) from None
+
+    def max_tokens(self, requested: int | None, prompt_len: int, param: str) -> int:
+        """vLLM's rule: by default, up to the end of the context; asking for more is a 400."""
+        limit = self.engine.max_model_len
+        if requested is None:
+            return limit - prompt_len
+        if prompt_len + requested > limit:
+            raise APIError(f"This model's maximum context length is {limit} tokens. However, you requested "
+                           f"{prompt_len + requested} tokens ({prompt_len} in the messages, {requested} in the "
+                           "completion). Please reduce the length of the messages or completion.", param=param)
+        return requested
+
+    def sampling_params(self, request: SamplingRequest, max_tokens: int, extra_stop: list[str] = (),
+                        **overrides: Any) -> SamplingParams:
+        kwargs = request.sampling_kwargs()
+        if "logit_bias" in kwargs:
+            kwargs["logit_bias"] = self._logit_bias(kwargs["logit_bias"])
+        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        kwargs["stop"] = stop + [s for s in extra_stop if s not in stop]
+        try:
+            params = SamplingParams(max_tokens=max_tokens, **{**kwargs, **overrides})
+            self.engine.validate_params(params)  # the engine's own limits, checked before the stream starts
+            return params
+        except ValueError as e:
+            first_word = str(e).split(" ", 1)[0]
+            raise APIError(str(e), param=first_word if first_word in _SAMPLING_FIELDS else None) from None
+
+    def _logit_bias(self, bias: dict[str, float]) -> dict[int, float]:
+        vocab = self.engine.vocab_size
+        out = {}
+        for key, value in bias.items():
+            try:
+                token = int(key)
+            except ValueError:
+                token = -1
+            if not 0 <= token < vocab:
+                raise APIError(f"logit_bias keys must be token ids in [0, {vocab}), got {key!r}", param="logit_bias")
+            out[token] = min(max(value, -100.0), 100.0)  # OpenAI's range
+        return out
+
+    async def generate(self, prompt_text: str | None, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[RequestOutput]:
+        """The engine's delta outputs for one prompt, timed for /metrics."""
+        timer = self.metrics.track(params.n)
+        finished = False
+        prompt = prompt_text if prompt_text is not None else prompt_ids
+        stream = self.async_engine.generate(prompt, params, request_id, prompt_token_ids=prompt_ids)
+        async with aclosing(stream):
+            try:
+                async for output in stream:
+                    timer.observe(output)
+                    finished = output.finished
+                    yield output
+            finally:
+                if not finished:
+                    timer.aborted()
+
+
+async def merge_streams(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]:
+    """Items of several async generators as they come, tagged with the generator's index.
+    Closing the merged stream closes (aborts) every generator that is still running."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:
+            async for item in only:
+                yield 0, item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, stream) -> None:
+        try:
+            async with aclosing(stream):
+                async for item in stream:
+                    queue.put_nowait((i, item))
+            queue.put_nowait((i, done))
+        except Exception as e:
+            queue.put_nowait((i, e))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _sse(payload: str) -> bytes:
+    return f"data: {payload}\n\n".encode()
+
+
+async def stream_sse(request: web.Request, events: AsyncIterator[BaseModel]) -> web.StreamResponse:
+    """Send each event as `data: {json}`, then `data: [DONE]`. An engine failure mid-stream
+    becomes an error event (the status line is long gone); a client that went away ends it."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    try:
+        async with aclosing(events):
+            try:
+                async for event in events:
+                    await response.write(_sse(event.model_dump_json()))
+            except (ConnectionResetError, asyncio.CancelledError):
+                raise
+            except Exception as e:
+                error = server_error(e)
+                await response.write(_sse(json.dumps(error.to_dict())))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        logger.debug("client went away mid-stream: %s", request.path)
+    return response
+
+
+def server_error(e: Exception) -> APIError:
+    """An unexpected failure: 503 when the engine has stopped, else 500; logged either way."""
+    if isinstance(e, EngineDeadError):
+        return APIError(str(e), 503, type="server_error", code="engine_dead")
+    logger.error("request failed: %s: %s", type(e).__name__, e, exc_info=not isinstance(e, RuntimeError))
+    return APIError(f"the request failed inside the server: {e}", 500, type="server_error")
