@@ -1,0 +1,493 @@
+"""`vllm-cli chat`: the conversation and its slash commands, the REPL (prompt_toolkit pipe
+input and a real pseudo-terminal), piped stdin and -q end to end on a tiny model, and
+--url against a real `vllm-cli serve` behind a proxy that records what the client sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vllm_cli.cli.chat_backends import BackendError, TurnStats
+from vllm_cli.cli.chat_repl import ChatRunner, interactive, make_prompt_session, scripted
+from vllm_cli.cli.chat_session import DEFAULT_PARAMS, CommandError, Conversation, run_command
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "vllm_cli.cli.main"]
+
+
+def _env(tmp_path, **extra) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_DATA_HOME": str(tmp_path / "xdg"),
+            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **extra}
+
+
+def _chat(tmp_path, *args, input: str = "", env: dict | None = None, timeout: float = 180):
+    return subprocess.run([*CLI, "chat", *args], input=input, capture_output=True, text=True, timeout=timeout,
+                          cwd=tmp_path, env=_env(tmp_path, **(env or {})))
+
+
+def _expected_stdout(replies: list[str]) -> str:
+    return "".join(r if r.endswith("\n") else r + "\n" for r in replies)
+
+
+# ----------------------------------------------------------------- conversation and commands
+
+def test_messages_keep_system_first_and_turns_in_order():
+    conv = Conversation(system="translate to Italian")
+    conv.add("user", "hello")
+    conv.add("assistant", "ciao")
+    assert conv.messages == [{"role": "system", "content": "translate to Italian"},
+                             {"role": "user", "content": "hello"}, {"role": "assistant", "content": "ciao"}]
+    assert Conversation().messages == []
+    assert conv.params == DEFAULT_PARAMS
+
+
+def test_system_reset_history_help_exit():
+    conv = Conversation(system="old")
+    conv.add("user", "hi")
+    assert run_command(conv, "/system be brief").note and conv.system == "be brief"
+    assert run_command(conv, "/history").output == "[system] be brief\n[user] hi"
+    run_command(conv, "/reset")
+    assert conv.messages == [{"role": "system", "content": "be brief"}]
+    run_command(conv, "/system")
+    assert conv.messages == [] and run_command(conv, "/history").output == "(no messages)"
+    help_text = run_command(conv, "/help").output
+    for name in ("/system", "/reset", "/history", "/save", "/load", "/params", "/help", "/exit"):
+        assert name in help_text
+    assert run_command(conv, "/exit").exit and run_command(conv, "/quit").exit
+    with pytest.raises(CommandError, match="unknown command /nope"):
+        run_command(conv, "/nope")
+
+
+def test_save_and_load_round_trip_in_openai_shape(tmp_path):
+    conv = Conversation(system="sys")
+    conv.add("user", "q")
+    conv.add("assistant", "a\nmultiline")
+    path = tmp_path / "chat.json"
+    assert "Saved 3 messages" in run_command(conv, f"/save {path}").note
+    assert json.loads(path.read_text()) == conv.messages
+
+    other = Conversation(system="replaced")
+    other.add("user", "gone")
+    assert "Loaded 3 messages" in run_command(other, f"/load {path}").note
+    assert other.messages == conv.messages and other.system == "sys"
+    # OpenAI's request body shape loads too.
+    (tmp_path / "body.json").write_text(json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+    run_command(other, f"/load {tmp_path / 'body.json'}")
+    assert other.messages == [{"role": "user", "content": "x"}] and other.system is None
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "cannot read"),
+    ("{not json", "is not JSON"),
+    ('[{"role": "robot", "content": "x"}]', "needs a role"),
+    ('[{"role": "user", "content": "x"}, {"role": "system", "content": "s"}]', "only the first message"),
+    ('{"messages": 3}', "expected a list"),
+])
+def test_load_rejects_bad_files_and_keeps_the_conversation(tmp_path, content, match):
+    path = tmp_path / "in.json"
+    if content is not None:
+        path.write_text(content)
+    conv = Conversation(system="s")
+    with pytest.raises(CommandError, match=match):
+        run_command(conv, f"/load {path}")
+    assert conv.messages == [{"role": "system", "content": "s"}]
+    with pytest.raises(CommandError, match="usage: /save FILE"):
+        run_command(conv, "/save")
+
+
+def test_params_set_validate_and_reset():
+    conv = Conversation()
+    run_command(conv, "/params temperature=0.2 max_tokens=256 top-p=0.5 stop=[\"a b\", \"c\"] seed=7")
+    assert conv.params == {"temperature": 0.2, "top_p": 0.5, "max_tokens": 256, "stop": ["a b", "c"], "seed": 7}
+    assert run_command(conv, "/params").output == 'temperature=0.2 top_p=0.5 max_tokens=256 stop=["a b", "c"] seed=7'
+    run_command(conv, "/params temperature=null max_tokens=null stop=END")
+    assert conv.params == {"temperature": 0.7, "top_p": 0.5, "stop": "END", "seed": 7}
+    before = dict(conv.params)
+    for bad, match in [("temperature=-1", "temperature must be >= 0"), ("bogus=1", "unknown parameter 'bogus'"),
+                       ("temperature", "expected name=value"), ("top_p=0.1 max_tokens=0", "max_tokens must be")]:
+        with pytest.raises(CommandError, match=match):
+            run_command(conv, f"/params {bad}")
+        assert conv.params == before  # all or nothing
+
+
+# ----------------------------------------------------------------- the runner and the REPL on a fake backend
+
+class FakeBackend:
+    """Records the messages of every turn; replies "reply N" in two deltas."""
+
+    description = "fake"
+
+    def __init__(self, fail_on: str | None = None, interrupt: bool = False):
+        self.calls: list[tuple[list[dict], dict]] = []
+        self.fail_on, self.interrupt = fail_on, interrupt
+
+    async def stream(self, messages, params, stats: TurnStats):
+        self.calls.append((json.loads(json.dumps(messages)), dict(params)))
+        if messages[-1]["content"] == self.fail_on:
+            raise BackendError("the server went away")
+        for delta in ("reply ", str(len(self.calls))):
+            stats.completion_tokens += 1
+            yield delta
+            if self.interrupt:  # a Ctrl-C mid-reply: SIGINT, as the terminal would send it
+                os.kill(os.getpid(), signal.SIGINT)
+                await asyncio.sleep(30)
+        stats.finish_reason = "stop"
+
+    async def aclose(self):
+        pass
+
+
+def _runner(backend, system: str | None = None):
+    return ChatRunner(backend, Conversation(system=system), io.StringIO(), io.StringIO())
+
+
+def test_every_turn_sends_the_whole_history():
+    backend = FakeBackend()
+    runner = _runner(backend, system="sys")
+    assert asyncio.run(scripted(runner, ["first", "/params temperature=0.1", "second"]))
+    assert [messages for messages, _ in backend.calls] == [
+        [{"role": "system", "content": "sys"}, {"role": "user", "content": "first"}],
+        [{"role": "system", "content": "sys"}, {"role": "user", "content": "first"},
+         {"role": "assistant", "content": "reply 1"}, {"role": "user", "content": "second"}],
+    ]
+    assert backend.calls[1][1]["temperature"] == 0.1
+    assert runner.out.getvalue() == "reply 1\nreply 2\n"  # replies only: notes and stats went to err
+    assert "Sampling: temperature=0.1" in runner.err.getvalue()
+    assert re.search(r"\[2 tokens, [\d.]+ tokens/s\]", runner.err.getvalue())
+
+
+def test_scripted_input_stops_at_the_first_failure():
+    backend = FakeBackend(fail_on="boom")
+    runner = _runner(backend)
+    assert not asyncio.run(scripted(runner, ["ok", "boom", "never"]))
+    assert len(backend.calls) == 2 and "Error: the server went away" in runner.err.getvalue()
+    assert runner.conv.messages[-1] == {"role": "assistant", "content": "reply 1"}  # the failed question is dropped
+    assert not asyncio.run(scripted(_runner(FakeBackend()), ["/load /nonexistent.json", "never"]))
+    # Without commands (-q, --whole-input) a leading slash is text; "//" escapes it otherwise.
+    backend = FakeBackend()
+    assert asyncio.run(scripted(_runner(backend), ["/etc/hosts?"], commands=False))
+    assert asyncio.run(scripted(_runner(backend), ["//usr is a dir", "/exit", "never"]))
+    assert [c[0][-1]["content"] for c in backend.calls] == ["/etc/hosts?", "/usr is a dir"]
+
+
+def test_ctrl_c_stops_the_reply_and_keeps_the_session():
+    backend = FakeBackend(interrupt=True)
+    runner = _runner(backend)
+
+    async def session():
+        first = await runner.turn("tell me a long story", interruptible=True)
+        backend.interrupt = False
+        second = await runner.turn("and then?", interruptible=True)
+        return first, second, signal.getsignal(signal.SIGINT)
+
+    first, second, handler = asyncio.run(session())
+    assert handler is signal.default_int_handler  # SIGINT is handed back once the reply is done
+    assert first.interrupted and first.text == "reply " and not second.interrupted
+    assert [m["content"] for m in runner.conv.messages] == ["tell me a long story", "reply ", "and then?", "reply 2"]
+    assert "stopped]" in runner.err.getvalue()
+
+
+def test_repl_with_pipe_input(tmp_path):
+    from prompt_toolkit.history import FileHistory
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    backend = FakeBackend()
+    runner = _runner(backend, system="sys")
+    with create_pipe_input() as pipe:
+        # Esc-Enter adds a line break; Ctrl-C at the prompt drops the line; Ctrl-D leaves.
+        pipe.send_text("hello\r/params max_tokens=9\rline one\x1b\rline two\rdiscarded\x03/history\r\x04")
+        session = make_prompt_session(input=pipe, output=DummyOutput(), history=FileHistory(tmp_path / "h"))
+        asyncio.run(interactive(runner, session))
+    assert [c[0][-1]["content"] for c in backend.calls] == ["hello", "line one\nline two"]
+    assert backend.calls[1][1]["max_tokens"] == 9
+    assert runner.out.getvalue() == ("reply 1\nreply 2\n[system] sys\n[user] hello\n[assistant] reply 1\n"
+                                     "[user] line one\nline two\n[assistant] reply 2\n")
+    assert "+line one\n+line two\n" in (tmp_path / "h").read_text()  # persistent history keeps both lines
+
+
+# ----------------------------------------------------------------- the engine in this process
+
+@pytest.fixture(scope="module")
+def engine_backend(tiny_llama_dir):
+    from vllm_cli.cli.chat_backends import EngineBackend
+    from vllm_cli.config import EngineArgs
+
+    backend = EngineBackend(EngineArgs(model=tiny_llama_dir, kv_cache_memory="64MiB"))
+    yield backend
+    asyncio.run(backend.aclose())
+
+
+def test_engine_backend_applies_the_template_to_the_whole_history(engine_backend, monkeypatch):
+    seen = []
+    real = engine_backend.prompt_ids
+    monkeypatch.setattr(engine_backend, "prompt_ids", lambda messages: seen.append(messages) or real(messages))
+    runner = _runner(engine_backend, system="You are a pirate.")
+    runner.conv.params["max_tokens"] = 6
+    assert asyncio.run(scripted(runner, ["Ahoy", "Where is the gold?"]))
+    first_reply = runner.conv.messages[2]["content"]
+    assert seen[1] == [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Ahoy"},
+                       {"role": "assistant", "content": first_reply}, {"role": "user", "content": "Where is the gold?"}]
+    prompt = engine_backend.engine.tokenizer.decode(real(seen[1]))
+    assert "You are a pirate." in prompt and first_reply.strip() in prompt and prompt.endswith("assistant\n")
+    assert "[6 tokens" in runner.err.getvalue() and engine_backend.extra_stop == []
+
+
+def test_engine_backend_abort_on_close(engine_backend):
+    async def first_delta_then_close():
+        stats = TurnStats()
+        stream = engine_backend.stream([{"role": "user", "content": "Go on forever"}], {}, stats)
+        await anext(stream)
+        await stream.aclose()  # what Ctrl-C does to the reply
+        for _ in range(100):
+            if not engine_backend.engine.engine.has_unfinished_requests():
+                return stats
+            await asyncio.sleep(0.05)
+        raise AssertionError("the request was not aborted")
+
+    assert asyncio.run(first_delta_then_close()).completion_tokens >= 1
+
+
+def test_engine_backend_too_long_conversation_is_a_turn_error(engine_backend):
+    runner = _runner(engine_backend)
+    assert not asyncio.run(scripted(runner, ["word " * 600]))
+    assert "maximum context length" in runner.err.getvalue() and runner.conv.messages == []
+
+
+def test_fallback_template_stops_at_im_end(tiny_llama_dir):
+    from vllm_cli.cli.chat_backends import EngineBackend
+    from vllm_cli.config import EngineArgs
+    from vllm_cli.tokenizer import FALLBACK_CHAT_TEMPLATE
+
+    backend = EngineBackend(EngineArgs(model=tiny_llama_dir, kv_cache_memory="16MiB",
+                                       chat_template=FALLBACK_CHAT_TEMPLATE))
+    try:
+        assert backend.extra_stop == ["<|im_end|>"]
+        ids = backend.prompt_ids([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
+        assert backend.engine.tokenizer.decode(ids).startswith("<|im_start|>system\nS<|im_end|>")
+    finally:
+        asyncio.run(backend.aclose())
+
+
+def _invoke(*args: str, input: str = ""):
+    """The CLI in this process (the engine loads in well under a second once torch is imported)."""
+    from typer.testing import CliRunner
+
+    from vllm_cli.cli.main import app
+
+    level = logging.getLogger("vllm_cli").level
+    try:
+        return CliRunner().invoke(app, ["chat", *args], input=input)
+    finally:
+        logging.getLogger("vllm_cli").setLevel(level)  # chat quiets the logger; other tests expect it as it was
+
+
+def test_whole_input_is_one_turn(tiny_llama_dir, monkeypatch):
+    from vllm_cli.cli.chat_backends import EngineBackend
+
+    seen = []
+    real = EngineBackend.prompt_ids
+    monkeypatch.setattr(EngineBackend, "prompt_ids", lambda self, messages: seen.append(messages) or real(self, messages))
+    result = _invoke(tiny_llama_dir, "--whole-input", "--max-tokens", "3", "-s", "S", "--kv-cache-memory", "16MiB",
+                     input="/not a command\nline two\n")
+    assert result.exit_code == 0, result.output
+    assert seen == [[{"role": "system", "content": "S"}, {"role": "user", "content": "/not a command\nline two"}]]
+
+
+def test_quick_sends_one_message_and_exits(tiny_llama_dir):
+    result = _invoke(tiny_llama_dir, "-q", "Hi there", "--max-tokens", "4", "--temperature", "0",
+                     "--kv-cache-memory", "16MiB", input="ignored\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() and result.stdout.endswith("\n") and result.stderr.count("[4 tokens") == 1
+
+
+def test_unknown_model_dir_is_one_line(tmp_path):
+    result = _invoke(str(tmp_path / "no-such-model"), "-q", "hi")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: ") and "no-such-model" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------- end to end: the CLI on a tiny model
+
+def test_piped_stdin_each_line_a_turn_replies_only_on_stdout(tiny_llama_dir, tmp_path):
+    out = _chat(tmp_path, tiny_llama_dir, "--system", "You are a pirate.", "--max-tokens", "6",
+                "--kv-cache-memory", "64MiB", input="Hello\n\nAnd then?\n/save chat.json\n")
+    assert out.returncode == 0, out.stderr
+    messages = json.loads((tmp_path / "chat.json").read_text())
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert messages[0]["content"] == "You are a pirate." and messages[3]["content"] == "And then?"
+    assert out.stdout == _expected_stdout([messages[2]["content"], messages[4]["content"]])
+    assert out.stderr.count("[6 tokens") == 2 and "Saved 5 messages" in out.stderr
+    assert "INFO" not in out.stderr  # the engine's start-up lines stay quiet in chat
+
+
+def test_repl_in_a_pseudo_terminal(tiny_llama_dir, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    # prompt_toolkit switches bracketed paste on once it reads keys in raw mode: the prompt is ready.
+    ready = re.escape("\x1b[?2004h")
+    child = pexpect.spawn(sys.executable, ["-m", "vllm_cli.cli.main", "chat", tiny_llama_dir, "-s", "You are terse.",
+                                           "--kv-cache-memory", "64MiB"],
+                          cwd=str(tmp_path), env=_env(tmp_path, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1"),
+                          encoding="utf-8", timeout=120, dimensions=(50, 250))
+    try:
+        child.expect("Ctrl-D leaves")
+        child.expect(ready)
+        child.sendline("Tell me a long story")
+        child.expect(re.escape("\x1b[?2004l"))  # the line went in; the reply streams (up to the whole context)
+        child.expect(r"[A-Za-z]")
+        child.sendintr()
+        child.expect(r"\[\d+ tokens?, [\d.]+ tokens/s, stopped\]")
+        for command, answer in [("/save saved.json", "Saved 3 messages"), ("/reset", "system message kept"),
+                                ("/history", r"\[system\] You are terse\.\r\n"), ("/load saved.json", "Loaded 3"),
+                                ("/history", r"\[user\] Tell me a long story"), ("/params max_tokens=3", "max_tokens=3")]:
+            child.expect(ready)
+            child.sendline(command)
+            child.expect(answer)
+        child.expect(ready)
+        child.send("first line\x1b\rsecond line\r")  # Esc-Enter: a line break inside one message
+        child.expect(r"\[3 tokens, [\d.]+ tokens/s, cut at the token limit\]")
+        child.expect(ready)
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    saved = json.loads((tmp_path / "saved.json").read_text())
+    assert [m["role"] for m in saved] == ["system", "user", "assistant"] and saved[2]["content"].strip()
+    history = (tmp_path / "xdg" / "vllm-cli" / "chat_history").read_text()
+    assert "+Tell me a long story" in history and "+first line\n+second line" in history
+
+
+# ----------------------------------------------------------------- --url: a real `vllm-cli serve`
+
+API_KEY = "sk-chat-test"
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_llama_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "log"
+    cmd = [*CLI, "serve", tiny_llama_dir, "--host", "127.0.0.1", "--port", "0", "--kv-cache-memory", "64MiB",
+           "--served-model-name", "tiny-a", "tiny-b"]
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+                                env=_env(log.parent, VLLM_API_KEY=API_KEY))
+    deadline = time.monotonic() + 180
+    while not (m := re.search(r" on (http://127\.0\.0\.1:\d+) ", log.read_text(errors="replace"))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the server did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+    yield m.group(1)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+class RecordingProxy:
+    """Forwards /v1/* to the server and keeps the JSON bodies of chat completion requests."""
+
+    def __init__(self, upstream: str):
+        from aiohttp import ClientSession, web
+
+        self.upstream, self.bodies = upstream, []
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def forward(request: web.Request) -> web.Response:
+            body = await request.read()
+            if request.path.endswith("/chat/completions"):
+                self.bodies.append(json.loads(body))
+            headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+            async with ClientSession() as session:
+                async with session.request(request.method, upstream + request.path_qs, data=body,
+                                           headers=headers) as r:
+                    return web.Response(body=await r.read(), status=r.status,
+                                        content_type=r.content_type)
+
+        async def start():
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", forward)
+            self.runner = web.AppRunner(app)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+            started.set()
+
+        def run():
+            self.loop.run_until_complete(start())
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert started.wait(10)
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_url_mode_sends_the_whole_conversation_to_a_real_server(server_url, tmp_path):
+    proxy = RecordingProxy(server_url)
+    try:
+        out = _chat(tmp_path, "--url", proxy.url, "-s", "You are a pirate.", "--max-tokens", "5",
+                    input="Hello\n/params temperature=0 top_k=5\nAnd then?\n/history\n",
+                    env={"VLLM_API_KEY": API_KEY}, timeout=60)
+    finally:
+        proxy.close()
+    assert out.returncode == 0, out.stderr
+    first, second = proxy.bodies
+    assert first["model"] == "tiny-a" and first["stream"] is True and first["max_tokens"] == 5
+    assert second["messages"][:2] == [{"role": "system", "content": "You are a pirate."},
+                                      {"role": "user", "content": "Hello"}]
+    reply = second["messages"][2]
+    assert reply["role"] == "assistant" and second["messages"][3] == {"role": "user", "content": "And then?"}
+    assert second["temperature"] == 0 and second["top_k"] == 5  # vLLM's extra sampling fields ride in the body
+    assert out.stdout.startswith(_expected_stdout([reply["content"]]))
+    assert "[assistant] " + reply["content"] in out.stdout  # /history, asked for, goes to stdout too
+    assert out.stderr.count("[5 tokens") == 2
+
+
+def test_url_mode_named_model_and_wrong_key(server_url, tmp_path):
+    out = _chat(tmp_path, "--url", f"{server_url}/v1", "--model-name", "tiny-b", "-q", "hi", "--max-tokens", "2",
+                env={"VLLM_API_KEY": API_KEY})
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    out = _chat(tmp_path, "--url", f"{server_url}/v1", "-q", "hi", "--api-key", "wrong")
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith("Error: the server at") and "refused the API key" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_url_mode_unreachable_server_is_one_line_and_imports_no_engine(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        code = ("import runpy, sys, atexit\n"
+                "atexit.register(lambda: print('HEAVY', [m for m in ('torch', 'transformers') if m in sys.modules],"
+                " file=sys.stderr))\n"
+                f"sys.argv = ['vllm-cli', 'chat', '--url', 'http://127.0.0.1:{port}/v1', '-q', 'hi']\n"
+                "runpy.run_module('vllm_cli.cli.main', run_name='__main__')")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env=_env(tmp_path))
+    assert out.returncode == 1 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert lines[0].startswith(f"Error: cannot reach the server at http://127.0.0.1:{port}/v1")
+    assert lines[1:] == ["HEAVY []"]

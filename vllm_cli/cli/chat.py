@@ -1,0 +1,122 @@
+"""`vllm-cli chat`: talk to a model in the terminal, in-process or through a server (--url).
+
+Only Typer is imported here; the engine, prompt_toolkit and openai load inside the command,
+so `vllm-cli --help` and shell completion stay instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from vllm_cli.cli.engine_options import with_engine_options
+from vllm_cli.cli.errors import one_line, user_errors
+from vllm_cli.config import EngineArgs
+
+_CHAT = "Chat options"
+_REMOTE = "Remote server (--url)"
+_SAMPLING = "Sampling (change later with /params)"
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@with_engine_options()
+def chat(
+    *,
+    model: Annotated[Optional[str], typer.Argument(
+        help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct). With --url: the served "
+             "model's name.")] = None,
+    system: Annotated[Optional[str], typer.Option(
+        "--system", "--system-prompt", "-s", help="System message, e.g. 'translate to Italian'.",
+        rich_help_panel=_CHAT)] = None,
+    quick: Annotated[Optional[str], typer.Option(
+        "--quick", "-q", metavar="MESSAGE", help="Send one message, print the reply, exit.",
+        rich_help_panel=_CHAT)] = None,
+    whole_input: Annotated[bool, typer.Option(
+        "--whole-input", help="With piped stdin: all of it is one message (default: each line is one).",
+        rich_help_panel=_CHAT)] = False,
+    stats: Annotated[bool, typer.Option(
+        "--stats/--no-stats", help="Print tokens and tokens/s after each reply (on stderr).",
+        rich_help_panel=_CHAT)] = True,
+    chat_template: Annotated[Optional[str], typer.Option(
+        help="Jinja chat template (a file or inline); default: the tokenizer's, else ChatML.",
+        rich_help_panel=_CHAT)] = None,
+    log_level: Annotated[Optional[str], typer.Option(
+        help=" | ".join(_LOG_LEVELS) + " (default: warning, so that the chat stays readable).",
+        rich_help_panel=_CHAT)] = None,
+    url: Annotated[Optional[str], typer.Option(
+        help="Chat with an OpenAI-compatible server instead, e.g. http://localhost:8000/v1.",
+        rich_help_panel=_REMOTE)] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        envvar=["VLLM_API_KEY", "OPENAI_API_KEY"], show_default=False, help="The server's API key.",
+        rich_help_panel=_REMOTE)] = None,
+    model_name: Annotated[Optional[str], typer.Option(
+        help="The served model to use (default: the first the server lists).", rich_help_panel=_REMOTE)] = None,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.", rich_help_panel=_SAMPLING)] = 0.7,
+    top_p: Annotated[float, typer.Option(rich_help_panel=_SAMPLING)] = 0.95,
+    max_tokens: Annotated[Optional[int], typer.Option(
+        help="Longest reply (default: up to the end of the context).", rich_help_panel=_SAMPLING)] = None,
+    engine_args: EngineArgs,
+) -> None:
+    """Chat with a model in the terminal: a REPL that keeps the conversation (/help lists its commands).
+
+    Piped stdin: each line is a message and only the replies reach stdout.
+    """
+    if log_level is not None and log_level.lower() not in _LOG_LEVELS:
+        raise typer.BadParameter(f"must be one of {', '.join(_LOG_LEVELS)}", param_hint="--log-level")
+    with user_errors():
+        import asyncio
+
+        from vllm_cli.cli.chat_session import CommandError, Conversation
+
+        conv = Conversation(system=system)
+        try:
+            conv.update_params({"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens})
+        except CommandError as e:
+            raise typer.BadParameter(str(e)) from None
+        interactive = quick is None and sys.stdin.isatty()
+        engine_args = dataclasses.replace(engine_args, chat_template=chat_template)
+        ok = asyncio.run(_main(conv, engine_args, url=url, api_key=api_key, model_name=model_name or model,
+                               quick=quick, whole_input=whole_input, interactive=interactive, stats=stats,
+                               log_level=log_level))
+    if not ok:
+        raise typer.Exit(1)
+
+
+async def _main(conv, engine_args: EngineArgs, *, url: str | None, api_key: str | None, model_name: str | None,
+                quick: str | None, whole_input: bool, interactive: bool, stats: bool, log_level: str | None) -> bool:
+    from vllm_cli.cli.chat_backends import BackendError, EngineBackend, OpenAIBackend
+    from vllm_cli.cli.chat_repl import ChatRunner, interactive as repl, make_prompt_session, scripted
+    from vllm_cli.logger import set_log_level
+
+    # INFO lines would interleave with the conversation: quiet unless asked for.
+    set_log_level(log_level or os.environ.get("VLLM_CLI_LOG_LEVEL") or "warning")
+    try:
+        if url:
+            backend = await OpenAIBackend.connect(url, api_key, model_name)
+        else:
+            if interactive:
+                print(f"Loading {engine_args.model or 'the default model'}...", file=sys.stderr, flush=True)
+            backend = EngineBackend(engine_args)
+    except BackendError as e:
+        print(f"Error: {one_line(e)}", file=sys.stderr)
+        return False
+    runner = ChatRunner(backend, conv, sys.stdout, sys.stderr, show_stats=stats)
+    try:
+        if quick is not None:
+            return await scripted(runner, [quick], commands=False)
+        if not interactive:
+            inputs = [sys.stdin.read().rstrip("\n")] if whole_input else (line.rstrip("\r\n") for line in sys.stdin)
+            return await scripted(runner, inputs, commands=not whole_input)
+        runner.note(f"Chatting with {backend.description}. /help lists commands; Ctrl-D leaves.")
+        await repl(runner, make_prompt_session())
+        return True
+    finally:
+        await backend.aclose()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chat")(chat)
