@@ -1,0 +1,98 @@
+"""What every benchmark reports: versions, device, summary statistics, a rich table, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+
+
+def versions() -> dict[str, str | None]:
+    """Package versions from their metadata: no import of torch just to name it."""
+    from vllm_cli.version import __version__
+
+    out = {"python": platform.python_version(), "vllm-cli": __version__}
+    for dist in ("torch", "transformers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def device_info(device=None) -> dict:
+    """The device the engine ran on (CPU model and threads, or the GPU's name)."""
+    info: dict = {"type": getattr(device, "type", str(device)) if device is not None else None,
+                  "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
+    torch = sys.modules.get("torch")  # only when the benchmark already imported it
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+        if info["type"] == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summarize(values: list[float], name: str, scale: float = 1000.0, unit: str = "ms") -> dict[str, float]:
+    """vLLM's mean/median/std/p99 fields (`mean_ttft_ms`, ...) of seconds scaled to `unit`."""
+    import numpy as np
+
+    arr = np.asarray(values or [0.0], dtype=float) * scale
+    return {f"mean_{name}_{unit}": float(arr.mean()), f"median_{name}_{unit}": float(np.median(arr)),
+            f"std_{name}_{unit}": float(arr.std()), f"p99_{name}_{unit}": float(np.percentile(arr, 99))}
+
+
+def percentiles(values: list[float], qs=(10, 25, 50, 75, 90, 99)) -> dict[str, float]:
+    import numpy as np
+
+    return {str(q): float(np.percentile(values, q)) for q in qs}
+
+
+def print_table(title: str, rows: list[tuple], columns: tuple[str, ...] = ("metric", "value")) -> None:
+    console.print(f"[bold]{title}[/bold]")  # a title above, not inside: it would wrap to the table's width
+    table = Table()
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row))
+    console.print(table)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def write_json(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        console.print(f"results written to {path}")
+
+
+def progress(description: str) -> Progress:
+    """A bar over requests; transient, and rich draws nothing when stdout is not a terminal."""
+    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
