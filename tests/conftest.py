@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 
 import pytest
+
+# Tests (and the servers they start) keep their GGUF metadata cache to themselves.
+os.environ.setdefault("VLLM_CLI_CACHE_DIR", tempfile.mkdtemp(prefix="vllm-cli-test-cache-"))
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -63,6 +67,21 @@ TINY_CONFIGS = {
     # 6 heads: ALiBi slopes for a head count that is not a power of two.
     "mpt_6_heads": dict(model_type="mpt", d_model=96, n_heads=6, n_layers=2, expansion_ratio=4, max_seq_len=512,
                         attn_config={"alibi": True, "alibi_bias_max": 8}),
+    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=512,
+                 bos_token_id=1, eos_token_id=2),
+    # Pythia-style: rotary on a quarter of each head (rotary_pct=0.25), parallel residual.
+    "gpt_neox": dict(model_type="gpt_neox", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=512, rotary_pct=0.25),
+    "phi3": dict(model_type="phi3", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, sliding_window=24,
+                 bos_token_id=1, eos_token_id=2, pad_token_id=0),  # the defaults lie outside a tiny vocab
+    # falcon-7b style: multi-query, parallel attention, one LayerNorm per block.
+    "falcon": dict(model_type="falcon", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   max_position_embeddings=512),
+    # head_dim 32 is not hidden_size / heads (as in Qwen3-0.6B).
+    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+                  tie_word_embeddings=True),
 }
 
 

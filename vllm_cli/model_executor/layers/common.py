@@ -117,3 +117,76 @@ def optimize_linears_for_cpu(model: nn.Module) -> None:
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, name, CpuLinear(child))
+
+
+_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def get_act_fn(name: str):
+    """An activation by its transformers name (`hidden_act`, `activation_function`)."""
+    if name in _ACTIVATIONS:
+        return _ACTIVATIONS[name]
+    from transformers.activations import ACT2FN
+
+    if name not in ACT2FN:
+        raise ValueError(f"activation {name!r} is not supported")
+    return ACT2FN[name]
+
+
+def ungroup_qkv(fused: torch.Tensor, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """Reorder a fused QKV weight/bias stored per KV group, [kv, (q heads of the group, k, v), head_dim]
+    (GPT-NeoX: one head per group; Falcon: any grouping), into [all q; all k; all v]."""
+    rest = fused.shape[1:]
+    grouped = fused.reshape(num_kv_heads, -1, head_dim, *rest)
+    q, k, v = grouped[:, :-2], grouped[:, -2], grouped[:, -1]
+    return torch.cat([q.reshape(-1, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)])
+
+
+def partial_rotary_dim(config, head_dim: int) -> int:
+    """Rotated dims per head: head_dim * partial_rotary_factor (GPT-NeoX's rotary_pct, Phi-4-mini)."""
+    params = getattr(config, "rope_parameters", None) or {}
+    factor = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+    return int(head_dim * factor)
+
+
+class LongRopeRotaryEmbedding(RotaryEmbedding):
+    """LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini): one factor set for every token, as vLLM does:
+    the long factors when a sequence may grow past original_max_position_embeddings (the default,
+    max_model_len = max_position_embeddings), the short ones when `set_max_model_len` says none can.
+
+    transformers uses the short factors for a sequence within the original length and the long
+    ones for a longer sequence (re-computing its cache when it crosses that length), so each
+    choice gives its results exactly for the sequences of its own regime.
+    """
+
+    def __init__(self, config, head_dim: int, max_position: int, rotary_dim: int | None = None):
+        super().__init__(config, head_dim, max_position, rotary_dim)  # short factors: cos_cache/sin_cache
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        self.original_max_position = int(config.rope_parameters["original_max_position_embeddings"])
+        long_inv_freq, _ = ROPE_INIT_FUNCTIONS["longrope"](config, "cpu", seq_len=self.original_max_position + 1)
+        freqs = torch.outer(torch.arange(max_position, dtype=torch.float32, device="cpu"), long_inv_freq.float().cpu())
+        self.register_buffer("long_cos_cache", freqs.cos() * self.attention_scaling, persistent=False)
+        self.register_buffer("long_sin_cache", freqs.sin() * self.attention_scaling, persistent=False)
+        self.set_max_model_len(max_position)
+
+    def set_max_model_len(self, max_model_len: int) -> None:
+        self.use_long = max_model_len > self.original_max_position
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.use_long:
+            return super().cos_sin(positions, dtype)
+        return self.long_cos_cache[positions].to(dtype), self.long_sin_cache[positions].to(dtype)
+
+
+def get_rotary_embedding(config, head_dim: int, max_position: int, rotary_dim: int | None = None) -> RotaryEmbedding:
+    params = getattr(config, "rope_parameters", None) or {}
+    cls = LongRopeRotaryEmbedding if params.get("rope_type") == "longrope" else RotaryEmbedding
+    return cls(config, head_dim, max_position, rotary_dim)

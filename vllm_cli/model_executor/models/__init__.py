@@ -11,10 +11,16 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Qwen2ForCausalLM": ("llama", "Qwen2ForCausalLM"),
     "MptForCausalLM": ("mpt", "MptForCausalLM"),
     "MPTForCausalLM": ("mpt", "MptForCausalLM"),  # the spelling in mosaicml's config.json
+    "GPT2LMHeadModel": ("gpt2", "GPT2LMHeadModel"),
+    "GPTNeoXForCausalLM": ("gpt_neox", "GPTNeoXForCausalLM"),
+    "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM"),
+    "FalconForCausalLM": ("falcon", "FalconForCausalLM"),
+    "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM"),
 }
 # model_type -> architecture, for configs without `architectures` (e.g. from GGUF metadata)
 _MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                "mpt": "MptForCausalLM"}
+                "mpt": "MptForCausalLM", "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM",
+                "phi3": "Phi3ForCausalLM", "falcon": "FalconForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 def supported_architectures() -> list[str]:
