@@ -50,7 +50,8 @@ def test_greedy_bfloat16_and_empty(sampler, logits):
 
 
 def test_logit_bias_forces_token(sampler, logits):
-    rows = [row(SamplingParams(temperature=t, logit_bias={7: 100.0, V + 5: 100.0, -1: 5.0})) for t in (0.0, 1.0)]
+    bias = {7: 100.0, V + 5: 100.0, -1: 5.0}  # out-of-range ids are ignored
+    rows = [row(SamplingParams(temperature=t, logit_bias=bias)) for t in (0.0, 1.0)]
     before = logits[:2].clone()
     out = sampler(logits[:2], rows)
     assert [o.token_id for o in out] == [7, 7]
