@@ -60,6 +60,7 @@ _vllm_cli_bench_latency() {
         '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
+        '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -115,6 +116,7 @@ _vllm_cli_bench_throughput() {
         '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
+        '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -156,6 +158,7 @@ _vllm_cli_chat() {
         '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
+        '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -188,6 +191,7 @@ _vllm_cli_generate() {
         '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
+        '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -221,6 +225,7 @@ _vllm_cli_serve() {
         '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
+        '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 LOAD_FORMATS = ("auto", "dummy")
+MODEL_IMPLS = ("auto", "native", "transformers")
 
 
 @dataclass
@@ -22,6 +23,7 @@ class EngineArgs:
     dtype: str = "auto"
     device: str = "auto"
     load_format: str = "auto"
+    model_impl: str = "auto"  # auto: native class if we have one, else transformers' modeling code
     seed: int = 0
     max_model_len: int | None = None  # None: the model's own context length
     block_size: int = 16
@@ -44,6 +46,8 @@ class EngineArgs:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {self.load_format!r}")
+        if self.model_impl not in MODEL_IMPLS:
+            raise ValueError(f"model_impl must be one of {', '.join(MODEL_IMPLS)}, got {self.model_impl!r}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.max_num_seqs < 1:

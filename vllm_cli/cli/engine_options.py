@@ -27,6 +27,8 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     "dtype": (str, "auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint's 16-bit type on CUDA)."),
     "device": (str, "auto | cpu | cuda."),
     "load_format": (str, "auto | dummy (random weights from config.json alone, for benchmarks)."),
+    "model_impl": (str, "auto | native | transformers (auto: our implementation if there is one, else "
+                         "transformers' modeling code on the paged KV cache)."),
     "seed": (int, "Random seed."),
     "max_model_len": (Optional[int], "Context length (default: the model's)."),
     "block_size": (int, "Tokens per KV-cache block."),

@@ -70,7 +70,7 @@ class LLMEngine:
         self.eos_token_ids = self._eos_token_ids()
 
         self.model = load_model(self.source, self.hf_config, dtype=self.dtype, device=self.device,
-                                load_format=args.load_format, seed=args.seed or 0)
+                                load_format=args.load_format, seed=args.seed or 0, model_impl=args.model_impl)
         self.vocab_size = int(self.hf_config.vocab_size)
         self.max_model_len = self._resolve_max_model_len()
         set_max_model_len = getattr(self.model, "set_max_model_len", None)
@@ -261,8 +261,6 @@ class LLMEngine:
         from vllm_cli.engine.sampler import compute_prompt_logprobs
 
         seq = chunk.seq
-        if seq.index != 0:
-            return
         start = chunk.first_position + 1
         targets = seq.token_ids[start:start + chunk.logits.shape[0]]
         entries = compute_prompt_logprobs(chunk.logits, targets, seq.request.params.prompt_logprobs)

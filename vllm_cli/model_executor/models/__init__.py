@@ -27,17 +27,41 @@ def supported_architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_model_class(hf_config):
+MODEL_IMPLS = ("auto", "native", "transformers")
+
+
+def get_model_class(hf_config, model_impl: str = "auto"):
+    """The class that runs this config. model_impl: "auto" (our native class when the registry
+    has one, else transformers' modeling code through the fallback), "native" (error if there
+    is none) or "transformers" (always the fallback)."""
+    if model_impl not in MODEL_IMPLS:
+        raise ValueError(f"model_impl must be one of {', '.join(MODEL_IMPLS)}, got {model_impl!r}")
     archs = list(getattr(hf_config, "architectures", None) or [])
     model_type = getattr(hf_config, "model_type", None)
     if not archs and model_type in _MODEL_TYPES:
         archs = [_MODEL_TYPES[model_type]]
-    for arch in archs:
-        if arch in _REGISTRY:
-            module_name, class_name = _REGISTRY[arch]
-            module = importlib.import_module(f"vllm_cli.model_executor.models.{module_name}")
-            return getattr(module, class_name)
-    raise ValueError(
-        f"model architecture {', '.join(archs) or model_type or 'unknown'} is not supported; "
-        f"supported: {', '.join(supported_architectures())}"
-    )
+    name = ", ".join(archs) or model_type or "unknown"
+    if model_impl != "transformers":
+        for arch in archs:
+            if arch in _REGISTRY:
+                module_name, class_name = _REGISTRY[arch]
+                module = importlib.import_module(f"vllm_cli.model_executor.models.{module_name}")
+                return getattr(module, class_name)
+    if model_impl == "native":
+        raise ValueError(
+            f"model architecture {name} has no native implementation (--model-impl native); "
+            f"native: {', '.join(supported_architectures())}. Use --model-impl auto or transformers "
+            "to run it with transformers' own modeling code"
+        )
+    from vllm_cli.model_executor.models.transformers_fallback import TransformersForCausalLM, transformers_model_class
+
+    try:
+        transformers_model_class(hf_config)
+    except ValueError as e:
+        if model_impl == "transformers":
+            raise ValueError(f"--model-impl transformers cannot run model architecture {name}: {e}") from None
+        raise ValueError(
+            f"model architecture {name} is not supported; supported: {', '.join(supported_architectures())}, "
+            f"and causal LMs transformers implements (the transformers fallback cannot run this one: {e})"
+        ) from None
+    return TransformersForCausalLM
