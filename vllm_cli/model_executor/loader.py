@@ -53,8 +53,8 @@ def _materialize(model: nn.Module, dtype: torch.dtype, device: torch.device) -> 
 
 
 def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, load_format: str = "auto",
-               seed: int = 0) -> nn.Module:
-    cls = get_model_class(hf_config)
+               seed: int = 0, model_impl: str = "auto") -> nn.Module:
+    cls = get_model_class(hf_config, model_impl)
     start = time.perf_counter()
     with torch.device("meta"):
         model = cls(hf_config)
@@ -76,10 +76,11 @@ def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, l
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
         source_desc = source.gguf_file or source.path
-    if device.type == "cpu" and dtype == torch.float32:
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
         from vllm_cli.model_executor.layers.common import optimize_linears_for_cpu
 
-        optimize_linears_for_cpu(model)
+        # a model may bring its own re-layout (the transformers fallback's linears see [batch, seq, features])
+        getattr(model, "optimize_linears_for_cpu", lambda: optimize_linears_for_cpu(model))()
     num_params = sum(p.numel() for p in params.values())
     size = sum(p.numel() * p.element_size() for p in params.values())
     logger.info("Loaded %s (%s, %.0fM parameters, %s, %s) in %.1f s; weights take %.2f GiB",
