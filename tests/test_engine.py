@@ -221,3 +221,16 @@ def test_abort_frees_blocks(llm):
     engine.abort_request(["a", "b"])
     assert not engine.has_unfinished_requests()
     assert _free_blocks_all_returned(engine)
+
+
+def test_prompt_logprobs_survive_preemption(tiny_llama_dir, llm):
+    prompts = [{"prompt_token_ids": p} for p in _random_prompts(6, llm.engine.vocab_size, seed=9, lo=15, hi=30)]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, prompt_logprobs=1)
+    ample = llm.generate(prompts, params, use_tqdm=False)
+    tight = LLM(tiny_llama_dir, num_kv_blocks=17, block_size=4, max_model_len=64, max_num_batched_tokens=16)
+    outs = tight.generate(prompts, params, use_tqdm=False)
+    assert tight.engine.scheduler.num_preemptions > 0
+    for a, b in zip(ample, outs):
+        assert len(b.prompt_logprobs) == len(b.prompt_token_ids)
+        for pos, token in enumerate(b.prompt_token_ids[1:], start=1):
+            assert b.prompt_logprobs[pos][token].logprob == pytest.approx(a.prompt_logprobs[pos][token].logprob, abs=1e-4)

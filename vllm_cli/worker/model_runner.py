@@ -81,9 +81,14 @@ class ModelRunner:
             if end == seq.num_tokens:
                 sample_rows.append(row + n - 1)
                 sample_seqs.append(seq)
-            if seq.request.prompt_logprobs is not None and start < seq.num_prompt_tokens - 1:
-                count = min(end, seq.num_prompt_tokens - 1) - start
-                prompt_rows.append((seq, row, count, start))
+            prompt_logprobs = seq.request.prompt_logprobs
+            if prompt_logprobs is not None and seq.index == 0:
+                # Positions whose logprobs are still missing (a preempted sequence recomputes
+                # its prompt, but its earlier entries stand).
+                first = max(start, len(prompt_logprobs) - 1)
+                count = min(end, seq.num_prompt_tokens - 1) - first
+                if count > 0:
+                    prompt_rows.append((seq, row + first - start, count, first))
         dev = self.device
         ids_t = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
