@@ -49,6 +49,9 @@ def test_greedy_generation_matches_transformers_batched(checkpoint):
     prompts = _prompts(8, seed=3)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0, max_tokens=24, ignore_eos=True), use_tqdm=False)
+    alone = llm.generate({"prompt_token_ids": prompts[3]}, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
+                         use_tqdm=False)[0]
+    assert alone.outputs[0].token_ids == outs[3].outputs[0].token_ids  # single == batched
     for prompt, out in zip(prompts, outs):
         with torch.no_grad():
             ref = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
