@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +105,45 @@ def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> str:
     """A 2-layer random Llama with SmolLM2's tokenizer (text prompts, stop strings, chat)."""
     path = tmp_path_factory.mktemp("tiny-llama")
     return build_tiny_checkpoint(path, tiny_config("llama", len(smollm2_tokenizer)), smollm2_tokenizer)
+
+
+@dataclass
+class ServerProcess:
+    """A real `vllm-cli serve` subprocess on a free port (--port 0; the URL is read from its log)."""
+
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> int:
+        """SIGTERM (graceful shutdown), then the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
+def launch_server(model: str, log: Path, *args: str, env: dict | None = None,
+                  kv_cache_memory: str = "256MiB", timeout: float = 180) -> ServerProcess:
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "vllm_cli.cli.main", "serve", model, "--host", "127.0.0.1", "--port", "0",
+           "--kv-cache-memory", kv_cache_memory, *args]
+    pythonpath = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath, **(env or {})}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=repo, env=full_env)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace")
+        if m := re.search(r" on (http://127\.0\.0\.1:\d+) ", text):
+            return ServerProcess(proc, m.group(1), log)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the server did not start (exit {proc.poll()}):\n{text[-4000:]}")
+        time.sleep(0.2)

@@ -9,14 +9,12 @@ import asyncio
 import json
 import math
 import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import launch_server
 from typer.testing import CliRunner
 
 from vllm_cli.benchmarks.datasets import BenchRequest, load_dataset, random_requests
@@ -191,24 +189,9 @@ def test_serve_metrics_against_a_fake_server(tmp_path):
 
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vllm_cli.cli.main", "serve", tiny_llama_dir, "--host",
-                                 "127.0.0.1", "--port", "0", *SMALL_KV], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=REPO, env=env)
-    deadline = time.monotonic() + 120
-    while not (m := re.search(r" on (http://127\.0\.0\.1:\d+) ", log.read_text(errors="replace"))):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
-    yield m.group(1)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    server = launch_server(tiny_llama_dir, tmp_path_factory.mktemp("serve") / "serve.log", kv_cache_memory="64MiB")
+    yield server.url
+    server.stop()
 
 
 def test_serve_against_vllm_cli_serve(server, tmp_path):

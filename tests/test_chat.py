@@ -16,10 +16,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from conftest import launch_server
 
 from vllm_cli.cli.chat_backends import BackendError, TurnStats
 from vllm_cli.cli.chat_repl import ChatRunner, interactive, make_prompt_session, scripted
@@ -381,23 +382,10 @@ API_KEY = "sk-chat-test"
 @pytest.fixture(scope="module")
 def server_url(tiny_llama_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "log"
-    cmd = [*CLI, "serve", tiny_llama_dir, "--host", "127.0.0.1", "--port", "0", "--kv-cache-memory", "64MiB",
-           "--served-model-name", "tiny-a", "tiny-b"]
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
-                                env=_env(log.parent, VLLM_API_KEY=API_KEY))
-    deadline = time.monotonic() + 180
-    while not (m := re.search(r" on (http://127\.0\.0\.1:\d+) ", log.read_text(errors="replace"))):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
-    yield m.group(1)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    server = launch_server(tiny_llama_dir, log, "--served-model-name", "tiny-a", "tiny-b", kv_cache_memory="64MiB",
+                           env={"XDG_DATA_HOME": str(log.parent / "xdg"), "VLLM_API_KEY": API_KEY})
+    yield server.url
+    server.stop()
 
 
 class RecordingProxy:

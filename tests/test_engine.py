@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from vllm_cli import LLM, SamplingParams
-from vllm_cli.engine.sequence import Request
 
 
 @pytest.fixture(scope="module")

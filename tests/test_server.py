@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +23,8 @@ import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from conftest import ServerProcess, launch_server
 
 pytestmark = pytest.mark.slow
 
@@ -37,45 +35,10 @@ API_KEY = "sk-test-123"
 ORIGIN = "https://ok.example"
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def _launch(model: str, log: Path, *args: str, env: dict | None = None) -> Server:
-    cmd = [sys.executable, "-m", "vllm_cli.cli.main", "serve", model, "--host", "127.0.0.1", "--port", "0",
-           "--kv-cache-memory", "256MiB", *args]
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath, **(env or {})}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=full_env)
-    deadline = time.monotonic() + 180
-    while True:
-        text = log.read_text(errors="replace")
-        if m := re.search(r" on (http://127\.0\.0\.1:\d+) ", text):
-            break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not start (exit {proc.poll()}):\n{text[-4000:]}")
-        time.sleep(0.2)
-    server = Server(proc, m.group(1), log)
+def _launch(model: str, log: Path, *args: str, env: dict | None = None) -> ServerProcess:
+    server = launch_server(model, log, *args, env=env)
     assert httpx.get(f"{server.url}/health").status_code == 200
     return server
-
-
-def _stop(server: Server) -> int:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-    try:
-        return server.proc.wait(60)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        raise
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +47,7 @@ def server(smollm2_gguf_path, tmp_path_factory):
     s = _launch(smollm2_gguf_path, tmp_path_factory.mktemp("server") / "log", "--max-model-len", "2048",
                 "--served-model-name", "mosaicml/mpt-7b", "smollm2")
     yield s
-    assert _stop(s) == 0, s.log_tail()
+    assert s.stop() == 0, s.log_tail()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +60,7 @@ def secured_server(smollm2_gguf_path, tmp_path_factory):
                 "--shutdown-timeout", "20", "--chat-template", str(tmp / "chatml.jinja"),
                 env={"VLLM_API_KEY": API_KEY})
     yield s
-    _stop(s)
+    s.stop()
 
 
 @pytest.fixture(scope="module")
