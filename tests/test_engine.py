@@ -233,3 +233,35 @@ def test_prompt_logprobs_survive_preemption(tiny_llama_dir, llm):
         assert len(b.prompt_logprobs) == len(b.prompt_token_ids)
         for pos, token in enumerate(b.prompt_token_ids[1:], start=1):
             assert b.prompt_logprobs[pos][token].logprob == pytest.approx(a.prompt_logprobs[pos][token].logprob, abs=1e-4)
+
+
+def test_prefix_cache_exact_with_n_and_aborts(tiny_llama_dir):
+    """Cache on vs off: the same greedy choices for n > 1 requests sharing a prefix, while other
+    requests sharing it are aborted mid-flight (their blocks go back cached)."""
+    shared = list(range(200, 248))  # 3 full blocks
+    g = torch.Generator().manual_seed(21)
+    tails = [torch.randint(3, 40000, (n,), generator=g).tolist() for n in (5, 17, 30, 9)]
+    params = SamplingParams(n=2, temperature=0, max_tokens=12, ignore_eos=True)
+
+    def run(caching: bool) -> dict[str, list[list[int]]]:
+        engine = LLM(tiny_llama_dir, num_kv_blocks=128, enable_prefix_caching=caching).engine
+        for i, tail in enumerate(tails):
+            engine.add_request(f"keep{i}", None, params, prompt_token_ids=shared + tail)
+            engine.add_request(f"drop{i}", None, params, prompt_token_ids=shared + tail[::-1])
+        results, steps = {}, 0
+        while engine.has_unfinished_requests():
+            steps += 1
+            if steps == 3:
+                engine.abort_request([f"drop{i}" for i in range(len(tails))])
+            for out in engine.step():
+                if out.finished:
+                    results[out.request_id] = [c.token_ids for c in out.outputs]
+        bm = engine.block_manager
+        assert bm.num_free_blocks == bm.num_usable_blocks
+        if caching:
+            assert bm.prefix_hits > 0
+        return results
+
+    cached, uncached = run(True), run(False)
+    assert set(cached) == {f"keep{i}" for i in range(len(tails))}
+    assert cached == uncached
