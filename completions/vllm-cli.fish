@@ -157,7 +157,7 @@ complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l enable-prefix-caching -l no-en
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l enable-chunked-prefill -l no-enable-chunked-prefill -d 'Split long prompts into chunks that share steps with decodes.'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -s h -l help -d 'Show this message and exit.'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -F
-complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l prompt -s p -r -F -d 'A prompt (repeat for a batch; \'-\' reads stdin).'
+complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l prompt -s p -r -F -d 'A prompt (repeat for a batch; \'-\' reads stdin); default \'Hello, my name is\'.'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l chat -l no-chat -d 'Send each prompt as a user message through the chat template.'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l max-tokens -x -d 'Tokens to generate per prompt.'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l temperature -x -d '0 = greedy.'

@@ -177,8 +177,8 @@ _vllm_cli_chat() {
 
 _vllm_cli_generate() {
     _arguments -s -S \
-        '--prompt[A prompt (repeat for a batch; '\''-'\'' reads stdin).]:prompt:_files' \
-        '-p[A prompt (repeat for a batch; '\''-'\'' reads stdin).]:prompt:_files' \
+        '--prompt[A prompt (repeat for a batch; '\''-'\'' reads stdin); default '\''Hello, my name is'\''.]:prompt:_files' \
+        '-p[A prompt (repeat for a batch; '\''-'\'' reads stdin); default '\''Hello, my name is'\''.]:prompt:_files' \
         '--chat[Send each prompt as a user message through the chat template.]' \
         '--no-chat[Send each prompt as a user message through the chat template.]' \
         '--max-tokens[Tokens to generate per prompt.]:max-tokens: ' \

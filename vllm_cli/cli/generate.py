@@ -16,7 +16,7 @@ from vllm_cli.config import EngineArgs
 def generate(
     *,
     model: Annotated[Optional[str], typer.Argument(help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")] = None,
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeat for a batch; '-' reads stdin).")] = ["Hello, my name is"],
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt (repeat for a batch; '-' reads stdin); default 'Hello, my name is'.")] = None,
     chat: Annotated[bool, typer.Option(help="Send each prompt as a user message through the chat template.")] = False,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
@@ -24,6 +24,7 @@ def generate(
     engine_args: EngineArgs,
 ) -> None:
     """Generate completions for prompts with the offline engine (no server)."""
+    prompt = prompt or ["Hello, my name is"]
     with user_errors():
         from vllm_cli.engine.llm import LLM
         from vllm_cli.sampling_params import SamplingParams

@@ -208,8 +208,6 @@ class LLMEngine:
             from vllm_cli.engine.detokenizer import IncrementalDetokenizer
 
             seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.request.prompt_token_ids, params)
-        seq.emitted_tokens = 0
-        seq.emitted_logprobs = 0
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
         if isinstance(request_ids, str):
@@ -332,7 +330,8 @@ class LLMEngine:
             num_cached_tokens=request.seqs[0].num_cached_tokens,
             metrics={"arrival_time": request.arrival_time, "first_token_time": request.first_token_time})
 
-    def abort_all(self, reason: str = "abort") -> list[str]:
+    def abort_all(self) -> list[str]:
+        """Abort every request in flight; returns their ids."""
         ids = list(self.requests)
         self.abort_request(ids)
         return ids

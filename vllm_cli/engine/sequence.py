@@ -44,6 +44,9 @@ class Sequence:
         self.detokenizer: Any = None
         self.generator: Any = None
         self.num_preemptions = 0
+        # What delta outputs have already carried (output_kind="delta").
+        self.emitted_tokens = 0
+        self.emitted_logprobs = 0
 
     @property
     def num_tokens(self) -> int:
