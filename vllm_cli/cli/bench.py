@@ -101,6 +101,7 @@ def throughput(
         result.update(settings=settings, device=report.device_info(device), versions=report.versions())
         rows = [("vllm-cli", result)]
         if baseline:
+            del engine  # the last reference besides bench's: the baseline needs the memory
             bench.close()
             batch = baseline_batch_size or min(len(prepared), engine_args.max_num_seqs)
             with report.progress("transformers") as bar:

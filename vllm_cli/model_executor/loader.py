@@ -76,13 +76,14 @@ def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, l
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
         source_desc = source.gguf_file or source.path
+    num_params = sum(p.numel() for p in params.values())
+    size = sum(p.numel() * p.element_size() for p in params.values())
+    del params  # the CPU re-layout below replaces weights: let the originals go as it does
     if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
         from vllm_cli.model_executor.layers.common import optimize_linears_for_cpu
 
         # a model may bring its own re-layout (the transformers fallback's linears see [batch, seq, features])
         getattr(model, "optimize_linears_for_cpu", lambda: optimize_linears_for_cpu(model))()
-    num_params = sum(p.numel() for p in params.values())
-    size = sum(p.numel() * p.element_size() for p in params.values())
     logger.info("Loaded %s (%s, %.0fM parameters, %s, %s) in %.1f s; weights take %.2f GiB",
                 source.name, type(model).__name__, num_params / 1e6, str(dtype).removeprefix("torch."),
                 source_desc, time.perf_counter() - start, size / 2**30)

@@ -146,11 +146,18 @@ def _pack_for_cpu(weight: torch.Tensor) -> tuple[str, torch.Tensor]:
 
 
 def optimize_linears_for_cpu(model: nn.Module) -> None:
-    """Swap every nn.Linear for a CpuLinear (after the weights are loaded)."""
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is nn.Linear:
-                setattr(module, name, CpuLinear(child))
+    """Swap every nn.Linear for a CpuLinear (after the weights are loaded), one at a time, so
+    each original weight is freed as soon as its packed copy exists (peak: one layer extra)."""
+    replace_linears(model, lambda linear: CpuLinear(linear))
+
+
+def replace_linears(model: nn.Module, make) -> None:
+    # (parent, name) pairs only: holding the Linear modules themselves would keep every
+    # original weight alive until the end, doubling peak memory (13 GB more for a 7B model).
+    targets = [(module, name) for module in model.modules()
+               for name, child in module.named_children() if type(child) is nn.Linear]
+    for module, name in targets:
+        setattr(module, name, make(getattr(module, name)))
 
 
 _ACTIVATIONS = {

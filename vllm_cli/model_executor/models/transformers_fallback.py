@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from vllm_cli.logger import init_logger
-from vllm_cli.model_executor.layers.common import CpuLinear
+from vllm_cli.model_executor.layers.common import CpuLinear, replace_linears
 from vllm_cli.model_executor.models.base import CausalLM, ForwardContext
 
 logger = init_logger(__name__)
@@ -237,11 +237,8 @@ class TransformersForCausalLM(CausalLM):
         return logits[0]
 
     def optimize_linears_for_cpu(self) -> None:
-        """The loader's CPU float32 re-layout, with linears that take [batch, seq, features]."""
-        for module in list(self.modules()):
-            for name, child in list(module.named_children()):
-                if type(child) is nn.Linear:
-                    setattr(module, name, _NdCpuLinear(child))
+        """The loader's CPU re-layout, with linears that take [batch, seq, features]."""
+        replace_linears(self, _NdCpuLinear)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors into transformers' parameters, renamed/converted as
