@@ -27,17 +27,17 @@ function __vllm_cli_path
                 set path 'bench/serve'
             case 'bench:throughput'
                 set path 'bench/throughput'
-            case 'bench/latency:--batch-size' 'bench/latency:--input-len' 'bench/latency:--output-len' 'bench/latency:--num-iters-warmup' 'bench/latency:--num-iters' 'bench/latency:--output-json' 'bench/latency:--tokenizer' 'bench/latency:--revision' 'bench/latency:--dtype' 'bench/latency:--device' 'bench/latency:--load-format' 'bench/latency:--model-impl' 'bench/latency:--seed' 'bench/latency:--max-model-len' 'bench/latency:--block-size' 'bench/latency:--kv-cache-memory' 'bench/latency:--gpu-memory-utilization' 'bench/latency:--max-num-seqs' 'bench/latency:--max-num-batched-tokens'
+            case 'bench/latency:--batch-size' 'bench/latency:--input-len' 'bench/latency:--output-len' 'bench/latency:--num-iters-warmup' 'bench/latency:--num-iters' 'bench/latency:--output-json' 'bench/latency:--tokenizer' 'bench/latency:--revision' 'bench/latency:--dtype' 'bench/latency:--device' 'bench/latency:--load-format' 'bench/latency:--model-impl' 'bench/latency:--attention-backend' 'bench/latency:--seed' 'bench/latency:--max-model-len' 'bench/latency:--block-size' 'bench/latency:--kv-cache-memory' 'bench/latency:--gpu-memory-utilization' 'bench/latency:--max-num-seqs' 'bench/latency:--max-num-batched-tokens'
                 set skip 1
             case 'bench/serve:--url' 'bench/serve:--endpoint' 'bench/serve:--model' 'bench/serve:--num-prompts' 'bench/serve:--input-len' 'bench/serve:--output-len' 'bench/serve:--prefix-len' 'bench/serve:--dataset' 'bench/serve:--vocab-size' 'bench/serve:--request-rate' 'bench/serve:--max-concurrency' 'bench/serve:--seed' 'bench/serve:--api-key' 'bench/serve:--output-json'
                 set skip 1
-            case 'bench/throughput:--num-prompts' 'bench/throughput:--input-len' 'bench/throughput:--output-len' 'bench/throughput:--prefix-len' 'bench/throughput:--dataset' 'bench/throughput:--baseline' 'bench/throughput:--baseline-batch-size' 'bench/throughput:--output-json' 'bench/throughput:--tokenizer' 'bench/throughput:--revision' 'bench/throughput:--dtype' 'bench/throughput:--device' 'bench/throughput:--load-format' 'bench/throughput:--model-impl' 'bench/throughput:--seed' 'bench/throughput:--max-model-len' 'bench/throughput:--block-size' 'bench/throughput:--kv-cache-memory' 'bench/throughput:--gpu-memory-utilization' 'bench/throughput:--max-num-seqs' 'bench/throughput:--max-num-batched-tokens'
+            case 'bench/throughput:--num-prompts' 'bench/throughput:--input-len' 'bench/throughput:--output-len' 'bench/throughput:--prefix-len' 'bench/throughput:--dataset' 'bench/throughput:--baseline' 'bench/throughput:--baseline-batch-size' 'bench/throughput:--output-json' 'bench/throughput:--tokenizer' 'bench/throughput:--revision' 'bench/throughput:--dtype' 'bench/throughput:--device' 'bench/throughput:--load-format' 'bench/throughput:--model-impl' 'bench/throughput:--attention-backend' 'bench/throughput:--seed' 'bench/throughput:--max-model-len' 'bench/throughput:--block-size' 'bench/throughput:--kv-cache-memory' 'bench/throughput:--gpu-memory-utilization' 'bench/throughput:--max-num-seqs' 'bench/throughput:--max-num-batched-tokens'
                 set skip 1
-            case 'chat:--system' 'chat:--system-prompt' 'chat:-s' 'chat:--quick' 'chat:-q' 'chat:--chat-template' 'chat:--log-level' 'chat:--url' 'chat:--api-key' 'chat:--model-name' 'chat:--temperature' 'chat:--top-p' 'chat:--max-tokens' 'chat:--tokenizer' 'chat:--revision' 'chat:--dtype' 'chat:--device' 'chat:--load-format' 'chat:--model-impl' 'chat:--seed' 'chat:--max-model-len' 'chat:--block-size' 'chat:--kv-cache-memory' 'chat:--gpu-memory-utilization' 'chat:--max-num-seqs' 'chat:--max-num-batched-tokens'
+            case 'chat:--system' 'chat:--system-prompt' 'chat:-s' 'chat:--quick' 'chat:-q' 'chat:--chat-template' 'chat:--log-level' 'chat:--url' 'chat:--api-key' 'chat:--model-name' 'chat:--temperature' 'chat:--top-p' 'chat:--max-tokens' 'chat:--tokenizer' 'chat:--revision' 'chat:--dtype' 'chat:--device' 'chat:--load-format' 'chat:--model-impl' 'chat:--attention-backend' 'chat:--seed' 'chat:--max-model-len' 'chat:--block-size' 'chat:--kv-cache-memory' 'chat:--gpu-memory-utilization' 'chat:--max-num-seqs' 'chat:--max-num-batched-tokens'
                 set skip 1
-            case 'generate:--prompt' 'generate:-p' 'generate:--max-tokens' 'generate:--temperature' 'generate:--top-p' 'generate:--tokenizer' 'generate:--revision' 'generate:--dtype' 'generate:--device' 'generate:--load-format' 'generate:--model-impl' 'generate:--seed' 'generate:--max-model-len' 'generate:--block-size' 'generate:--kv-cache-memory' 'generate:--gpu-memory-utilization' 'generate:--max-num-seqs' 'generate:--max-num-batched-tokens'
+            case 'generate:--prompt' 'generate:-p' 'generate:--max-tokens' 'generate:--temperature' 'generate:--top-p' 'generate:--tokenizer' 'generate:--revision' 'generate:--dtype' 'generate:--device' 'generate:--load-format' 'generate:--model-impl' 'generate:--attention-backend' 'generate:--seed' 'generate:--max-model-len' 'generate:--block-size' 'generate:--kv-cache-memory' 'generate:--gpu-memory-utilization' 'generate:--max-num-seqs' 'generate:--max-num-batched-tokens'
                 set skip 1
-            case 'serve:--host' 'serve:--port' 'serve:--served-model-name' 'serve:--api-key' 'serve:--chat-template' 'serve:--allowed-origins' 'serve:--log-level' 'serve:--shutdown-timeout' 'serve:--tokenizer' 'serve:--revision' 'serve:--dtype' 'serve:--device' 'serve:--load-format' 'serve:--model-impl' 'serve:--seed' 'serve:--max-model-len' 'serve:--block-size' 'serve:--kv-cache-memory' 'serve:--gpu-memory-utilization' 'serve:--max-num-seqs' 'serve:--max-num-batched-tokens'
+            case 'serve:--host' 'serve:--port' 'serve:--served-model-name' 'serve:--api-key' 'serve:--chat-template' 'serve:--allowed-origins' 'serve:--log-level' 'serve:--shutdown-timeout' 'serve:--tokenizer' 'serve:--revision' 'serve:--dtype' 'serve:--device' 'serve:--load-format' 'serve:--model-impl' 'serve:--attention-backend' 'serve:--seed' 'serve:--max-model-len' 'serve:--block-size' 'serve:--kv-cache-memory' 'serve:--gpu-memory-utilization' 'serve:--max-num-seqs' 'serve:--max-num-batched-tokens'
                 set skip 1
         end
     end
@@ -74,6 +74,7 @@ complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l dtype -r -F -d 'auto 
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l device -r -F -d 'auto | cpu | cuda.'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l load-format -r -F -d 'auto | dummy (random weights from config.json alone, for benchmarks).'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l model-impl -r -F -d 'auto | native | transformers (auto: our implementation if there is one, else transforme...'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l attention-backend -r -F -d 'auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l seed -x -d 'Random seed.'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l max-model-len -x -d 'Context length (default: the model\'s).'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l block-size -x -d 'Tokens per KV-cache block.'
@@ -116,6 +117,7 @@ complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l dtype -r -F -d 'au
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l device -r -F -d 'auto | cpu | cuda.'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l load-format -r -F -d 'auto | dummy (random weights from config.json alone, for benchmarks).'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l model-impl -r -F -d 'auto | native | transformers (auto: our implementation if there is one, else transforme...'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l attention-backend -r -F -d 'auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l seed -x -d 'Random seed.'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l max-model-len -x -d 'Context length (default: the model\'s).'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l block-size -x -d 'Tokens per KV-cache block.'
@@ -146,6 +148,7 @@ complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l dtype -r -F -d 'auto | float32
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l device -r -F -d 'auto | cpu | cuda.'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l load-format -r -F -d 'auto | dummy (random weights from config.json alone, for benchmarks).'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l model-impl -r -F -d 'auto | native | transformers (auto: our implementation if there is one, else transforme...'
+complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l attention-backend -r -F -d 'auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l seed -x -d 'Random seed.'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l max-model-len -x -d 'Context length (default: the model\'s).'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l block-size -x -d 'Tokens per KV-cache block.'
@@ -169,6 +172,7 @@ complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l dtype -r -F -d 'auto | flo
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l device -r -F -d 'auto | cpu | cuda.'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l load-format -r -F -d 'auto | dummy (random weights from config.json alone, for benchmarks).'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l model-impl -r -F -d 'auto | native | transformers (auto: our implementation if there is one, else transforme...'
+complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l attention-backend -r -F -d 'auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l seed -x -d 'Random seed.'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l max-model-len -x -d 'Context length (default: the model\'s).'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l block-size -x -d 'Tokens per KV-cache block.'
@@ -195,6 +199,7 @@ complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l dtype -r -F -d 'auto | float3
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l device -r -F -d 'auto | cpu | cuda.'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l load-format -r -F -d 'auto | dummy (random weights from config.json alone, for benchmarks).'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l model-impl -r -F -d 'auto | native | transformers (auto: our implementation if there is one, else transforme...'
+complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l attention-backend -r -F -d 'auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l seed -x -d 'Random seed.'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l max-model-len -x -d 'Context length (default: the model\'s).'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l block-size -x -d 'Tokens per KV-cache block.'

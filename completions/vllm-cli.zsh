@@ -61,6 +61,7 @@ _vllm_cli_bench_latency() {
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
+        '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -117,6 +118,7 @@ _vllm_cli_bench_throughput() {
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
+        '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -159,6 +161,7 @@ _vllm_cli_chat() {
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
+        '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -192,6 +195,7 @@ _vllm_cli_generate() {
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
+        '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -226,6 +230,7 @@ _vllm_cli_serve() {
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
+        '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \

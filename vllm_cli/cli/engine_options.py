@@ -29,6 +29,8 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     "load_format": (str, "auto | dummy (random weights from config.json alone, for benchmarks)."),
     "model_impl": (str, "auto | native | transformers (auto: our implementation if there is one, else "
                          "transformers' modeling code on the paged KV cache)."),
+    "attention_backend": (str, "auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable "
+                               "if set, else torch; triton kernels are opt-in until verified on a GPU, and need TRITON_INTERPRET=1 on CPU)."),
     "seed": (int, "Random seed."),
     "max_model_len": (Optional[int], "Context length (default: the model's)."),
     "block_size": (int, "Tokens per KV-cache block."),

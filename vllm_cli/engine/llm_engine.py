@@ -76,7 +76,7 @@ class LLMEngine:
         set_max_model_len = getattr(self.model, "set_max_model_len", None)
         if set_max_model_len is not None:  # e.g. Phi-3 LongRoPE picks its factors from it
             set_max_model_len(self.max_model_len)
-        self.runner = ModelRunner(self.model, self.device, self.dtype, args.block_size)
+        self.runner = ModelRunner(self.model, self.device, self.dtype, args.block_size, args.attention_backend)
 
         num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(num_blocks)

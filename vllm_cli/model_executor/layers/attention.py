@@ -12,10 +12,13 @@ A backend is two functions: build_metadata (once per step) and forward (once per
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from vllm_cli.config import ATTENTION_BACKENDS
 
 
 @dataclass
@@ -174,7 +177,25 @@ class TorchAttentionBackend:
         return out.index_select(0, g.out_index)
 
 
-def get_attention_backend(name: str, block_size: int, device: torch.device) -> TorchAttentionBackend:
-    if name in ("auto", "torch"):
+ATTENTION_BACKEND_ENV = "VLLM_CLI_ATTENTION_BACKEND"
+
+
+def get_attention_backend(name: str, block_size: int, device: torch.device):
+    """torch | triton | auto: the environment variable VLLM_CLI_ATTENTION_BACKEND if set, else torch."""
+    if name == "auto":
+        name = os.environ.get(ATTENTION_BACKEND_ENV, "").strip().lower() or "auto"
+        if name not in ATTENTION_BACKENDS:
+            raise ValueError(f"{ATTENTION_BACKEND_ENV} must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}")
+    if name == "auto":
+        # torch everywhere until the Triton kernels have been verified on a real GPU (they are
+        # proven under TRITON_INTERPRET=1 and compiled for sm_90, never yet run on one):
+        # --attention-backend triton opts in.
+        name = "torch"
+    if name == "torch":
         return TorchAttentionBackend(block_size, device)
-    raise ValueError(f"unknown attention backend {name!r}; available: torch")
+    if name == "triton":
+        from vllm_cli.model_executor.layers.triton_attention import TritonAttentionBackend
+
+        return TritonAttentionBackend(block_size, torch.device(device))
+    raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(ATTENTION_BACKENDS)}")
+
