@@ -37,6 +37,22 @@ class CausalLM(nn.Module):
         """(num_layers, num_kv_heads, head_dim)."""
         raise NotImplementedError
 
+    def run_decoder(self, embed: nn.Module, layers: nn.ModuleList, final_norm: nn.Module, input_ids: torch.Tensor,
+                    positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """The common body of forward(): embed, every layer, final norm. A model with a
+        `rotary` looks its cos/sin up once per step here, for every layer to share."""
+        rotary = getattr(self, "rotary", None)
+        if rotary is not None:
+            ctx.rotary = rotary
+            ctx.cos, ctx.sin = rotary.cos_sin(positions, embed.weight.dtype)
+        hidden = embed(input_ids)
+        for layer in layers:
+            hidden = layer(hidden, ctx)
+        return final_norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
     def shard_slice(self, param_name: str, shard_id, param: torch.Tensor) -> slice:
         raise NotImplementedError
 

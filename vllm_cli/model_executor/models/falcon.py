@@ -99,15 +99,7 @@ class FalconForCausalLM(CausalLM):
         return len(self.transformer.h), attn.num_kv_heads, attn.head_dim
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        ctx.rotary = self.rotary
-        ctx.cos, ctx.sin = self.rotary.cos_sin(positions, self.transformer.word_embeddings.weight.dtype)
-        hidden = self.transformer.word_embeddings(input_ids)
-        for layer in self.transformer.h:
-            hidden = layer(hidden, ctx)
-        return self.transformer.ln_f(hidden)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        return self.run_decoder(self.transformer.word_embeddings, self.transformer.h, self.transformer.ln_f, input_ids, positions, ctx)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         attn = self.transformer.h[0].self_attention

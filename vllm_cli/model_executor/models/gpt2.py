@@ -85,9 +85,6 @@ class GPT2LMHeadModel(CausalLM):
             hidden = block(hidden, ctx)
         return self.transformer.ln_f(hidden)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         def renamed():
             for name, tensor in weights:

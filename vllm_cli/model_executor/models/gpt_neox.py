@@ -83,15 +83,7 @@ class GPTNeoXForCausalLM(CausalLM):
         return len(self.gpt_neox.layers), attn.num_heads, attn.head_dim
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        ctx.rotary = self.rotary
-        ctx.cos, ctx.sin = self.rotary.cos_sin(positions, self.gpt_neox.embed_in.weight.dtype)
-        hidden = self.gpt_neox.embed_in(input_ids)
-        for layer in self.gpt_neox.layers:
-            hidden = layer(hidden, ctx)
-        return self.gpt_neox.final_layer_norm(hidden)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        return self.run_decoder(self.gpt_neox.embed_in, self.gpt_neox.layers, self.gpt_neox.final_layer_norm, input_ids, positions, ctx)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         attn = self.gpt_neox.layers[0].attention

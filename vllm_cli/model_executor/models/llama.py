@@ -106,15 +106,7 @@ class LlamaForCausalLM(CausalLM):
         return len(self.model.layers), attn.num_kv_heads, attn.head_dim
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        ctx.rotary = self.rotary
-        ctx.cos, ctx.sin = self.rotary.cos_sin(positions, self.model.embed_tokens.weight.dtype)
-        hidden = self.model.embed_tokens(input_ids)
-        for layer in self.model.layers:
-            hidden = layer(hidden, ctx)
-        return self.model.norm(hidden)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        return self.run_decoder(self.model.embed_tokens, self.model.layers, self.model.norm, input_ids, positions, ctx)
 
     def shard_slice(self, param_name: str, shard_id, param: torch.Tensor) -> slice:
         if shard_id in ("q", "k", "v"):

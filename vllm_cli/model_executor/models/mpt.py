@@ -107,10 +107,8 @@ class MptForCausalLM(CausalLM):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         # One slopes tensor for every layer: the backend builds the bias mask once per step.
         ctx.extras["alibi_slopes"] = self.alibi_slopes.to(self.transformer.wte.weight.dtype)
-        hidden = self.transformer.wte(input_ids)
-        for block in self.transformer.blocks:
-            hidden = block(hidden, ctx)
-        return self.transformer.norm_f(hidden)
+        return self.run_decoder(self.transformer.wte, self.transformer.blocks, self.transformer.norm_f,
+                                input_ids, positions, ctx)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden)
