@@ -27,17 +27,17 @@ function __vllm_cli_path
                 set path 'bench/serve'
             case 'bench:throughput'
                 set path 'bench/throughput'
-            case 'bench/latency:--batch-size' 'bench/latency:--input-len' 'bench/latency:--output-len' 'bench/latency:--num-iters-warmup' 'bench/latency:--num-iters' 'bench/latency:--output-json' 'bench/latency:--tokenizer' 'bench/latency:--revision' 'bench/latency:--dtype' 'bench/latency:--device' 'bench/latency:--load-format' 'bench/latency:--model-impl' 'bench/latency:--attention-backend' 'bench/latency:--seed' 'bench/latency:--max-model-len' 'bench/latency:--block-size' 'bench/latency:--kv-cache-memory' 'bench/latency:--gpu-memory-utilization' 'bench/latency:--max-num-seqs' 'bench/latency:--max-num-batched-tokens'
+            case 'bench/latency:--batch-size' 'bench/latency:--input-len' 'bench/latency:--output-len' 'bench/latency:--num-iters-warmup' 'bench/latency:--num-iters' 'bench/latency:--output-json' 'bench/latency:--tokenizer' 'bench/latency:--revision' 'bench/latency:--dtype' 'bench/latency:--device' 'bench/latency:--load-format' 'bench/latency:--model-impl' 'bench/latency:--attention-backend' 'bench/latency:--seed' 'bench/latency:--max-model-len' 'bench/latency:--block-size' 'bench/latency:--kv-cache-memory' 'bench/latency:--gpu-memory-utilization' 'bench/latency:--max-num-seqs' 'bench/latency:--max-num-batched-tokens' 'bench/latency:--tensor-parallel-size' 'bench/latency:--nnodes' 'bench/latency:--node-rank' 'bench/latency:--master-addr' 'bench/latency:--master-port'
                 set skip 1
             case 'bench/serve:--url' 'bench/serve:--endpoint' 'bench/serve:--model' 'bench/serve:--num-prompts' 'bench/serve:--input-len' 'bench/serve:--output-len' 'bench/serve:--prefix-len' 'bench/serve:--dataset' 'bench/serve:--vocab-size' 'bench/serve:--request-rate' 'bench/serve:--max-concurrency' 'bench/serve:--seed' 'bench/serve:--api-key' 'bench/serve:--output-json'
                 set skip 1
-            case 'bench/throughput:--num-prompts' 'bench/throughput:--input-len' 'bench/throughput:--output-len' 'bench/throughput:--prefix-len' 'bench/throughput:--dataset' 'bench/throughput:--baseline' 'bench/throughput:--baseline-batch-size' 'bench/throughput:--output-json' 'bench/throughput:--tokenizer' 'bench/throughput:--revision' 'bench/throughput:--dtype' 'bench/throughput:--device' 'bench/throughput:--load-format' 'bench/throughput:--model-impl' 'bench/throughput:--attention-backend' 'bench/throughput:--seed' 'bench/throughput:--max-model-len' 'bench/throughput:--block-size' 'bench/throughput:--kv-cache-memory' 'bench/throughput:--gpu-memory-utilization' 'bench/throughput:--max-num-seqs' 'bench/throughput:--max-num-batched-tokens'
+            case 'bench/throughput:--num-prompts' 'bench/throughput:--input-len' 'bench/throughput:--output-len' 'bench/throughput:--prefix-len' 'bench/throughput:--dataset' 'bench/throughput:--baseline' 'bench/throughput:--baseline-batch-size' 'bench/throughput:--output-json' 'bench/throughput:--tokenizer' 'bench/throughput:--revision' 'bench/throughput:--dtype' 'bench/throughput:--device' 'bench/throughput:--load-format' 'bench/throughput:--model-impl' 'bench/throughput:--attention-backend' 'bench/throughput:--seed' 'bench/throughput:--max-model-len' 'bench/throughput:--block-size' 'bench/throughput:--kv-cache-memory' 'bench/throughput:--gpu-memory-utilization' 'bench/throughput:--max-num-seqs' 'bench/throughput:--max-num-batched-tokens' 'bench/throughput:--tensor-parallel-size' 'bench/throughput:--nnodes' 'bench/throughput:--node-rank' 'bench/throughput:--master-addr' 'bench/throughput:--master-port'
                 set skip 1
-            case 'chat:--system' 'chat:--system-prompt' 'chat:-s' 'chat:--quick' 'chat:-q' 'chat:--chat-template' 'chat:--log-level' 'chat:--url' 'chat:--api-key' 'chat:--model-name' 'chat:--temperature' 'chat:--top-p' 'chat:--max-tokens' 'chat:--tokenizer' 'chat:--revision' 'chat:--dtype' 'chat:--device' 'chat:--load-format' 'chat:--model-impl' 'chat:--attention-backend' 'chat:--seed' 'chat:--max-model-len' 'chat:--block-size' 'chat:--kv-cache-memory' 'chat:--gpu-memory-utilization' 'chat:--max-num-seqs' 'chat:--max-num-batched-tokens'
+            case 'chat:--system' 'chat:--system-prompt' 'chat:-s' 'chat:--quick' 'chat:-q' 'chat:--chat-template' 'chat:--log-level' 'chat:--url' 'chat:--api-key' 'chat:--model-name' 'chat:--temperature' 'chat:--top-p' 'chat:--max-tokens' 'chat:--tokenizer' 'chat:--revision' 'chat:--dtype' 'chat:--device' 'chat:--load-format' 'chat:--model-impl' 'chat:--attention-backend' 'chat:--seed' 'chat:--max-model-len' 'chat:--block-size' 'chat:--kv-cache-memory' 'chat:--gpu-memory-utilization' 'chat:--max-num-seqs' 'chat:--max-num-batched-tokens' 'chat:--tensor-parallel-size' 'chat:--nnodes' 'chat:--node-rank' 'chat:--master-addr' 'chat:--master-port'
                 set skip 1
-            case 'generate:--prompt' 'generate:-p' 'generate:--max-tokens' 'generate:--temperature' 'generate:--top-p' 'generate:--tokenizer' 'generate:--revision' 'generate:--dtype' 'generate:--device' 'generate:--load-format' 'generate:--model-impl' 'generate:--attention-backend' 'generate:--seed' 'generate:--max-model-len' 'generate:--block-size' 'generate:--kv-cache-memory' 'generate:--gpu-memory-utilization' 'generate:--max-num-seqs' 'generate:--max-num-batched-tokens'
+            case 'generate:--prompt' 'generate:-p' 'generate:--max-tokens' 'generate:--temperature' 'generate:--top-p' 'generate:--tokenizer' 'generate:--revision' 'generate:--dtype' 'generate:--device' 'generate:--load-format' 'generate:--model-impl' 'generate:--attention-backend' 'generate:--seed' 'generate:--max-model-len' 'generate:--block-size' 'generate:--kv-cache-memory' 'generate:--gpu-memory-utilization' 'generate:--max-num-seqs' 'generate:--max-num-batched-tokens' 'generate:--tensor-parallel-size' 'generate:--nnodes' 'generate:--node-rank' 'generate:--master-addr' 'generate:--master-port'
                 set skip 1
-            case 'serve:--host' 'serve:--port' 'serve:--served-model-name' 'serve:--api-key' 'serve:--chat-template' 'serve:--allowed-origins' 'serve:--log-level' 'serve:--shutdown-timeout' 'serve:--tokenizer' 'serve:--revision' 'serve:--dtype' 'serve:--device' 'serve:--load-format' 'serve:--model-impl' 'serve:--attention-backend' 'serve:--seed' 'serve:--max-model-len' 'serve:--block-size' 'serve:--kv-cache-memory' 'serve:--gpu-memory-utilization' 'serve:--max-num-seqs' 'serve:--max-num-batched-tokens'
+            case 'serve:--host' 'serve:--port' 'serve:--served-model-name' 'serve:--api-key' 'serve:--chat-template' 'serve:--allowed-origins' 'serve:--log-level' 'serve:--shutdown-timeout' 'serve:--tokenizer' 'serve:--revision' 'serve:--dtype' 'serve:--device' 'serve:--load-format' 'serve:--model-impl' 'serve:--attention-backend' 'serve:--seed' 'serve:--max-model-len' 'serve:--block-size' 'serve:--kv-cache-memory' 'serve:--gpu-memory-utilization' 'serve:--max-num-seqs' 'serve:--max-num-batched-tokens' 'serve:--tensor-parallel-size' 'serve:--nnodes' 'serve:--node-rank' 'serve:--master-addr' 'serve:--master-port'
                 set skip 1
         end
     end
@@ -84,6 +84,11 @@ complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l max-num-seqs -x -d 'M
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l max-num-batched-tokens -x -d 'Token budget of one step (default 2048).'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l enable-prefix-caching -l no-enable-prefix-caching -d 'Reuse the KV cache of shared prompt prefixes.'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l enable-chunked-prefill -l no-enable-chunked-prefill -d 'Split long prompts into chunks that share steps with decodes.'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l tensor-parallel-size -x -d 'Ranks to shard the model over (processes; one GPU each on CUDA).'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l nnodes -x -d 'Machines the tensor-parallel ranks span (run the same command on each).'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l node-rank -x -d 'This machine\'s index among --nnodes (0 runs the engine and the API).'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l master-addr -r -F -d 'Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1).'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -l master-port -x -d 'Rendezvous port (default: $MASTER_PORT; one machine: any free port).'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -s h -l help -d 'Show this message and exit.'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/latency'" -F
 complete -c vllm-cli -n "__vllm_cli_at 'bench/serve'" -l url -r -F -d 'The server\'s base URL.'
@@ -127,6 +132,11 @@ complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l max-num-seqs -x -d
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l max-num-batched-tokens -x -d 'Token budget of one step (default 2048).'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l enable-prefix-caching -l no-enable-prefix-caching -d 'Reuse the KV cache of shared prompt prefixes.'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l enable-chunked-prefill -l no-enable-chunked-prefill -d 'Split long prompts into chunks that share steps with decodes.'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l tensor-parallel-size -x -d 'Ranks to shard the model over (processes; one GPU each on CUDA).'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l nnodes -x -d 'Machines the tensor-parallel ranks span (run the same command on each).'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l node-rank -x -d 'This machine\'s index among --nnodes (0 runs the engine and the API).'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l master-addr -r -F -d 'Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1).'
+complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -l master-port -x -d 'Rendezvous port (default: $MASTER_PORT; one machine: any free port).'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -s h -l help -d 'Show this message and exit.'
 complete -c vllm-cli -n "__vllm_cli_at 'bench/throughput'" -F
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l system -l system-prompt -s s -r -F -d 'System message, e.g. \'translate to Italian\'.'
@@ -158,6 +168,11 @@ complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l max-num-seqs -x -d 'Most seque
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l max-num-batched-tokens -x -d 'Token budget of one step (default 2048).'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l enable-prefix-caching -l no-enable-prefix-caching -d 'Reuse the KV cache of shared prompt prefixes.'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l enable-chunked-prefill -l no-enable-chunked-prefill -d 'Split long prompts into chunks that share steps with decodes.'
+complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l tensor-parallel-size -x -d 'Ranks to shard the model over (processes; one GPU each on CUDA).'
+complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l nnodes -x -d 'Machines the tensor-parallel ranks span (run the same command on each).'
+complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l node-rank -x -d 'This machine\'s index among --nnodes (0 runs the engine and the API).'
+complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l master-addr -r -F -d 'Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1).'
+complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l master-port -x -d 'Rendezvous port (default: $MASTER_PORT; one machine: any free port).'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -s h -l help -d 'Show this message and exit.'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -F
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l prompt -s p -r -F -d 'A prompt (repeat for a batch; \'-\' reads stdin); default \'Hello, my name is\'.'
@@ -182,6 +197,11 @@ complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l max-num-seqs -x -d 'Most s
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l max-num-batched-tokens -x -d 'Token budget of one step (default 2048).'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l enable-prefix-caching -l no-enable-prefix-caching -d 'Reuse the KV cache of shared prompt prefixes.'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l enable-chunked-prefill -l no-enable-chunked-prefill -d 'Split long prompts into chunks that share steps with decodes.'
+complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l tensor-parallel-size -x -d 'Ranks to shard the model over (processes; one GPU each on CUDA).'
+complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l nnodes -x -d 'Machines the tensor-parallel ranks span (run the same command on each).'
+complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l node-rank -x -d 'This machine\'s index among --nnodes (0 runs the engine and the API).'
+complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l master-addr -r -F -d 'Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1).'
+complete -c vllm-cli -n "__vllm_cli_at 'generate'" -l master-port -x -d 'Rendezvous port (default: $MASTER_PORT; one machine: any free port).'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -s h -l help -d 'Show this message and exit.'
 complete -c vllm-cli -n "__vllm_cli_at 'generate'" -F
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l host -r -F -d 'Interface to listen on (default: all interfaces).'
@@ -209,5 +229,10 @@ complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l max-num-seqs -x -d 'Most sequ
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l max-num-batched-tokens -x -d 'Token budget of one step (default 2048).'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l enable-prefix-caching -l no-enable-prefix-caching -d 'Reuse the KV cache of shared prompt prefixes.'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l enable-chunked-prefill -l no-enable-chunked-prefill -d 'Split long prompts into chunks that share steps with decodes.'
+complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l tensor-parallel-size -x -d 'Ranks to shard the model over (processes; one GPU each on CUDA).'
+complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l nnodes -x -d 'Machines the tensor-parallel ranks span (run the same command on each).'
+complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l node-rank -x -d 'This machine\'s index among --nnodes (0 runs the engine and the API).'
+complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l master-addr -r -F -d 'Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1).'
+complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l master-port -x -d 'Rendezvous port (default: $MASTER_PORT; one machine: any free port).'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -s h -l help -d 'Show this message and exit.'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -F

@@ -73,6 +73,11 @@ _vllm_cli_bench_latency() {
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
+        '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
+        '--nnodes[Machines the tensor-parallel ranks span (run the same command on each).]:nnodes: ' \
+        '--node-rank[This machine'\''s index among --nnodes (0 runs the engine and the API).]:node-rank: ' \
+        '--master-addr[Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1).]:master-addr:_files' \
+        '--master-port[Rendezvous port (default: $MASTER_PORT; one machine: any free port).]:master-port: ' \
         '-h[Show this message and exit.]' \
         '--help[Show this message and exit.]' \
         '*:file:_files'
@@ -130,6 +135,11 @@ _vllm_cli_bench_throughput() {
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
+        '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
+        '--nnodes[Machines the tensor-parallel ranks span (run the same command on each).]:nnodes: ' \
+        '--node-rank[This machine'\''s index among --nnodes (0 runs the engine and the API).]:node-rank: ' \
+        '--master-addr[Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1).]:master-addr:_files' \
+        '--master-port[Rendezvous port (default: $MASTER_PORT; one machine: any free port).]:master-port: ' \
         '-h[Show this message and exit.]' \
         '--help[Show this message and exit.]' \
         '*:file:_files'
@@ -173,6 +183,11 @@ _vllm_cli_chat() {
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
+        '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
+        '--nnodes[Machines the tensor-parallel ranks span (run the same command on each).]:nnodes: ' \
+        '--node-rank[This machine'\''s index among --nnodes (0 runs the engine and the API).]:node-rank: ' \
+        '--master-addr[Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1).]:master-addr:_files' \
+        '--master-port[Rendezvous port (default: $MASTER_PORT; one machine: any free port).]:master-port: ' \
         '-h[Show this message and exit.]' \
         '--help[Show this message and exit.]' \
         '*:file:_files'
@@ -207,6 +222,11 @@ _vllm_cli_generate() {
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
+        '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
+        '--nnodes[Machines the tensor-parallel ranks span (run the same command on each).]:nnodes: ' \
+        '--node-rank[This machine'\''s index among --nnodes (0 runs the engine and the API).]:node-rank: ' \
+        '--master-addr[Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1).]:master-addr:_files' \
+        '--master-port[Rendezvous port (default: $MASTER_PORT; one machine: any free port).]:master-port: ' \
         '-h[Show this message and exit.]' \
         '--help[Show this message and exit.]' \
         '*:file:_files'
@@ -242,6 +262,11 @@ _vllm_cli_serve() {
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
+        '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
+        '--nnodes[Machines the tensor-parallel ranks span (run the same command on each).]:nnodes: ' \
+        '--node-rank[This machine'\''s index among --nnodes (0 runs the engine and the API).]:node-rank: ' \
+        '--master-addr[Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1).]:master-addr:_files' \
+        '--master-port[Rendezvous port (default: $MASTER_PORT; one machine: any free port).]:master-port: ' \
         '-h[Show this message and exit.]' \
         '--help[Show this message and exit.]' \
         '*:file:_files'

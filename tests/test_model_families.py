@@ -102,7 +102,6 @@ def test_phi3_longrope_long_sequences_match_transformers(phi3_longrope_dir):
 def test_phi3_longrope_short_factors_within_the_original_length(phi3_longrope_dir):
     """max_model_len within the original length: short factors, as transformers for such sequences."""
     llm = LLM(phi3_longrope_dir, skip_tokenizer_init=True, num_kv_blocks=64, max_model_len=32)
-    llm.engine.model.set_max_model_len(llm.engine.max_model_len)  # until the engine calls the hook itself
     reference = transformers.AutoModelForCausalLM.from_pretrained(phi3_longrope_dir, dtype=torch.float32).eval()
     prompts = _prompts([6, 16, 11], seed=4)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],

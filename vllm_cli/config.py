@@ -39,6 +39,13 @@ class EngineArgs:
     chat_template: str | None = None
     served_model_name: list[str] = field(default_factory=list)
     skip_tokenizer_init: bool = False
+    # Tensor parallelism: ranks in all; machines, this machine's index and the rendezvous
+    # (MASTER_ADDR / MASTER_PORT when not given; one machine picks a free local port).
+    tensor_parallel_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
     disable_log_stats: bool = False
 
     def __post_init__(self) -> None:
@@ -55,6 +62,10 @@ class EngineArgs:
                              f"got {self.attention_backend!r}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.nnodes < 1:
+            raise ValueError(f"nnodes must be >= 1, got {self.nnodes}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_model_len is not None and self.max_model_len < 1:

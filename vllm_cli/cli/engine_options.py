@@ -40,6 +40,11 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     "max_num_batched_tokens": (Optional[int], "Token budget of one step (default 2048)."),
     "enable_prefix_caching": (bool, "Reuse the KV cache of shared prompt prefixes."),
     "enable_chunked_prefill": (bool, "Split long prompts into chunks that share steps with decodes."),
+    "tensor_parallel_size": (int, "Ranks to shard the model over (processes; one GPU each on CUDA)."),
+    "nnodes": (int, "Machines the tensor-parallel ranks span (run the same command on each)."),
+    "node_rank": (int, "This machine's index among --nnodes (0 runs the engine and the API)."),
+    "master_addr": (Optional[str], "Rendezvous host of a multi-node group (default: $MASTER_ADDR, else 127.0.0.1)."),
+    "master_port": (Optional[int], "Rendezvous port (default: $MASTER_PORT; one machine: any free port)."),
 }
 
 

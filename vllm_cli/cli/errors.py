@@ -7,9 +7,12 @@ import sys
 
 import typer
 
+from vllm_cli.distributed import WorkerFailedError
+
 # Bad flags or input (ValueError), a model or file that is not there (OSError, including
 # ModelNotFoundError): the user can act on the message, a traceback would only hide it.
-EXPECTED_ERRORS = (ValueError, OSError)
+# A tensor-parallel worker that died: the message names the rank and its error.
+EXPECTED_ERRORS = (ValueError, OSError, WorkerFailedError)
 
 
 def one_line(error: BaseException) -> str:

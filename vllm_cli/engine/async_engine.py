@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from vllm_cli.config import EngineArgs
+from vllm_cli.distributed import WorkerFailedError
 from vllm_cli.engine.llm_engine import LLMEngine, PromptInput
 from vllm_cli.logger import init_logger
 from vllm_cli.outputs import RequestOutput
@@ -61,6 +62,10 @@ class AsyncEngine:
     def is_running(self) -> bool:
         return self._thread.is_alive() and self._dead is None
 
+    @property
+    def dead_reason(self) -> str:
+        return str(self._dead) if self._dead is not None else "the engine thread exited"
+
     # ----- public API (event loop side) -----
     async def generate(self, prompt: PromptInput, params: SamplingParams, request_id: str | None = None,
                        prompt_token_ids: list[int] | None = None) -> AsyncIterator[RequestOutput]:
@@ -102,6 +107,7 @@ class AsyncEngine:
         self._stopped.set()
         self._commands.put(("wake",))
         self._thread.join(timeout)
+        self.engine.shutdown()
 
     def stats(self):
         return self.engine.stats()
@@ -133,9 +139,14 @@ class AsyncEngine:
                         break
                     self._apply(command)
                     block = False
+                engine.check_health()  # also while idle: /health turns 503 at once
                 if not engine.has_unfinished_requests():
                     continue
                 outputs = engine.step()
+            except WorkerFailedError as e:
+                self._dead = e
+                logger.error("the engine stopped: %s", e)
+                break
             except Exception as e:
                 self._fail_in_flight(e)
                 continue
@@ -143,7 +154,10 @@ class AsyncEngine:
                 stream = self._streams.get(output.request_id)
                 if stream is not None:
                     stream.put(output)
-        self._fail_in_flight(EngineDeadError("the engine is shutting down"))
+        error = EngineDeadError(f"the engine has stopped: {self._dead}" if self._dead else "the engine is shutting down")
+        self._fail_in_flight(error)
+        for stream in list(self._streams.values()):  # queued, not yet added: answered too
+            stream.put(error)
 
     def _fail_in_flight(self, error: Exception) -> None:
         """A step failed: every in-flight request gets the error; the engine goes on serving."""

@@ -42,11 +42,13 @@ class EngineStats:
 
 
 class LLMEngine:
+    tp_group = None  # the tensor-parallel workers, when tensor_parallel_size > 1
+
     def __init__(self, args: EngineArgs):
         from vllm_cli.engine.sampler import Sampler
-        from vllm_cli.model_executor.loader import load_model, resolve_device, resolve_dtype
+        from vllm_cli.model_executor.loader import resolve_device, resolve_dtype
         from vllm_cli.model_executor.model_source import load_hf_config, resolve_model_source
-        from vllm_cli.worker.model_runner import ModelRunner
+        from vllm_cli.worker.model_runner import create_model_runner
 
         self.args = args
         if args.seed is not None:
@@ -54,6 +56,8 @@ class LLMEngine:
         self.source = resolve_model_source(args.model, args.revision)
         self.hf_config = load_hf_config(self.source, trust_remote_code=args.trust_remote_code)
         self.device = resolve_device(args.device)
+        if args.tensor_parallel_size > 1:
+            self._start_tensor_parallel()
         self.dtype = resolve_dtype(args.dtype, self.hf_config, self.device)
         self.model_name = self.source.name
         self.served_model_names = list(args.served_model_name) or [self.model_name]
@@ -69,17 +73,21 @@ class LLMEngine:
                                                trust_remote_code=args.trust_remote_code, revision=args.revision)
         self.eos_token_ids = self._eos_token_ids()
 
-        self.model = load_model(self.source, self.hf_config, dtype=self.dtype, device=self.device,
-                                load_format=args.load_format, seed=args.seed or 0, model_impl=args.model_impl)
         self.vocab_size = int(self.hf_config.vocab_size)
         self.max_model_len = self._resolve_max_model_len()
-        set_max_model_len = getattr(self.model, "set_max_model_len", None)
-        if set_max_model_len is not None:  # e.g. Phi-3 LongRoPE picks its factors from it
-            set_max_model_len(self.max_model_len)
-        self.runner = ModelRunner(self.model, self.device, self.dtype, args.block_size, args.attention_backend)
+        try:
+            self.runner = create_model_runner(args, self.device, self.source, self.hf_config)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.model = self.runner.model  # this rank's shard under tensor parallelism
+        self.runner.set_max_model_len(self.max_model_len)
 
         num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(num_blocks)
+        if self.tp_group is not None:
+            self.tp_group.broadcast((num_blocks, self.max_model_len))  # the workers allocate the same pool
+            self.runner.step_hook = self.tp_group.broadcast
         self.block_manager = BlockManager(num_blocks, args.block_size, args.enable_prefix_caching)
         max_batched = args.max_num_batched_tokens or (2048 if args.enable_chunked_prefill else max(2048, self.max_model_len))
         if not args.enable_chunked_prefill and max_batched < self.max_model_len:
@@ -100,6 +108,41 @@ class LLMEngine:
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
         return cls(args)
+
+    def _start_tensor_parallel(self) -> None:
+        """Spawn (or, under torchrun, join) the workers; this process is rank 0, the driver. A
+        process that is not the driver (a workers-only node, a torchrun rank > 0) runs its
+        workers here and exits when the driver is done."""
+        from vllm_cli.distributed.executor import Placement, TensorParallelGroup, local_device, run_worker
+        from vllm_cli.distributed.parallel_state import threads_per_rank
+
+        placement = Placement.from_args(self.args)
+        if placement.torchrun and placement.rank != 0:  # one of torchrun's processes: a worker
+            run_worker(placement.rank, placement, self.args, threads_per_rank(placement.local_world_size))
+            raise SystemExit(0)
+        group = TensorParallelGroup(self.args, self.device, placement)
+        if placement.rank is None:
+            logger.info("Node %d of %d: running tensor-parallel ranks %s for the driver at %s:%d",
+                        self.args.node_rank, self.args.nnodes, ", ".join(map(str, placement.spawn_ranks)),
+                        placement.master_addr, placement.master_port)
+            raise SystemExit(group.wait_for_workers())
+        self.tp_group = group
+        self.device = local_device(self.device, 0, placement.local_rank_base)
+        try:
+            group.broadcast(self.args)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def check_health(self) -> None:
+        """Raises WorkerFailedError once a tensor-parallel worker has died."""
+        if self.tp_group is not None:
+            self.tp_group.check()
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers (nothing to do for a single-process engine)."""
+        if self.tp_group is not None:
+            self.tp_group.shutdown()
 
     # ----- set-up helpers -----
     def _eos_token_ids(self) -> set[int]:
@@ -135,7 +178,10 @@ class LLMEngine:
             budget = free - total * (1.0 - args.gpu_memory_utilization) - 2**30  # 1 GiB for activations
             num_blocks = int(budget // per_block)
         else:
-            budget = args.kv_cache_memory or _default_cpu_kv_budget()
+            # --kv-cache-memory is each rank's pool (as vLLM's CPU KV-cache space); the default
+            # share of free RAM is split between the ranks on this machine.
+            local_ranks = self.tp_group.placement.local_world_size if self.tp_group else 1
+            budget = args.kv_cache_memory or _default_cpu_kv_budget() // local_ranks
             num_blocks = int(budget // per_block)
         min_blocks = -(-self.max_model_len // args.block_size) + 1  # + the null block
         if num_blocks < min_blocks:
@@ -230,6 +276,7 @@ class LLMEngine:
 
     # ----- the step -----
     def step(self) -> list[RequestOutput]:
+        self.check_health()  # a dead worker stops the engine before a step can hang on it
         sched = self.scheduler.schedule()
         if not sched:
             return []

@@ -55,6 +55,11 @@ def _materialize(model: nn.Module, dtype: torch.dtype, device: torch.device) -> 
 def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, load_format: str = "auto",
                seed: int = 0, model_impl: str = "auto") -> nn.Module:
     cls = get_model_class(hf_config, model_impl)
+    from vllm_cli.distributed.parallel_state import get_tp_rank, get_tp_size
+
+    if get_tp_size() > 1 and not getattr(cls, "supports_tensor_parallel", True):
+        raise ValueError(f"tensor parallelism needs a native implementation; {_arch_name(hf_config)} would run "
+                         "through the transformers fallback, which runs on one rank only")
     start = time.perf_counter()
     with torch.device("meta"):
         model = cls(hf_config)
@@ -84,10 +89,15 @@ def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, l
 
         # a model may bring its own re-layout (the transformers fallback's linears see [batch, seq, features])
         getattr(model, "optimize_linears_for_cpu", lambda: optimize_linears_for_cpu(model))()
-    logger.info("Loaded %s (%s, %.0fM parameters, %s, %s) in %.1f s; weights take %.2f GiB",
-                source.name, type(model).__name__, num_params / 1e6, str(dtype).removeprefix("torch."),
+    shard = f", rank {get_tp_rank()}'s shard of {get_tp_size()}" if get_tp_size() > 1 else ""
+    logger.info("Loaded %s (%s, %.0fM parameters%s, %s, %s) in %.1f s; weights take %.2f GiB",
+                source.name, type(model).__name__, num_params / 1e6, shard, str(dtype).removeprefix("torch."),
                 source_desc, time.perf_counter() - start, size / 2**30)
     return model
+
+
+def _arch_name(hf_config) -> str:
+    return ", ".join(getattr(hf_config, "architectures", None) or []) or str(getattr(hf_config, "model_type", "?"))
 
 
 def _tied_names(model: nn.Module) -> set[str]:

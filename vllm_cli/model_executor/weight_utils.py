@@ -85,12 +85,8 @@ def iterate_weights(source: ModelSource, *, hf_config: Any = None) -> Iterator[t
         yield from _iterate_gguf(os.path.join(source.path, source.gguf_file), hf_config or load_hf_config(source))
         return
     if files := _safetensors_files(source.path):
-        from safetensors import safe_open
-
         for file in files:
-            with safe_open(file, framework="pt", device="cpu") as f:
-                for key in f.keys():
-                    yield key, f.get_tensor(key)
+            yield from _iterate_safetensors(file)
         return
     if files := _bin_files(source.path):
         for file in files:
@@ -101,6 +97,38 @@ def iterate_weights(source: ModelSource, *, hf_config: Any = None) -> Iterator[t
             del state
         return
     raise FileNotFoundError(f"no *.safetensors, pytorch_model*.bin or .gguf weights in {source.path}")
+
+
+# --------------------------------------------------------------------------- safetensors
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _iterate_safetensors(file: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Zero-copy views of the file's tensors (mmap): bytes are read only when the loader copies
+    them, so a tensor-parallel rank that copies its slice reads only that slice's pages."""
+    with open(file, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        # copy-on-write: torch wants a writable buffer; nothing is ever written back to the file
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if os.path.getsize(file) > 8 + header_len else None
+    header.pop("__metadata__", None)
+    base = 8 + header_len
+    for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):  # file order
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ValueError(f"{file}: tensor {name!r} has dtype {info['dtype']}, which is not supported")
+        start, end = info["data_offsets"]
+        shape = info["shape"]
+        if end == start:
+            yield name, torch.empty(shape, dtype=dtype)
+            continue
+        count = (end - start) // torch.empty((), dtype=dtype).element_size()
+        yield name, torch.frombuffer(mapped, dtype=dtype, count=count, offset=base + start).view(shape)
 
 
 # --------------------------------------------------------------------------- GGUF

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from vllm_cli.config import EngineArgs
+from vllm_cli.distributed import WorkerFailedError
 from vllm_cli.engine.async_engine import AsyncEngine
 from vllm_cli.entrypoints.openai import protocol as p
 from vllm_cli.entrypoints.openai.metrics import Metrics
@@ -326,7 +327,9 @@ async def run_server(engine_args: EngineArgs, *, host: str | None, port: int, ap
                         "max_model_len: %d%s", engine.model_name, alias, ", ".join(_url(a) for a in runner.addresses),
                         state.chat_template_desc, engine.kv_cache_tokens, engine.max_model_len,
                         "; API key required" if api_key else "")
-            await _wait_for_signal()
+            await _wait_for_signal(async_engine)
+            if not async_engine.is_running:
+                raise WorkerFailedError(f"the engine stopped: {async_engine.dead_reason}")
             logger.info("Shutting down: no new requests; %d in flight get up to %gs to finish",
                         engine.get_num_unfinished_requests(), shutdown_timeout)
         finally:
@@ -336,14 +339,19 @@ async def run_server(engine_args: EngineArgs, *, host: str | None, port: int, ap
     logger.info("Server stopped")
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal(async_engine: AsyncEngine) -> None:
+    """Until SIGINT/SIGTERM, or until the engine stops by itself (a tensor-parallel worker died)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        while not stop.is_set() and async_engine.is_running:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
     finally:
         for sig in signals:  # a second Ctrl-C interrupts the grace period
             loop.remove_signal_handler(sig)

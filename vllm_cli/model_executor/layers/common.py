@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vllm_cli.distributed.parallel_state import all_reduce, get_tp_size
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float):
@@ -96,11 +98,14 @@ class CpuLinear(nn.Module):
     (most on the LM head), bfloat16 through oneDNN's prepacked weights 1.5-2x. Where neither
     library is there, the weight is at least stored [in, out], which MKL/oneDNN prefer.
     Built from a loaded nn.Linear by `optimize_linears_for_cpu`; the original weight is freed.
+    A row-parallel linear keeps its all-reduce: the partial product is summed over the ranks
+    before the bias is added.
     """
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.reduce_output = bool(getattr(linear, "reduce_output", False)) and get_tp_size() > 1
         weight = linear.weight.detach()
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.kind, self.packed = _pack_for_cpu(weight)
@@ -109,13 +114,19 @@ class CpuLinear(nn.Module):
             self.shape_only = torch.empty_strided(tuple(weight.shape), (0, 0), dtype=weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reduce_output:
+            out = all_reduce(self._matmul(x, None))
+            return out if self.bias is None else out + self.bias
+        return self._matmul(x, self.bias)
+
+    def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "mkl":
-            return torch.ops.mkl._mkl_linear(x, self.packed, self.shape_only, self.bias, x.shape[0])
+            return torch.ops.mkl._mkl_linear(x, self.packed, self.shape_only, bias, x.shape[0])
         if self.kind == "mkldnn":
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        if self.bias is None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+        if bias is None:
             return x @ self.packed
-        return torch.addmm(self.bias, x, self.packed)
+        return torch.addmm(bias, x, self.packed)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -152,10 +163,14 @@ def optimize_linears_for_cpu(model: nn.Module) -> None:
 
 
 def replace_linears(model: nn.Module, make) -> None:
+    """Swap every plain nn.Linear and every tensor-parallel linear (not other subclasses of
+    nn.Linear, whose forward may differ) for make(linear)."""
+    from vllm_cli.model_executor.layers.linear import ParallelLinearBase
+
     # (parent, name) pairs only: holding the Linear modules themselves would keep every
     # original weight alive until the end, doubling peak memory (13 GB more for a 7B model).
-    targets = [(module, name) for module in model.modules()
-               for name, child in module.named_children() if type(child) is nn.Linear]
+    targets = [(module, name) for module in model.modules() for name, child in module.named_children()
+               if type(child) is nn.Linear or isinstance(child, ParallelLinearBase)]
     for module, name in targets:
         setattr(module, name, make(getattr(module, name)))
 

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vllm_cli.model_executor.layers.linear import gather_logits
+
 
 @dataclass
 class ForwardContext:
@@ -51,13 +53,14 @@ class CausalLM(nn.Module):
         return final_norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
-
-    def shard_slice(self, param_name: str, shard_id, param: torch.Tensor) -> slice:
-        raise NotImplementedError
+        """[N, vocab] logits; under tensor parallelism every rank computes its vocabulary shard and
+        all of them take part in the gather."""
+        return gather_logits(self.lm_head(hidden), self.config.vocab_size)
 
     def load_stacked_weights(self, weights: Iterable[tuple[str, torch.Tensor]], skip: tuple[str, ...] = ()) -> set[str]:
-        """Copy checkpoint tensors into parameters, mapping split projections onto fused ones."""
+        """Copy checkpoint tensors into parameters, mapping split projections onto fused ones.
+        A layer with load_weight (the tensor-parallel layers) takes its own slice of the tensor
+        and its place in a fused parameter; anything else is replicated whole."""
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
@@ -72,10 +75,15 @@ class CausalLM(nn.Module):
                     break
             if name not in params:
                 raise ValueError(f"checkpoint tensor {name!r} has no counterpart in {type(self).__name__}")
-            param = params[name]
-            target = param.data if shard_id is None else param.data[self.shard_slice(name, shard_id, param)]
-            if tuple(target.shape) != tuple(tensor.shape):
-                raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
-            target.copy_(tensor)
+            module_name, _, param_name = name.rpartition(".")
+            module = self.get_submodule(module_name)
+            if hasattr(module, "load_weight"):
+                module.load_weight(param_name, tensor, shard_id)
+            else:
+                target = params[name].data
+                if shard_id is not None or tuple(target.shape) != tuple(tensor.shape):
+                    raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                     f"expected {tuple(target.shape)}")
+                target.copy_(tensor)
             loaded.add(name)
         return loaded

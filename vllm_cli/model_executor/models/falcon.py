@@ -15,6 +15,13 @@ import torch
 from torch import nn
 
 from vllm_cli.model_executor.layers.common import get_act_fn, get_rotary_embedding, ungroup_qkv
+from vllm_cli.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
 from vllm_cli.model_executor.models.base import CausalLM, ForwardContext
 
 
@@ -23,25 +30,27 @@ class FalconAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.hidden_size = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = self.hidden_size // self.num_heads
+        num_heads = config.num_attention_heads
+        self.head_dim = self.hidden_size // num_heads
         if config.new_decoder_architecture:
-            self.num_kv_heads = config.num_kv_heads
+            num_kv_heads = config.num_kv_heads
         else:
-            self.num_kv_heads = 1 if config.multi_query else self.num_heads
-        self.kv_size = self.num_kv_heads * self.head_dim
+            num_kv_heads = 1 if config.multi_query else num_heads
         self.scale = self.head_dim**-0.5
-        self.query_key_value = nn.Linear(self.hidden_size, self.hidden_size + 2 * self.kv_size, bias=config.bias)
-        self.dense = nn.Linear(self.hidden_size, self.hidden_size, bias=config.bias)
+        self.query_key_value = QKVParallelLinear(self.hidden_size, self.head_dim, num_heads, num_kv_heads,
+                                                 bias=config.bias)
+        qkv = self.query_key_value  # this rank's heads
+        self.num_heads, self.num_kv_heads, self.q_size, self.kv_size = qkv.num_heads, qkv.num_kv_heads, qkv.q_size, qkv.kv_size
+        self.dense = RowParallelLinear(self.hidden_size, self.hidden_size, bias=config.bias)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        q, k, v = self.query_key_value(hidden).split([self.hidden_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = self.query_key_value(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = ctx.rotary.apply(q.reshape(-1, self.num_heads, self.head_dim), ctx.cos, ctx.sin)
         k = ctx.rotary.apply(k.reshape(-1, self.num_kv_heads, self.head_dim), ctx.cos, ctx.sin)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale)
-        return self.dense(out.view(-1, self.hidden_size))
+        return self.dense(out.view(-1, self.q_size))
 
 
 class FalconDecoderLayer(nn.Module):
@@ -61,8 +70,8 @@ class FalconDecoderLayer(nn.Module):
                 self.post_attention_layernorm = nn.LayerNorm(hidden, eps=eps)
         self.self_attention = FalconAttention(config, layer_idx)
         self.mlp = nn.Module()
-        self.mlp.dense_h_to_4h = nn.Linear(hidden, config.ffn_hidden_size, bias=config.bias)
-        self.mlp.dense_4h_to_h = nn.Linear(config.ffn_hidden_size, hidden, bias=config.bias)
+        self.mlp.dense_h_to_4h = ColumnParallelLinear(hidden, config.ffn_hidden_size, bias=config.bias)
+        self.mlp.dense_4h_to_h = RowParallelLinear(config.ffn_hidden_size, hidden, bias=config.bias)
         self.act = get_act_fn(config.activation)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -84,13 +93,13 @@ class FalconForCausalLM(CausalLM):
         if getattr(config, "alibi", False):
             raise ValueError("Falcon with ALiBi (falcon-rw-1b/7b) is not supported; only rotary Falcon models are")
         self.transformer = nn.Module()
-        self.transformer.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.transformer.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.transformer.h = nn.ModuleList(FalconDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.transformer.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         attn = self.transformer.h[0].self_attention
         self.rotary = get_rotary_embedding(config, attn.head_dim, int(config.max_position_embeddings))
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.transformer.word_embeddings.weight
 
@@ -107,7 +116,7 @@ class FalconForCausalLM(CausalLM):
         def renamed():
             for name, tensor in weights:
                 if ".query_key_value." in name:
-                    tensor = ungroup_qkv(tensor, attn.num_kv_heads, attn.head_dim)
+                    tensor = ungroup_qkv(tensor, attn.query_key_value.full_num_kv_heads, attn.head_dim)
                 yield name, tensor
 
         return self.load_stacked_weights(renamed(), skip=("rotary_emb.inv_freq",))

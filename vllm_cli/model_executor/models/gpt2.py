@@ -16,6 +16,13 @@ import torch
 from torch import nn
 
 from vllm_cli.model_executor.layers.common import get_act_fn
+from vllm_cli.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
 from vllm_cli.model_executor.models.base import CausalLM, ForwardContext
 
 _CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
@@ -26,20 +33,21 @@ class GPT2Attention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.hidden_size = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = self.hidden_size // self.num_heads
+        self.head_dim = self.hidden_size // config.num_attention_heads
         self.scale = self.head_dim**-0.5 if getattr(config, "scale_attn_weights", True) else 1.0
         if getattr(config, "scale_attn_by_inverse_layer_idx", False):
             self.scale /= float(layer_idx + 1)
-        self.c_attn = nn.Linear(self.hidden_size, 3 * self.hidden_size)
-        self.c_proj = nn.Linear(self.hidden_size, self.hidden_size)
+        self.c_attn = QKVParallelLinear(self.hidden_size, self.head_dim, config.num_attention_heads,
+                                        config.num_attention_heads)
+        self.num_heads, self.local_size = self.c_attn.num_heads, self.c_attn.q_size  # this rank's heads
+        self.c_proj = RowParallelLinear(self.hidden_size, self.hidden_size)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         shape = (-1, self.num_heads, self.head_dim)
-        q, k, v = (t.reshape(shape) for t in self.c_attn(hidden).split(self.hidden_size, dim=-1))
+        q, k, v = (t.reshape(shape) for t in self.c_attn(hidden).split(self.local_size, dim=-1))
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale)
-        return self.c_proj(out.view(-1, self.hidden_size))
+        return self.c_proj(out.view(-1, self.local_size))
 
 
 class GPT2Block(nn.Module):
@@ -51,8 +59,8 @@ class GPT2Block(nn.Module):
         self.attn = GPT2Attention(config, layer_idx)
         self.ln_2 = nn.LayerNorm(hidden, eps=eps)
         self.mlp = nn.Module()
-        self.mlp.c_fc = nn.Linear(hidden, inner)
-        self.mlp.c_proj = nn.Linear(inner, hidden)
+        self.mlp.c_fc = ColumnParallelLinear(hidden, inner)
+        self.mlp.c_proj = RowParallelLinear(inner, hidden)
         self.act = get_act_fn(config.activation_function)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -66,12 +74,12 @@ class GPT2LMHeadModel(CausalLM):
         if getattr(config, "add_cross_attention", False):
             raise ValueError("GPT-2 with cross-attention (an encoder-decoder) is not supported")
         self.transformer = nn.Module()
-        self.transformer.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.transformer.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.transformer.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.transformer.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.num_hidden_layers))
         self.transformer.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
 

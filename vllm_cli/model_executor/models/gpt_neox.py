@@ -15,6 +15,13 @@ import torch
 from torch import nn
 
 from vllm_cli.model_executor.layers.common import get_act_fn, get_rotary_embedding, partial_rotary_dim, ungroup_qkv
+from vllm_cli.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
 from vllm_cli.model_executor.models.base import CausalLM, ForwardContext
 
 
@@ -23,20 +30,21 @@ class GPTNeoXAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.hidden_size = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = self.hidden_size // self.num_heads
+        self.head_dim = self.hidden_size // config.num_attention_heads
         self.scale = self.head_dim**-0.5
         bias = getattr(config, "attention_bias", True)
-        self.query_key_value = nn.Linear(self.hidden_size, 3 * self.hidden_size, bias=bias)
-        self.dense = nn.Linear(self.hidden_size, self.hidden_size, bias=bias)
+        self.query_key_value = QKVParallelLinear(self.hidden_size, self.head_dim, config.num_attention_heads,
+                                                 config.num_attention_heads, bias=bias)
+        self.num_heads, self.local_size = self.query_key_value.num_heads, self.query_key_value.q_size
+        self.dense = RowParallelLinear(self.hidden_size, self.hidden_size, bias=bias)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         shape = (-1, self.num_heads, self.head_dim)
-        q, k, v = (t.reshape(shape) for t in self.query_key_value(hidden).split(self.hidden_size, dim=-1))
+        q, k, v = (t.reshape(shape) for t in self.query_key_value(hidden).split(self.local_size, dim=-1))
         q, k = ctx.rotary.apply(q, ctx.cos, ctx.sin), ctx.rotary.apply(k, ctx.cos, ctx.sin)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale)
-        return self.dense(out.view(-1, self.hidden_size))
+        return self.dense(out.view(-1, self.local_size))
 
 
 class GPTNeoXLayer(nn.Module):
@@ -48,8 +56,8 @@ class GPTNeoXLayer(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(hidden, eps=eps)
         self.attention = GPTNeoXAttention(config, layer_idx)
         self.mlp = nn.Module()
-        self.mlp.dense_h_to_4h = nn.Linear(hidden, config.intermediate_size)
-        self.mlp.dense_4h_to_h = nn.Linear(config.intermediate_size, hidden)
+        self.mlp.dense_h_to_4h = ColumnParallelLinear(hidden, config.intermediate_size)
+        self.mlp.dense_4h_to_h = RowParallelLinear(config.intermediate_size, hidden)
         self.act = get_act_fn(config.hidden_act)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,14 +75,14 @@ class GPTNeoXForCausalLM(CausalLM):
     def __init__(self, config):
         super().__init__(config)
         self.gpt_neox = nn.Module()
-        self.gpt_neox.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.gpt_neox.embed_in = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.gpt_neox.layers = nn.ModuleList(GPTNeoXLayer(config, i) for i in range(config.num_hidden_layers))
         self.gpt_neox.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         head_dim = self.gpt_neox.layers[0].attention.head_dim
         self.rotary = get_rotary_embedding(config, head_dim, int(config.max_position_embeddings),
                                            partial_rotary_dim(config, head_dim))
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.gpt_neox.embed_in.weight
 
@@ -95,7 +103,7 @@ class GPTNeoXForCausalLM(CausalLM):
                 if name.startswith("embed_out."):  # the hub name of the LM head
                     name = "lm_head." + name.removeprefix("embed_out.")
                 if ".query_key_value." in name:
-                    tensor = ungroup_qkv(tensor, attn.num_heads, attn.head_dim)
+                    tensor = ungroup_qkv(tensor, attn.query_key_value.full_num_heads, attn.head_dim)
                 yield name, tensor
 
         return self.load_stacked_weights(renamed())

@@ -2,6 +2,7 @@
 
 Every linear runs once over the whole flat batch of tokens: q/k/v are one fused matmul and so
 are gate/up. Checkpoint names (q_proj, k_proj, ...) are mapped onto the fused weights at load.
+Under tensor parallelism each rank holds its heads and its share of the MLP (layers/linear.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ import torch
 from torch import nn
 
 from vllm_cli.model_executor.layers.common import RMSNorm, RotaryEmbedding, silu_and_mul
+from vllm_cli.model_executor.layers.linear import (
+    MergedColumnParallelLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
 from vllm_cli.model_executor.models.base import CausalLM, ForwardContext
 
 
@@ -19,14 +27,16 @@ class LlamaAttention(nn.Module):
     def __init__(self, config, layer_idx: int, qkv_bias: bool):
         super().__init__()
         self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
+        num_heads = config.num_attention_heads
+        num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=getattr(config, "attention_bias", False))
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, num_heads, num_kv_heads, bias=qkv_bias)
+        # this rank's heads (all of them without tensor parallelism)
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
+        self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
+        self.o_proj = RowParallelLinear(num_heads * self.head_dim, config.hidden_size,
+                                        bias=getattr(config, "attention_bias", False))
         window = getattr(config, "sliding_window", None)
         self.sliding_window = window if window and getattr(config, "use_sliding_window", True) else None
 
@@ -48,8 +58,8 @@ class LlamaMLP(nn.Module):
         if getattr(config, "hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act {config.hidden_act!r} is not supported for this architecture")
         bias = getattr(config, "mlp_bias", False)
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, bias=bias)
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
@@ -71,7 +81,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config, qkv_bias: bool):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qkv_bias) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -93,7 +103,7 @@ class LlamaForCausalLM(CausalLM):
         attn = self.model.layers[0].self_attn
         self.rotary = RotaryEmbedding(config, attn.head_dim, self.max_position(config))
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -107,15 +117,6 @@ class LlamaForCausalLM(CausalLM):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         return self.run_decoder(self.model.embed_tokens, self.model.layers, self.model.norm, input_ids, positions, ctx)
-
-    def shard_slice(self, param_name: str, shard_id, param: torch.Tensor) -> slice:
-        if shard_id in ("q", "k", "v"):
-            attn = self.model.layers[0].self_attn
-            start = {"q": 0, "k": attn.q_size, "v": attn.q_size + attn.kv_size}[shard_id]
-            size = attn.q_size if shard_id == "q" else attn.kv_size
-            return slice(start, start + size)
-        half = param.shape[0] // 2
-        return slice(shard_id * half, (shard_id + 1) * half)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return self.load_stacked_weights(weights, skip=("rotary_emb.inv_freq",))

@@ -154,6 +154,8 @@ class _HiddenPassthrough(nn.Module):
 class TransformersForCausalLM(CausalLM):
     """transformers' modeling code with our paged KV cache and scheduler plugged in."""
 
+    supports_tensor_parallel = False  # transformers' layers hold whole weights
+
     def __init__(self, config):
         super().__init__(config)
         from transformers import AutoModelForCausalLM

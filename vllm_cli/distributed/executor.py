@@ -1,0 +1,323 @@
+"""The processes of a tensor-parallel engine: where each rank runs, starting them, the worker
+loop, failures and shutdown.
+
+Three ways to lay the ranks out, all over torch.distributed's TCP rendezvous:
+- one machine (the default): the driver (rank 0, the engine) spawns ranks 1..N-1;
+- several machines: `--nnodes M --node-rank R --master-addr HOST --master-port P` on each
+  machine; node 0 runs the driver and ranks 1..N/M-1, node R spawns ranks R*N/M.. and waits;
+- torchrun: every process it starts runs the same command; rank 0 becomes the driver and the
+  others become workers (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT from torchrun).
+
+A worker loads its shard, then repeats: receive the driver's StepInput, run the forward (its
+collectives pair with the driver's), until the driver sends None. A worker that dies is seen
+by the driver either as a failed collective or by the watchdog thread polling the processes;
+either way the engine stops with WorkerFailedError naming the rank and its error.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from vllm_cli.distributed import WorkerFailedError
+from vllm_cli.distributed import parallel_state as ps
+from vllm_cli.logger import init_logger
+
+logger = init_logger(__name__)
+
+_SHUTDOWN_WAIT_S = 10.0
+
+
+@dataclass
+class Placement:
+    """Which ranks this process and this machine run, and where the group meets."""
+
+    world_size: int
+    rank: int | None  # this process's rank; None on a node that only hosts workers
+    spawn_ranks: list[int]  # ranks this process starts as child processes
+    local_world_size: int  # ranks sharing this machine (their CPU threads split its cores)
+    local_rank_base: int  # local_rank = rank - local_rank_base (the CUDA device index)
+    master_addr: str
+    master_port: int
+    torchrun: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "Placement":
+        tp = args.tensor_parallel_size
+        env = os.environ
+        if "TORCHELASTIC_RUN_ID" in env and "RANK" in env:
+            world = int(env["WORLD_SIZE"])
+            if world != tp:
+                raise ValueError(f"torchrun started {world} processes, but --tensor-parallel-size is {tp}: "
+                                 "start one process per rank")
+            rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", 0))
+            return cls(tp, rank, [], int(env.get("LOCAL_WORLD_SIZE", world)), rank - local_rank,
+                       env["MASTER_ADDR"], int(env["MASTER_PORT"]), torchrun=True)
+        nnodes, node_rank = args.nnodes, args.node_rank
+        if not 0 <= node_rank < nnodes:
+            raise ValueError(f"--node-rank must be in [0, {nnodes}), got {node_rank}")
+        per_node = ps.divide(tp, nnodes, "--tensor-parallel-size")
+        first = node_rank * per_node
+        addr = args.master_addr or env.get("MASTER_ADDR") or "127.0.0.1"
+        port = args.master_port or (int(env["MASTER_PORT"]) if env.get("MASTER_PORT") else None)
+        if port is None:
+            if nnodes > 1:
+                raise ValueError("a multi-node group needs a rendezvous port on every node: "
+                                 "--master-port PORT (or MASTER_PORT)")
+            port = _free_port(addr)
+        ranks = list(range(first, first + per_node))
+        rank = 0 if node_rank == 0 else None
+        return cls(tp, rank, [r for r in ranks if r != rank], per_node, first, addr, port)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def local_device(device: torch.device, rank: int, local_rank_base: int) -> torch.device:
+    """The rank's own GPU on CUDA (cuda:local_rank); the CPU is shared."""
+    if device.type != "cuda":
+        return device
+    index = rank - local_rank_base
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+class TensorParallelGroup:
+    """The driver's view of the group (or, on a workers-only node, the workers it hosts)."""
+
+    _active: "TensorParallelGroup | None" = None  # one default process group per process
+
+    def __init__(self, args, device: torch.device, placement: Placement | None = None):
+        if TensorParallelGroup._active is not None:
+            raise RuntimeError("a tensor-parallel engine is already running in this process; shut it down first")
+        self.placement = placement or Placement.from_args(args)
+        self.device = device
+        self.failure: str | None = None
+        self._processes: dict[int, subprocess.Popen] = {}
+        self._error_files: dict[int, str] = {}
+        self._closed = False
+        self._threads_before = torch.get_num_threads()
+        p = self.placement
+        threads = ps.threads_per_rank(p.local_world_size) if device.type == "cpu" else 1
+        for rank in p.spawn_ranks:
+            self._processes[rank] = self._spawn(rank, args, threads)
+        TensorParallelGroup._active = self
+        atexit.register(self.shutdown)
+        if p.rank is None:
+            return
+        if device.type == "cpu":
+            torch.set_num_threads(threads)
+        logger.info("Tensor parallelism: %d ranks (%s backend), rendezvous at %s:%d%s", p.world_size,
+                    "nccl" if device.type == "cuda" else "gloo", p.master_addr, p.master_port,
+                    f"; this machine runs ranks {p.rank}..{p.rank + p.local_world_size - 1}"
+                    if p.local_world_size < p.world_size else "")
+        self.guarded(lambda: ps.init_distributed(p.rank, p.world_size, p.master_addr, p.master_port, device),
+                     "waiting for every rank to join")
+        self._watchdog = threading.Thread(target=self._watch, name="vllm-cli-tp-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _spawn(self, rank: int, args, threads: int) -> subprocess.Popen:
+        """A fresh interpreter running this module (not multiprocessing's spawn, which re-imports
+        the caller's __main__: a script without a __main__ guard would run again in every worker)."""
+        fd, error_file = tempfile.mkstemp(prefix=f"vllm-cli-tp{rank}-", suffix=".err")
+        os.close(fd)
+        self._error_files[rank] = error_file
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        # The driver logs for the group; a worker speaks up only for warnings and errors.
+        env = {**os.environ, "PYTHONPATH": pythonpath, "VLLM_CLI_LOG_LEVEL": "WARNING"}
+        proc = subprocess.Popen([sys.executable, "-m", "vllm_cli.distributed.executor"], stdin=subprocess.PIPE, env=env)
+        proc.stdin.write(pickle.dumps((rank, self.placement, args, threads, error_file)))
+        proc.stdin.close()
+        return proc
+
+    @property
+    def is_driver(self) -> bool:
+        return self.placement.rank == 0
+
+    # ----- the driver's side of the protocol -----
+    def broadcast(self, obj) -> None:
+        """Send obj to every worker (the settings, the KV-cache size, each step)."""
+        self.check()
+        try:
+            ps.broadcast_object(obj)
+        except Exception as e:
+            raise self._failed(e) from None
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise WorkerFailedError(self.failure)
+
+    def guarded(self, fn, what: str):
+        """Run a blocking call on a helper thread while watching the workers, so that a worker
+        that dies before it pairs with the call is reported, not waited for."""
+        box: dict = {}
+
+        def target():
+            try:
+                box["result"] = fn()
+            except BaseException as e:  # handed to the caller below
+                box["error"] = e
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+            if thread.is_alive() and self._dead_worker() is not None:
+                raise WorkerFailedError(f"{self._dead_worker()} while {what}")
+        if "error" in box:
+            raise self._failed(box["error"])
+        return box.get("result")
+
+    def wait_for_workers(self) -> int:
+        """A workers-only node: block until its workers exit; their worst exit code."""
+        codes = [proc.wait() for proc in self._processes.values()]
+        self._closed = True
+        for rank, error in self._errors().items():
+            logger.error("tensor-parallel worker rank %d failed: %s", rank, error)
+        return max(codes, default=0)
+
+    # ----- failures -----
+    def _dead_worker(self) -> str | None:
+        for rank, proc in self._processes.items():
+            code = proc.poll()
+            if code is not None and not self._closed:
+                reason = self._errors().get(rank) or _exit_reason(code)
+                return f"tensor-parallel worker rank {rank} (pid {proc.pid}) died: {reason}"
+        return None
+
+    def _errors(self) -> dict[int, str]:
+        """Each worker's own last words, where it lived to write them."""
+        errors = {}
+        for rank, path in self._error_files.items():
+            try:
+                with open(path, encoding="utf-8") as f:
+                    if text := f.read().strip():
+                        errors[rank] = text
+            except OSError:
+                pass
+        return errors
+
+    def _failed(self, error: BaseException) -> WorkerFailedError:
+        # A collective fails at once when a peer's connection drops; give the watchdog's view
+        # (which rank, its own error) a moment to arrive, it says more than gloo's message.
+        deadline = time.monotonic() + 2.0
+        while (dead := self._dead_worker()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.failure = dead or f"tensor-parallel collective failed: {error}"
+        return WorkerFailedError(self.failure)
+
+    def _watch(self) -> None:
+        while not self._closed and self.failure is None:
+            dead = self._dead_worker()
+            if dead is not None:
+                self.failure = dead
+                logger.error("%s; the engine stops", dead)
+                return
+            time.sleep(0.5)
+
+    # ----- shutdown -----
+    def shutdown(self) -> None:
+        """Tell the workers to exit (if they can still hear), then make sure they are gone."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.is_driver and self.failure is None:
+            try:
+                ps.broadcast_object(None)
+            except Exception:  # a worker is gone: the ones left are stopped below
+                pass
+        deadline = time.monotonic() + _SHUTDOWN_WAIT_S
+        for proc in self._processes.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for path in self._error_files.values():
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        ps.destroy_distributed()
+        if self.device.type == "cpu":
+            torch.set_num_threads(self._threads_before)
+        if TensorParallelGroup._active is self:
+            TensorParallelGroup._active = None
+        atexit.unregister(self.shutdown)
+
+
+def run_worker(rank: int, placement: Placement, args, threads: int) -> None:
+    """One worker rank, in this process: join, load the shard, run the driver's steps."""
+    from vllm_cli.logger import set_log_level
+    from vllm_cli.model_executor.loader import resolve_device
+    from vllm_cli.worker.model_runner import create_model_runner
+
+    set_log_level("warning")  # the driver logs for the group
+
+    if threads and torch.device(resolve_device(args.device)).type == "cpu":
+        torch.set_num_threads(threads)
+    device = local_device(resolve_device(args.device), rank, placement.local_rank_base)
+    ps.init_distributed(rank, placement.world_size, placement.master_addr, placement.master_port, device)
+    try:
+        args = ps.broadcast_object(None)  # the driver's settings win over this node's command line
+        runner = create_model_runner(args, device)
+        num_blocks, max_model_len = ps.broadcast_object(None)
+        runner.set_max_model_len(max_model_len)
+        runner.allocate_kv_cache(num_blocks)
+        while (step := ps.broadcast_object(None)) is not None:
+            runner.run(step)
+    finally:
+        ps.destroy_distributed()
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the process that started it dies, however it
+    dies (SIGKILL included), so no worker outlives its driver."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main() -> None:
+    rank, placement, args, threads, error_file = pickle.load(sys.stdin.buffer)
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group: the driver handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run_worker(rank, placement, args, threads)
+    except BaseException as e:
+        with open(error_file, "w", encoding="utf-8") as f:
+            f.write(f"{type(e).__name__}: {e}")
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    _worker_main()

@@ -1,0 +1,182 @@
+"""Megatron-style tensor-parallel layers: each rank holds a shard of the weight and loads only
+its slice of each checkpoint tensor.
+
+- ColumnParallelLinear: output features split; no communication (its output feeds a
+  row-parallel layer or per-head attention on this rank's heads).
+- QKVParallelLinear: the fused q/k/v projection, split by heads; KV heads are split when there
+  are at least as many as ranks, else replicated.
+- MergedColumnParallelLinear: fused projections side by side ([gate; up]), each split.
+- RowParallelLinear: input features split; partial outputs all-reduced, then the bias once.
+- VocabParallelEmbedding / ParallelLMHead: the vocabulary split in padded equal shards; the
+  embedding sums the ranks' masked lookups, the LM head gathers its logits (gather_logits).
+
+In a world of one each is exactly nn.Linear / nn.Embedding (same parameters, same forward), so
+the single-process engine is unchanged. Every layer has load_weight(param_name, tensor,
+shard_id), which CausalLM.load_stacked_weights calls with the checkpoint's full tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vllm_cli.distributed.parallel_state import (
+    all_gather_last_dim,
+    all_reduce,
+    divide,
+    get_tp_rank,
+    get_tp_size,
+    kv_head_shard,
+    padded_shard,
+)
+
+
+def _copy_checked(target: torch.Tensor, tensor: torch.Tensor, what: str) -> None:
+    if tuple(target.shape) != tuple(tensor.shape):
+        raise ValueError(f"checkpoint tensor {what!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+    target.copy_(tensor)
+
+
+class ParallelLinearBase(nn.Linear):
+    """What every tensor-parallel linear shares; the CPU re-layout (CpuLinear) accepts these."""
+
+    reduce_output = False  # RowParallelLinear: the output is a partial sum to all-reduce
+
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+        _copy_checked(getattr(self, param_name).data, tensor, param_name)
+
+
+class ColumnParallelLinear(ParallelLinearBase):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        self.full_out_features = out_features
+        super().__init__(in_features, divide(out_features, get_tp_size(), "output features"), bias=bias)
+
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+        local = self.out_features
+        _copy_checked(getattr(self, param_name).data, tensor.narrow(0, get_tp_rank() * local, local), param_name)
+
+
+class MergedColumnParallelLinear(ParallelLinearBase):
+    """Projections fused side by side, e.g. [gate; up]: shard_id is the index of one of them,
+    or None for a checkpoint tensor that is fused already (Phi-3's gate_up_proj)."""
+
+    def __init__(self, in_features: int, output_sizes: list[int], bias: bool = True):
+        tp = get_tp_size()
+        self.full_sizes = list(output_sizes)
+        self.local_sizes = [divide(size, tp, "output features") for size in output_sizes]
+        super().__init__(in_features, sum(self.local_sizes), bias=bias)
+
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+        target = getattr(self, param_name).data
+        pieces = tensor.split(self.full_sizes) if shard_id is None else None
+        offset, rank = 0, get_tp_rank()
+        for index, (full, local) in enumerate(zip(self.full_sizes, self.local_sizes)):
+            if shard_id is None or shard_id == index:
+                piece = pieces[index] if pieces is not None else tensor
+                _copy_checked(target.narrow(0, offset, local), piece.narrow(0, rank * local, local), param_name)
+            offset += local
+
+
+class QKVParallelLinear(ParallelLinearBase):
+    """The fused [q; k; v] projection of this rank's heads. shard_id "q"/"k"/"v" for separate
+    checkpoint tensors (Llama), None for a fused [q; k; v] one (MPT, GPT-2, Phi-3, ...).
+    num_heads / num_kv_heads / q_size / kv_size are this rank's."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = True):
+        self.head_dim = head_dim
+        self.full_num_heads, self.full_num_kv_heads = num_heads, num_kv_heads
+        self.num_heads = divide(num_heads, get_tp_size(), "the number of attention heads")
+        self.first_kv_head, self.num_kv_heads = kv_head_shard(num_kv_heads)
+        self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
+        super().__init__(hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
+
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+        target = getattr(self, param_name).data
+        hd = self.head_dim
+        full_q, full_kv = self.full_num_heads * hd, self.full_num_kv_heads * hd
+        if shard_id is None:
+            pieces = dict(zip("qkv", tensor.split([full_q, full_kv, full_kv])))
+        else:
+            pieces = {shard_id: tensor}
+        layout = {  # piece -> (offset in the local fused tensor, first row in the full piece, rows)
+            "q": (0, get_tp_rank() * self.q_size, self.q_size),
+            "k": (self.q_size, self.first_kv_head * hd, self.kv_size),
+            "v": (self.q_size + self.kv_size, self.first_kv_head * hd, self.kv_size),
+        }
+        for name, piece in pieces.items():
+            offset, first, rows = layout[name]
+            expected = full_q if name == "q" else full_kv
+            if piece.shape[0] != expected:
+                raise ValueError(f"checkpoint tensor {param_name!r} ({name}) has {piece.shape[0]} rows, expected {expected}")
+            _copy_checked(target.narrow(0, offset, rows), piece.narrow(0, first, rows), param_name)
+
+
+class RowParallelLinear(ParallelLinearBase):
+    reduce_output = True
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        self.full_in_features = in_features
+        super().__init__(divide(in_features, get_tp_size(), "input features"), out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if get_tp_size() == 1:
+            return F.linear(x, self.weight, self.bias)
+        out = all_reduce(F.linear(x, self.weight))
+        return out if self.bias is None else out + self.bias
+
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+        if param_name == "bias":  # added once, after the all-reduce: every rank keeps all of it
+            return super().load_weight(param_name, tensor)
+        local = self.in_features
+        _copy_checked(self.weight.data, tensor.narrow(1, get_tp_rank() * local, local), param_name)
+
+
+def _load_vocab_rows(target: torch.Tensor, tensor: torch.Tensor, vocab_size: int, what: str) -> None:
+    if tensor.shape[0] != vocab_size:
+        raise ValueError(f"checkpoint tensor {what!r} has {tensor.shape[0]} rows, expected {vocab_size}")
+    start, end, _ = padded_shard(vocab_size)
+    _copy_checked(target.narrow(0, 0, end - start), tensor.narrow(0, start, end - start), what)
+    target[end - start:].zero_()  # padding rows: never looked up, their logits cut off
+
+
+class VocabParallelEmbedding(nn.Embedding):
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        self.vocab_size = num_embeddings
+        self.vocab_start, self.vocab_end, local = padded_shard(num_embeddings)
+        super().__init__(local, embedding_dim)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if get_tp_size() == 1:
+            return F.embedding(input_ids, self.weight)
+        mine = (input_ids >= self.vocab_start) & (input_ids < self.vocab_end)
+        local_ids = torch.where(mine, input_ids - self.vocab_start, 0)
+        return all_reduce(F.embedding(local_ids, self.weight) * mine.unsqueeze(-1).to(self.weight.dtype))
+
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+        _load_vocab_rows(self.weight.data, tensor, self.vocab_size, param_name)
+
+
+class ParallelLMHead(ParallelLinearBase):
+    """This rank's padded shard of the vocabulary's output rows (tie it to the embedding by
+    assigning the embedding's weight: the shards are the same). gather_logits makes the whole."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, bias: bool = False):
+        self.vocab_size = vocab_size
+        super().__init__(hidden_size, padded_shard(vocab_size)[2], bias=bias)
+
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+        _load_vocab_rows(getattr(self, param_name).data, tensor, self.vocab_size, param_name)
+
+
+def gather_logits(local_logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Every rank's vocabulary shard of the logits side by side, padding cut: [N, vocab_size]."""
+    if get_tp_size() == 1:
+        return local_logits
+    return all_gather_last_dim(local_logits)[..., :vocab_size]
+
+
+def slice_heads(per_head: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """This rank's entries of a per-attention-head tensor (MPT's ALiBi slopes)."""
+    local = divide(num_heads, get_tp_size(), "the number of attention heads")
+    return per_head[get_tp_rank() * local:(get_tp_rank() + 1) * local]
