@@ -68,6 +68,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert BlockManager.NULL_BLOCK not in bm.free_queue
         for h, block in bm.hash_to_block.items():
             assert bm.block_hash[block] == h
+        for block, (parent, tokens) in bm.partial_blocks.items():  # only free, unhashed blocks
+            assert bm.ref_counts[block] == 0 and bm.block_hash[block] is None, block
+            assert 0 < len(tokens) < bm.block_size and block in bm.partials_by_parent[parent]
+        assert sum(map(len, bm.partials_by_parent.values())) == len(bm.partial_blocks)
         for seq in self.scheduler.waiting:
             assert not seq.block_table or seq.num_computed_tokens > 0 or seq.block_table == []
 

@@ -110,6 +110,27 @@ def test_prefix_cache_hits_give_identical_greedy_output(tiny_llama_dir):
     assert _free_blocks_all_returned(cached.engine)
 
 
+def test_partial_last_block_is_taken_over_exactly(tiny_llama_dir):
+    """A finished request's last, partly filled block serves the next request whose tokens
+    start the same way: only the tokens after the match are computed, outputs unchanged."""
+    base = _random_prompts(1, 49152, seed=5, lo=71, hi=72)[0]  # 4 full blocks + 7 tokens
+    tails = _random_prompts(3, 49152, seed=6, lo=10, hi=20)
+    follow_ups = [base + tails[0], base[:67] + tails[1], base + tails[2]]  # full match, 3 of 7, full again
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    reference = LLM(tiny_llama_dir, num_kv_blocks=256, enable_prefix_caching=False)
+    llm = LLM(tiny_llama_dir, num_kv_blocks=256)
+    cached = []
+    for i, prompt in enumerate(follow_ups):
+        # max_tokens=1: the request's computed tokens are exactly the prompt
+        llm.generate({"prompt_token_ids": base}, SamplingParams(temperature=0, max_tokens=1), use_tqdm=False)
+        out = llm.generate({"prompt_token_ids": prompt}, params, use_tqdm=False)[0]
+        ref = reference.generate({"prompt_token_ids": prompt}, params, use_tqdm=False)[0]
+        assert out.outputs[0].token_ids == ref.outputs[0].token_ids, i
+        cached.append(out.num_cached_tokens)
+    assert cached == [71, 67, 71]
+    assert _free_blocks_all_returned(llm.engine)
+
+
 def test_stop_string_spanning_tokens_cuts_the_text(llm):
     tok = llm.get_tokenizer()
     base = llm.generate("Once upon a time", GREEDY, use_tqdm=False)[0].outputs[0]

@@ -74,8 +74,8 @@ class Scheduler:
         # Admit waiting sequences only when nothing was preempted (the pool is not short).
         while self.waiting and not out.preempted and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            cached = self.block_manager.find_cached_prefix(seq) if not seq.block_table else []
-            start = len(cached) * self.block_manager.block_size if cached else seq.num_computed_tokens
+            cached = self.block_manager.find_cached_prefix(seq) if not seq.block_table else None
+            start = cached.num_tokens(self.block_manager.block_size) if cached else seq.num_computed_tokens
             remaining = seq.num_tokens - start
             num_new = min(remaining, budget)
             if num_new < remaining and not self.enable_chunked_prefill:
