@@ -87,7 +87,10 @@ class EngineBench:
         self.run(self.prepare(random_requests(2, length, 4, self.engine.vocab_size, seed=seed + 10_000)))
 
     def close(self) -> None:
-        """Drop the engine (weights and KV cache) before a baseline loads its own model."""
+        """Drop the engine (weights and KV cache; tensor-parallel workers, which also restores
+        this process's CPU threads) before a baseline loads its own model."""
+        if self.engine is not None:
+            self.engine.shutdown()
         self.engine = None
         gc.collect()
 

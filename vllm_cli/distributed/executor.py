@@ -105,6 +105,9 @@ class TensorParallelGroup:
         if TensorParallelGroup._active is not None:
             raise RuntimeError("a tensor-parallel engine is already running in this process; shut it down first")
         self.placement = placement or Placement.from_args(args)
+        if device.type == "cuda" and torch.cuda.device_count() < self.placement.local_world_size:
+            raise ValueError(f"{self.placement.local_world_size} tensor-parallel ranks on this machine need as many "
+                             f"GPUs; {torch.cuda.device_count()} visible")
         self.device = device
         self.failure: str | None = None
         self._processes: dict[int, subprocess.Popen] = {}
