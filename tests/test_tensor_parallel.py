@@ -149,6 +149,27 @@ def test_a_worker_killed_mid_run_is_a_clear_error_and_leaves_no_process(tmp_path
     assert not [pid for pid in workers if _pid_alive(pid)]
 
 
+def test_a_forward_failing_on_the_driver_stops_the_group(tmp_path):
+    """The workers may be waiting in a collective the driver never reached: no further step."""
+    path = build_tiny_checkpoint(tmp_path / "m", tiny_config("llama", VOCAB), seed=1)
+    llm = LLM(path, skip_tokenizer_init=True, num_kv_blocks=64, tensor_parallel_size=2)
+    workers = _worker_pids(llm)
+    try:
+        def broken(*args, **kwargs):
+            raise RuntimeError("out of memory (simulated)")
+
+        llm.engine.model.forward = broken
+        with pytest.raises(WorkerFailedError, match=r"failed on rank 0 \(RuntimeError: out of memory \(simulated\)\); "
+                                                    "the ranks are out of step"):
+            llm.generate(_prompts(1), GREEDY, use_tqdm=False)
+        with pytest.raises(WorkerFailedError, match="out of step"):
+            llm.engine.step()
+    finally:
+        llm.shutdown()
+    time.sleep(0.2)
+    assert not [pid for pid in workers if _pid_alive(pid)]
+
+
 def test_serve_with_two_ranks_then_a_dead_worker_stops_the_server(tiny_llama_dir, tmp_path):
     server = launch_server(tiny_llama_dir, tmp_path / "serve.log", "--tensor-parallel-size", "2")
     try:

@@ -224,6 +224,18 @@ class TensorParallelGroup:
         self.failure = dead or f"tensor-parallel collective failed: {error}"
         return WorkerFailedError(self.failure)
 
+    def step_failed(self, error: BaseException) -> WorkerFailedError:
+        """A forward failed on the driver: a dead worker says why; otherwise the workers may be
+        waiting in a collective the driver never reached, and the group cannot run another step."""
+        if isinstance(error, WorkerFailedError):
+            return error
+        failure = self._failed(error)
+        if self._dead_worker() is None:
+            self.failure = (f"the tensor-parallel step failed on rank 0 ({type(error).__name__}: {error}); "
+                            "the ranks are out of step")
+            failure = WorkerFailedError(self.failure)
+        return failure
+
     def _watch(self) -> None:
         while not self._closed and self.failure is None:
             dead = self._dead_worker()
@@ -244,7 +256,8 @@ class TensorParallelGroup:
                 ps.broadcast_object(None)
             except Exception:  # a worker is gone: the ones left are stopped below
                 pass
-        deadline = time.monotonic() + _SHUTDOWN_WAIT_S
+        # a failed group cannot tell its workers to stop: they may be blocked in a collective
+        deadline = time.monotonic() + (_SHUTDOWN_WAIT_S if self.failure is None else 0.0)
         for proc in self._processes.values():
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))

@@ -87,7 +87,7 @@ class LLMEngine:
         self.runner.allocate_kv_cache(num_blocks)
         if self.tp_group is not None:
             self.tp_group.broadcast((num_blocks, self.max_model_len))  # the workers allocate the same pool
-            self.runner.step_hook = self.tp_group.broadcast
+            self.runner.tp_group = self.tp_group
         self.block_manager = BlockManager(num_blocks, args.block_size, args.enable_prefix_caching)
         max_batched = args.max_num_batched_tokens or (2048 if args.enable_chunked_prefill else max(2048, self.max_model_len))
         if not args.enable_chunked_prefill and max_batched < self.max_model_len:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+
 from vllm_cli.engine.sequence import Sequence
 from vllm_cli.model_executor.layers.attention import SeqBatchInfo, get_attention_backend
 from vllm_cli.model_executor.models.base import ForwardContext
@@ -68,7 +69,7 @@ class ModelRunner:
         self.backend = get_attention_backend(attention_backend, block_size, device)
         self.num_layers, self.num_kv_heads, self.head_dim = model.kv_cache_shape()
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.step_hook = None  # tensor parallelism: sends each StepInput to the workers
+        self.tp_group = None  # tensor parallelism: the workers each StepInput is sent to
 
     def set_max_model_len(self, max_model_len: int) -> None:
         set_max_model_len = getattr(self.model, "set_max_model_len", None)
@@ -94,11 +95,16 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, scheduled: list[tuple[Sequence, int]]) -> StepLogits:
         """The driver's step: describe the batch, run it (on every rank, under tensor
-        parallelism: step_hook sends the description to the workers first), split the logits."""
+        parallelism: the description goes to the workers first), split the logits."""
         step, sample_seqs, prompt_rows = self.prepare(scheduled)
-        if self.step_hook is not None:
-            self.step_hook(step)
-        logits = self.run(step)
+        if self.tp_group is None:
+            logits = self.run(step)
+        else:
+            self.tp_group.broadcast(step)
+            try:
+                logits = self.run(step)
+            except Exception as e:  # a collective with a dead peer, or a failure on this rank
+                raise self.tp_group.step_failed(e) from e
         num_sampled = len(sample_seqs)
         sample_logits = logits[:num_sampled] if num_sampled else None
         chunks, row = [], num_sampled
