@@ -104,6 +104,29 @@ def test_safetensors_single_file(tmp_path: Path, tie: bool) -> None:
     assert weights_size_bytes(source) == sum(f.stat().st_size for f in tmp_path.glob("*.safetensors"))
 
 
+def test_safetensors_tensors_are_views_of_the_mapped_file(tmp_path: Path) -> None:
+    """Zero-copy: every tensor is a view into one mapping of the file at its header offset, so
+    copying a slice (a tensor-parallel rank's shard) reads only that slice's pages; bf16 and
+    empty tensors come through as stored."""
+    from safetensors.torch import save_file
+
+    tensors = {"a": torch.randn(64, 32), "b": torch.randn(7, 5).to(torch.bfloat16), "empty": torch.zeros(0, 4),
+               "c": torch.arange(10, dtype=torch.int64)}
+    save_file(tensors, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with open(tmp_path / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    got = dict(iterate_weights(resolve_model_source(str(tmp_path))))
+    for name, tensor in tensors.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    base = got["a"].data_ptr() - header["a"]["data_offsets"][0]
+    for name in ("a", "b", "c"):
+        assert got[name].data_ptr() - base == header[name]["data_offsets"][0], name
+    got["a"][0, 0] = 123.0  # copy-on-write: the file itself never changes
+    again = dict(iterate_weights(resolve_model_source(str(tmp_path))))
+    assert torch.equal(again["a"], tensors["a"])
+
+
 def test_safetensors_sharded_uses_index(tmp_path: Path) -> None:
     model = _tiny_llama()
     model.save_pretrained(tmp_path, max_shard_size="20KB")
