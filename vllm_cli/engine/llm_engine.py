@@ -120,6 +120,8 @@ class LLMEngine:
         if placement.torchrun and placement.rank != 0:  # one of torchrun's processes: a worker
             run_worker(placement.rank, placement, self.args, threads_per_rank(placement.local_world_size))
             raise SystemExit(0)
+        if placement.rank == 0:  # the driver's own GPU is current before NCCL starts
+            self.device = local_device(self.device, 0, placement.local_rank_base)
         group = TensorParallelGroup(self.args, self.device, placement)
         if placement.rank is None:
             logger.info("Node %d of %d: running tensor-parallel ranks %s for the driver at %s:%d",
@@ -127,7 +129,6 @@ class LLMEngine:
                         placement.master_addr, placement.master_port)
             raise SystemExit(group.wait_for_workers())
         self.tp_group = group
-        self.device = local_device(self.device, 0, placement.local_rank_base)
         try:
             group.broadcast(self.args)
         except BaseException:
