@@ -100,10 +100,11 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.kv_cache_tokens = self.block_manager.num_usable_blocks * args.block_size
-        logger.info("KV cache: %d blocks of %d tokens = %d tokens (%.2f GiB, %s); max_model_len %d",
+        logger.info("KV cache: %d blocks of %d tokens = %d tokens (%.2f GiB%s, %s); max_model_len %d",
                     self.block_manager.num_usable_blocks, args.block_size, self.kv_cache_tokens,
-                    num_blocks * self.runner.kv_cache_bytes_per_block() / 2**30, str(self.dtype).removeprefix("torch."),
-                    self.max_model_len)
+                    num_blocks * self.runner.kv_cache_bytes_per_block() / 2**30,
+                    f" on each of {args.tensor_parallel_size} ranks" if self.tp_group else "",
+                    str(self.dtype).removeprefix("torch."), self.max_model_len)
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
