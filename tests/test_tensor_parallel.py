@@ -119,7 +119,10 @@ def test_indivisible_heads_are_a_clear_error(tmp_path):
     path = build_tiny_checkpoint(tmp_path / "m", tiny_config("llama", VOCAB), seed=1)  # 4 heads
     with pytest.raises(ValueError, match=r"attention heads \(4\) is not divisible by the tensor-parallel size \(3\)"):
         LLM(path, skip_tokenizer_init=True, num_kv_blocks=64, tensor_parallel_size=3)
-    # the failed start shut its workers down: a new group can start in this process
+    # a failure after the workers loaded (a KV pool too small) shuts them down too
+    with pytest.raises(ValueError, match="fewer than max_model_len"):
+        LLM(path, skip_tokenizer_init=True, num_kv_blocks=4, tensor_parallel_size=2)
+    # the failed starts shut their workers down: a new group can start in this process
     with LLM(path, skip_tokenizer_init=True, num_kv_blocks=64, tensor_parallel_size=2) as llm:
         assert llm.generate(_prompts(1), GREEDY, use_tqdm=False)[0].outputs[0].token_ids
 

@@ -45,10 +45,8 @@ class LLMEngine:
     tp_group = None  # the tensor-parallel workers, when tensor_parallel_size > 1
 
     def __init__(self, args: EngineArgs):
-        from vllm_cli.engine.sampler import Sampler
-        from vllm_cli.model_executor.loader import resolve_device, resolve_dtype
+        from vllm_cli.model_executor.loader import resolve_device
         from vllm_cli.model_executor.model_source import load_hf_config, resolve_model_source
-        from vllm_cli.worker.model_runner import create_model_runner
 
         self.args = args
         if args.seed is not None:
@@ -58,6 +56,18 @@ class LLMEngine:
         self.device = resolve_device(args.device)
         if args.tensor_parallel_size > 1:
             self._start_tensor_parallel()
+        try:
+            self._build(args)
+        except BaseException:
+            self.shutdown()  # a failed start leaves no tensor-parallel worker behind
+            raise
+
+    def _build(self, args: EngineArgs) -> None:
+        """Tokenizer, model (this rank's shard), KV pool, scheduler and sampler."""
+        from vllm_cli.engine.sampler import Sampler
+        from vllm_cli.model_executor.loader import resolve_dtype
+        from vllm_cli.worker.model_runner import create_model_runner
+
         self.dtype = resolve_dtype(args.dtype, self.hf_config, self.device)
         self.model_name = self.source.name
         self.served_model_names = list(args.served_model_name) or [self.model_name]
@@ -75,11 +85,7 @@ class LLMEngine:
 
         self.vocab_size = int(self.hf_config.vocab_size)
         self.max_model_len = self._resolve_max_model_len()
-        try:
-            self.runner = create_model_runner(args, self.device, self.source, self.hf_config)
-        except BaseException:
-            self.shutdown()
-            raise
+        self.runner = create_model_runner(args, self.device, self.source, self.hf_config)
         self.model = self.runner.model  # this rank's shard under tensor parallelism
         self.runner.set_max_model_len(self.max_model_len)
 
