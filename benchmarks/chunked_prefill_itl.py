@@ -20,7 +20,6 @@ import torch
 
 from vllm_cli.config import EngineArgs
 from vllm_cli.engine.async_engine import AsyncEngine
-from vllm_cli.engine.llm_engine import LLMEngine
 from vllm_cli.sampling_params import SamplingParams
 
 
@@ -64,7 +63,7 @@ def main() -> None:
                                  kv_cache_memory="2GiB", enable_chunked_prefill=chunked,
                                  max_num_batched_tokens=args.chunk if chunked else None,
                                  enable_prefix_caching=False)
-        engine = AsyncEngine(LLMEngine(engine_args))
+        engine = AsyncEngine.from_engine_args(engine_args)
         results["on" if chunked else "off"] = asyncio.run(scenario(engine, args.long_len))
         engine.shutdown()
     print(json.dumps(results, indent=2))

@@ -15,9 +15,30 @@ from vllm_cli.engine.llm_engine import LLMEngine
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama_dir):
-    engine = AsyncEngine(LLMEngine(EngineArgs(model=tiny_llama_dir, num_kv_blocks=256)))
+    engine = AsyncEngine.from_engine_args(EngineArgs(model=tiny_llama_dir, num_kv_blocks=256))
     yield engine
     engine.shutdown()
+
+
+def test_engine_is_built_on_the_step_loop_thread_and_start_errors_reach_the_caller(engine, tmp_path):
+    import threading
+
+    built_on = {}
+    original = LLMEngine.__init__
+
+    def recording_init(self, args):
+        built_on["thread"] = threading.current_thread().name
+        original(self, args)
+
+    try:
+        LLMEngine.__init__ = recording_init
+        with pytest.raises(OSError):  # as the engine raised it, on the caller's thread
+            AsyncEngine.from_engine_args(EngineArgs(model=str(tmp_path / "missing")))
+    finally:
+        LLMEngine.__init__ = original
+    assert built_on["thread"] == "vllm-cli-engine"
+    with pytest.raises(TypeError):
+        AsyncEngine()
 
 
 async def _collect(engine, prompt, params, request_id=None):

@@ -35,17 +35,20 @@ class EngineBackend:
 
     def __init__(self, engine_args):
         from vllm_cli.engine.async_engine import AsyncEngine
-        from vllm_cli.engine.llm_engine import LLMEngine
         from vllm_cli.tokenizer import chat_stop_strings, resolve_chat_template
 
-        engine = LLMEngine(engine_args)
-        if engine.tokenizer is None:
-            raise ValueError("chat needs a tokenizer")
-        # Resolved (and syntax-checked) once, before the engine thread starts.
-        self.template, self.template_desc = resolve_chat_template(engine.tokenizer, engine_args.chat_template)
+        self.engine = AsyncEngine.from_engine_args(engine_args)
+        engine = self.engine.engine
+        try:
+            if engine.tokenizer is None:
+                raise ValueError("chat needs a tokenizer")
+            # Resolved (and syntax-checked) once, before the first turn.
+            self.template, self.template_desc = resolve_chat_template(engine.tokenizer, engine_args.chat_template)
+        except BaseException:
+            self.engine.shutdown()
+            raise
         self.extra_stop = chat_stop_strings(self.template)
         self.description = f"{engine.model_name} (in-process, {engine.device}, context {engine.max_model_len} tokens)"
-        self.engine = AsyncEngine(engine)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         from vllm_cli.tokenizer import apply_chat_template
