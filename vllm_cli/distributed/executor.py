@@ -128,8 +128,12 @@ class TensorParallelGroup:
                     "nccl" if device.type == "cuda" else "gloo", p.master_addr, p.master_port,
                     f"; this machine runs ranks {p.rank}..{p.rank + p.local_world_size - 1}"
                     if p.local_world_size < p.world_size else "")
-        self.guarded(lambda: ps.init_distributed(p.rank, p.world_size, p.master_addr, p.master_port, device),
-                     "waiting for every rank to join")
+        try:
+            self.guarded(lambda: ps.init_distributed(p.rank, p.world_size, p.master_addr, p.master_port, device),
+                         "waiting for every rank to join")
+        except BaseException:
+            self.shutdown()  # the workers that did start go too
+            raise
         self._watchdog = threading.Thread(target=self._watch, name="vllm-cli-tp-watchdog", daemon=True)
         self._watchdog.start()
 
@@ -180,8 +184,10 @@ class TensorParallelGroup:
         thread.start()
         while thread.is_alive():
             thread.join(0.2)
-            if thread.is_alive() and self._dead_worker() is not None:
-                raise WorkerFailedError(f"{self._dead_worker()} while {what}")
+            dead = self._dead_worker() if thread.is_alive() else None
+            if dead is not None:
+                self.failure = f"{dead} while {what}"
+                raise WorkerFailedError(self.failure)
         if "error" in box:
             raise self._failed(box["error"])
         return box.get("result")
