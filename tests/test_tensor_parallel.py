@@ -245,6 +245,30 @@ def test_two_nodes_on_one_machine(tiny_llama_dir):
     assert out1 == ""
 
 
+def test_two_nodes_serve_and_stop_together(tiny_llama_dir, tmp_path):
+    """serve on node 1 only hosts rank 1 (the engine thread hands its SystemExit to the main
+    thread); node 0 serves the API; SIGTERM on node 0 stops both with status 0."""
+    port = str(_free_port())
+    common = ["--tensor-parallel-size", "2", "--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", port]
+    node1 = subprocess.Popen([*CLI, "serve", tiny_llama_dir, *common, "--node-rank", "1", "--kv-cache-memory", "64MiB"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    server = launch_server(tiny_llama_dir, tmp_path / "node0.log", *common, "--node-rank", "0")
+    try:
+        import openai
+
+        reply = openai.OpenAI(base_url=server.url + "/v1", api_key="EMPTY").completions.create(
+            model=tiny_llama_dir, prompt="Hello", max_tokens=5, temperature=0)
+        assert reply.usage.completion_tokens == 5
+        assert server.stop() == 0
+        _, err1 = node1.communicate(timeout=60)
+        assert node1.returncode == 0, err1
+        assert "Node 1 of 2: running tensor-parallel ranks 1" in err1
+    finally:
+        for proc in (server.proc, node1):
+            if proc.poll() is None:
+                proc.kill()
+
+
 def test_torchrun_ranks_become_the_driver_and_a_worker(tiny_llama_dir):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                 str(_free_port()), "-m", "vllm_cli.cli.main"]
