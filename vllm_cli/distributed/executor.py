@@ -221,13 +221,14 @@ class TensorParallelGroup:
                 pass
         return errors
 
-    def _failed(self, error: BaseException) -> WorkerFailedError:
+    def _failed(self, error: BaseException, otherwise: str | None = None) -> WorkerFailedError:
+        """The group's failure: a dead worker's own account when there is one, else `otherwise`."""
         # A collective fails at once when a peer's connection drops; give the watchdog's view
         # (which rank, its own error) a moment to arrive, it says more than gloo's message.
         deadline = time.monotonic() + 2.0
         while (dead := self._dead_worker()) is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.failure = dead or f"tensor-parallel collective failed: {error}"
+        self.failure = dead or otherwise or f"tensor-parallel collective failed: {error}"
         return WorkerFailedError(self.failure)
 
     def step_failed(self, error: BaseException) -> WorkerFailedError:
@@ -235,12 +236,8 @@ class TensorParallelGroup:
         waiting in a collective the driver never reached, and the group cannot run another step."""
         if isinstance(error, WorkerFailedError):
             return error
-        failure = self._failed(error)
-        if self._dead_worker() is None:
-            self.failure = (f"the tensor-parallel step failed on rank 0 ({type(error).__name__}: {error}); "
-                            "the ranks are out of step")
-            failure = WorkerFailedError(self.failure)
-        return failure
+        return self._failed(error, f"the tensor-parallel step failed on rank 0 ({type(error).__name__}: {error}); "
+                                   "the ranks are out of step")
 
     def _watch(self) -> None:
         while not self._closed and self.failure is None:
@@ -291,9 +288,9 @@ def run_worker(rank: int, placement: Placement, args, threads: int) -> None:
 
     set_log_level("warning")  # the driver logs for the group
 
-    if threads and torch.device(resolve_device(args.device)).type == "cpu":
-        torch.set_num_threads(threads)
     device = local_device(resolve_device(args.device), rank, placement.local_rank_base)
+    if threads and device.type == "cpu":
+        torch.set_num_threads(threads)
     ps.init_distributed(rank, placement.world_size, placement.master_addr, placement.master_port, device)
     try:
         args = ps.broadcast_object(None)  # the driver's settings win over this node's command line

@@ -43,10 +43,6 @@ def get_tp_size() -> int:
     return _STATE.world_size
 
 
-def is_driver() -> bool:
-    return _STATE.rank == 0
-
-
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, device: torch.device,
                      timeout_s: float = 600.0) -> None:
     """Join the tensor-parallel group (blocks until every rank has joined, or timeout_s)."""
@@ -55,11 +51,9 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     device_group = dist.group.WORLD
-    cpu_group = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT) if backend != "gloo" else None
-    if cpu_group is None:
-        # gloo already: one more gloo group with the long timeout for the step messages, so the
-        # activations' collectives keep the short one (a dead peer is reported, not waited for).
-        cpu_group = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
+    # The step messages get their own gloo group with the idle timeout, whatever the device
+    # backend, so the activations' collectives keep the short one (a stuck peer is reported).
+    cpu_group = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
     _STATE.rank, _STATE.world_size = rank, world_size
     _STATE.device_group, _STATE.cpu_group = device_group, cpu_group
 

@@ -54,9 +54,9 @@ class LLMEngine:
         self.source = resolve_model_source(args.model, args.revision)
         self.hf_config = load_hf_config(self.source, trust_remote_code=args.trust_remote_code)
         self.device = resolve_device(args.device)
-        if args.tensor_parallel_size > 1:
-            self._start_tensor_parallel()
         try:
+            if args.tensor_parallel_size > 1:
+                self._start_tensor_parallel()
             self._build(args)
         except BaseException:
             self.shutdown()  # a failed start leaves no tensor-parallel worker behind
@@ -136,11 +136,7 @@ class LLMEngine:
                         placement.master_addr, placement.master_port)
             raise SystemExit(group.wait_for_workers())
         self.tp_group = group
-        try:
-            group.broadcast(self.args)
-        except BaseException:
-            self.shutdown()
-            raise
+        group.broadcast(self.args)
 
     def check_health(self) -> None:
         """Raises WorkerFailedError once a tensor-parallel worker has died."""

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 from vllm_cli.engine.sequence import Sequence
 from vllm_cli.model_executor.layers.attention import SeqBatchInfo, get_attention_backend
 from vllm_cli.model_executor.models.base import ForwardContext

@@ -49,7 +49,6 @@ class ParallelLinearBase(nn.Linear):
 
 class ColumnParallelLinear(ParallelLinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        self.full_out_features = out_features
         super().__init__(in_features, divide(out_features, get_tp_size(), "output features"), bias=bias)
 
     def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
@@ -116,7 +115,6 @@ class RowParallelLinear(ParallelLinearBase):
     reduce_output = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        self.full_in_features = in_features
         super().__init__(divide(in_features, get_tp_size(), "input features"), out_features, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

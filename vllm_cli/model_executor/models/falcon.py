@@ -40,7 +40,8 @@ class FalconAttention(nn.Module):
         self.query_key_value = QKVParallelLinear(self.hidden_size, self.head_dim, num_heads, num_kv_heads,
                                                  bias=config.bias)
         qkv = self.query_key_value  # this rank's heads
-        self.num_heads, self.num_kv_heads, self.q_size, self.kv_size = qkv.num_heads, qkv.num_kv_heads, qkv.q_size, qkv.kv_size
+        self.num_heads, self.num_kv_heads = qkv.num_heads, qkv.num_kv_heads
+        self.q_size, self.kv_size = qkv.q_size, qkv.kv_size
         self.dense = RowParallelLinear(self.hidden_size, self.hidden_size, bias=config.bias)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
