@@ -1,5 +1,6 @@
-"""Triton kernels for the CUDA path, installed as `vllm_cli.kernels` (never as a top-level
-`kernels`, a name another PyPI package owns).
+"""Triton kernels for the CUDA path, and C kernels for the CPU (`cpu`: RMSNorm and rotary,
+built with the system compiler at first use), installed as `vllm_cli.kernels` (never as a
+top-level `kernels`, a name another PyPI package owns).
 
 Each module holds its Triton kernel(s), the Python launcher and a plain-torch reference
 function the tests compare the kernel against (under `TRITON_INTERPRET=1` on the CPU):

@@ -42,9 +42,10 @@ class LlamaAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = ctx.rotary.apply(q.view(-1, self.num_heads, self.head_dim), ctx.cos, ctx.sin)
-        k = ctx.rotary.apply(k.view(-1, self.num_kv_heads, self.head_dim), ctx.cos, ctx.sin)
+        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        # q and k rotated together: one call, in place on the CPU
+        qk = ctx.rotary.rotate(qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim), ctx.cos, ctx.sin)
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads:]
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale,

@@ -1,0 +1,180 @@
+"""CPU kernels (cpu_ops.c) for the decode path, built with the system C compiler at first use.
+
+Every layer runs chains of small elementwise torch ops: RMSNorm is eight of them, the rotary
+embedding of q and k about twenty; each pays its dispatch and a pass over memory, which at
+decode sizes (a few KB per tensor) costs more than the arithmetic. These kernels do each chain
+in one call and one pass: RMSNorm, and the neox rotary embedding in place on q and k together.
+Each has its torch reference here with the same rounding steps, and tests/test_cpu_kernels.py
+checks one against the other. (Tried and dropped, both slower than torch here: a paged
+decode-attention kernel, against torch's two-thread SDPA, and a fused silu-and-mul.)
+
+The library is compiled once per source/compiler/CPU into the cache directory
+(${VLLM_CLI_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/vllm-cli}/kernels) in about a second and
+loaded with ctypes. With no C compiler, or with VLLM_CLI_CPU_KERNELS=0, `load()` returns None
+and every caller keeps its plain torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import torch
+
+from vllm_cli.logger import init_logger
+
+logger = init_logger(__name__)
+
+CPU_KERNELS_ENV = "VLLM_CLI_CPU_KERNELS"
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.c")
+# -ffast-math: vectorized float reductions and libmvec's expf; the kernels never rely on
+# infinities or NaNs (masked keys are skipped, not set to -inf).
+_CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fPIC", "-shared", "-std=c11"]
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+DTYPES = tuple(_SUFFIX)
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_tried = False
+
+_i64, _ptr, _f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+_SIGNATURES = {
+    "rms_norm": [_i64, _i64, _ptr, _i64, _ptr, _f32, _ptr, _i64],
+    "rotary_neox": [_i64, _i64, _i64, _i64, _ptr, _i64, _ptr, _ptr],
+}
+
+
+def cache_dir() -> str:
+    root = os.environ.get("VLLM_CLI_CACHE_DIR")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "vllm-cli")
+    return os.path.join(os.path.abspath(os.path.expanduser(root)), "kernels")
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cpu_id() -> str:
+    """-march=native code is only valid on the CPU it was built for: key the build on its flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(cc: str) -> str:
+    with open(_SOURCE, "rb") as f:
+        source = f.read()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(source + " ".join(_CFLAGS).encode() + version.encode() + _cpu_id().encode()).hexdigest()[:16]
+    target = os.path.join(cache_dir(), f"cpu_ops-{key}.so")
+    if os.path.exists(target):
+        return target
+    os.makedirs(cache_dir(), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
+    os.close(fd)
+    try:
+        result = subprocess.run([cc, *_CFLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
+        os.replace(tmp, target)  # atomic: a concurrent process sees no half-written library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled library, or None (no compiler, a failed build, or VLLM_CLI_CPU_KERNELS=0)."""
+    global _library, _tried
+    if _tried:
+        return _library
+    with _lock:
+        if _tried:
+            return _library
+        if os.environ.get(CPU_KERNELS_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+            logger.info("CPU kernels off (%s=0): using the torch ops", CPU_KERNELS_ENV)
+        elif (cc := _compiler()) is None:
+            logger.warning("No C compiler found (cc/gcc/clang): decode runs on plain torch ops, slower")
+        else:
+            try:
+                library = ctypes.CDLL(_build(cc))
+                for name, argtypes in _SIGNATURES.items():
+                    for suffix in _SUFFIX.values():
+                        fn = getattr(library, f"{name}_{suffix}")
+                        fn.argtypes, fn.restype = argtypes, None
+                _library = library
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                logger.warning("Could not build the CPU kernels (%s): decode runs on plain torch ops", e)
+        _tried = True
+        return _library
+
+
+def supports(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can take these tensors: CPU, one supported dtype."""
+    dtype = tensors[0].dtype
+    return dtype in _SUFFIX and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
+
+
+def _fn(name: str, dtype: torch.dtype):
+    return getattr(_library, f"{name}_{_SUFFIX[dtype]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# RMSNorm
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., N] (rows may be strided, last dim contiguous) -> weight * (x * rsqrt(mean(x^2) + eps))."""
+    n = x.shape[-1]
+    rows = x.reshape(-1, n) if x.dim() != 2 else x
+    assert rows.stride(1) == 1 and weight.is_contiguous() and weight.dtype == x.dtype
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype)
+    out_rows = out.view(-1, n)
+    _fn("rms_norm", x.dtype)(rows.shape[0], n, rows.data_ptr(), rows.stride(0), weight.data_ptr(), eps,
+                             out_rows.data_ptr(), out_rows.stride(0))
+    return out
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary embedding (neox style), in place
+
+
+def rotary_neox_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int | None = None) -> torch.Tensor:
+    """x [T, heads, D] (heads contiguous within a row; rows may be strided, e.g. q and k of a fused
+    qkv output together); cos/sin [T, rotary_dim / 2] in x's dtype. Rotates x in place."""
+    tokens, heads, head_dim = x.shape
+    assert x.stride(2) == 1 and x.stride(1) == head_dim and cos.is_contiguous() and sin.is_contiguous()
+    assert cos.dtype == sin.dtype == x.dtype
+    _fn("rotary_neox", x.dtype)(tokens, heads, head_dim, rotary_dim or head_dim, x.data_ptr(), x.stride(0),
+                                cos.data_ptr(), sin.data_ptr())
+    return x
+
+
+def rotary_neox_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int | None = None):
+    rot = rotary_dim or x.shape[-1]
+    x1, x2 = x[..., :rot].chunk(2, dim=-1)
+    c, s = cos[:, None, :], sin[:, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, x[..., rot:]], dim=-1)
+
