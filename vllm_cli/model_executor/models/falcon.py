@@ -45,9 +45,9 @@ class FalconAttention(nn.Module):
         self.dense = RowParallelLinear(self.hidden_size, self.hidden_size, bias=config.bias)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        q, k, v = self.query_key_value(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = ctx.rotary.apply(q.reshape(-1, self.num_heads, self.head_dim), ctx.cos, ctx.sin)
-        k = ctx.rotary.apply(k.reshape(-1, self.num_kv_heads, self.head_dim), ctx.cos, ctx.sin)
+        qk, v = self.query_key_value(hidden).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qk = ctx.rotary.rotate(qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim), ctx.cos, ctx.sin)
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads:]
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale)

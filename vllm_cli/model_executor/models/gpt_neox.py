@@ -39,9 +39,10 @@ class GPTNeoXAttention(nn.Module):
         self.dense = RowParallelLinear(self.hidden_size, self.hidden_size, bias=bias)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        shape = (-1, self.num_heads, self.head_dim)
-        q, k, v = (t.reshape(shape) for t in self.query_key_value(hidden).split(self.local_size, dim=-1))
-        q, k = ctx.rotary.apply(q, ctx.cos, ctx.sin), ctx.rotary.apply(k, ctx.cos, ctx.sin)
+        qk, v = self.query_key_value(hidden).split([2 * self.local_size, self.local_size], dim=-1)
+        qk = ctx.rotary.rotate(qk.view(-1, 2 * self.num_heads, self.head_dim), ctx.cos, ctx.sin)
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads:]
+        v = v.reshape(-1, self.num_heads, self.head_dim)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale)
         return self.dense(out.view(-1, self.local_size))

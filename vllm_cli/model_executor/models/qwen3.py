@@ -25,8 +25,8 @@ class Qwen3Attention(LlamaAttention):
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = ctx.rotary.apply(self.q_norm(q.view(-1, self.num_heads, self.head_dim)), ctx.cos, ctx.sin)
-        k = ctx.rotary.apply(self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim)), ctx.cos, ctx.sin)
+        q = ctx.rotary.rotate(self.q_norm(q.view(-1, self.num_heads, self.head_dim)), ctx.cos, ctx.sin)
+        k = ctx.rotary.rotate(self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim)), ctx.cos, ctx.sin)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale,
