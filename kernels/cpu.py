@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 
 import torch
 
@@ -89,10 +90,12 @@ def _build(cc: str) -> str:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
     os.close(fd)
     try:
+        start = time.perf_counter()
         result = subprocess.run([cc, *_CFLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
         os.replace(tmp, target)  # atomic: a concurrent process sees no half-written library
+        logger.info("Built the CPU kernels with %s in %.1f s: %s", cc, time.perf_counter() - start, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
