@@ -1,19 +1,19 @@
-"""CPU kernels (cpu_ops.c) for the decode path, built with the system C compiler at first use.
+"""CPU kernels (cpu_ops.c), built with the system C compiler at first use.
 
 Every layer runs chains of small elementwise torch ops: RMSNorm is eight of them, the rotary
 embedding of q and k about twenty; each pays its dispatch and a pass over memory, which at
 decode sizes (a few KB per tensor) costs more than the arithmetic. These kernels do each chain
-in one call and one pass: RMSNorm, and the neox rotary embedding in place on q and k together.
-Each has its torch reference here with the same rounding steps, and tests/test_cpu_kernels.py
-checks one against the other. (Tried and dropped, both slower than torch here: a paged
-decode-attention kernel, against torch's two-thread SDPA, and a fused silu-and-mul.)
+in one call and one pass: RMSNorm, and the neox rotary embedding in place on q and k together,
+with the rounding steps of the torch functions they stand in for (`rms_norm` and
+`rotate_neox` in model_executor/layers/common.py), which tests/test_cpu_kernels.py checks
+them against. (Tried and dropped, both slower than torch here: a paged decode-attention
+kernel, against torch's two-thread SDPA, and a fused silu-and-mul.)
 
-The library is compiled once per source/compiler/CPU into the cache directory
-(${VLLM_CLI_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/vllm-cli}/kernels) in about a second and
-loaded with ctypes. With no C compiler, or with VLLM_CLI_CPU_KERNELS=0, `load()` returns None
-and every caller keeps its plain torch path.
+The library is compiled once per source/flags/compiler/CPU into
+${XDG_CACHE_HOME:-~/.cache}/vllm-cli/kernels (0.3 s here) and loaded with ctypes. With no C
+compiler, a failed build, or VLLM_CLI_CPU_KERNELS=0, `load()` returns None and every caller
+keeps its torch path.
 """
-
 from __future__ import annotations
 
 import ctypes
@@ -28,20 +28,22 @@ import time
 
 import torch
 
+from vllm_cli.config import cache_home
 from vllm_cli.logger import init_logger
 
 logger = init_logger(__name__)
 
 CPU_KERNELS_ENV = "VLLM_CLI_CPU_KERNELS"
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.c")
-# -ffast-math: vectorized float reductions and libmvec's expf; the kernels never rely on
-# infinities or NaNs (masked keys are skipped, not set to -inf).
+# -ffast-math: lets the float sums (RMSNorm's sum of squares) vectorize; nothing here relies on
+# infinities or NaNs.
 _CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fPIC", "-shared", "-std=c11"]
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 DTYPES = tuple(_SUFFIX)
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
+_kernels: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}  # (name, dtype) -> typed entry point
 _tried = False
 
 _i64, _ptr, _f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
@@ -52,11 +54,7 @@ _SIGNATURES = {
 
 
 def cache_dir() -> str:
-    root = os.environ.get("VLLM_CLI_CACHE_DIR")
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "vllm-cli")
-    return os.path.join(os.path.abspath(os.path.expanduser(root)), "kernels")
+    return os.path.join(cache_home(), "kernels")
 
 
 def _compiler() -> str | None:
@@ -118,9 +116,10 @@ def load() -> ctypes.CDLL | None:
             try:
                 library = ctypes.CDLL(_build(cc))
                 for name, argtypes in _SIGNATURES.items():
-                    for suffix in _SUFFIX.values():
+                    for dtype, suffix in _SUFFIX.items():
                         fn = getattr(library, f"{name}_{suffix}")
                         fn.argtypes, fn.restype = argtypes, None
+                        _kernels[(name, dtype)] = fn
                 _library = library
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 logger.warning("Could not build the CPU kernels (%s): decode runs on plain torch ops", e)
@@ -131,11 +130,12 @@ def load() -> ctypes.CDLL | None:
 def supports(*tensors: torch.Tensor) -> bool:
     """Whether the kernels can take these tensors: CPU, one supported dtype."""
     dtype = tensors[0].dtype
-    return dtype in _SUFFIX and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
-
-
-def _fn(name: str, dtype: torch.dtype):
-    return getattr(_library, f"{name}_{_SUFFIX[dtype]}")
+    if dtype not in _SUFFIX:
+        return False
+    for t in tensors:
+        if t.dtype != dtype or t.device.type != "cpu":
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,14 +150,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype)
     out_rows = out.view(-1, n)
-    _fn("rms_norm", x.dtype)(rows.shape[0], n, rows.data_ptr(), rows.stride(0), weight.data_ptr(), eps,
-                             out_rows.data_ptr(), out_rows.stride(0))
+    _kernels[("rms_norm", x.dtype)](rows.shape[0], n, rows.data_ptr(), rows.stride(0), weight.data_ptr(), eps,
+                                      out_rows.data_ptr(), out_rows.stride(0))
     return out
-
-
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,14 +165,6 @@ def rotary_neox_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_d
     tokens, heads, head_dim = x.shape
     assert x.stride(2) == 1 and x.stride(1) == head_dim and cos.is_contiguous() and sin.is_contiguous()
     assert cos.dtype == sin.dtype == x.dtype
-    _fn("rotary_neox", x.dtype)(tokens, heads, head_dim, rotary_dim or head_dim, x.data_ptr(), x.stride(0),
-                                cos.data_ptr(), sin.data_ptr())
+    _kernels[("rotary_neox", x.dtype)](tokens, heads, head_dim, rotary_dim or head_dim, x.data_ptr(), x.stride(0),
+                                         cos.data_ptr(), sin.data_ptr())
     return x
-
-
-def rotary_neox_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int | None = None):
-    rot = rotary_dim or x.shape[-1]
-    x1, x2 = x[..., :rot].chunk(2, dim=-1)
-    c, s = cos[:, None, :], sin[:, None, :]
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, x[..., rot:]], dim=-1)
-

@@ -1,6 +1,7 @@
-"""The CPU kernels (vllm_cli.kernels.cpu, built from kernels/cpu_ops.c) against their torch
-references, the layers that call them against their torch paths, and the fallback when the
-library cannot be built or is turned off. Inputs are fresh random draws (seed printed on failure)."""
+"""The CPU kernels (vllm_cli.kernels.cpu, built from kernels/cpu_ops.c) against the torch
+functions they stand in for (layers/common.py's rms_norm and rotate_neox), the layers that call
+them against their torch paths, and the fallback when the library cannot be built or is turned
+off. Inputs are fresh random draws (seed printed on failure)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from vllm_cli.kernels import cpu
-from vllm_cli.model_executor.layers.common import RMSNorm, RotaryEmbedding
+from vllm_cli.model_executor.layers.common import RMSNorm, RotaryEmbedding, rms_norm, rotate_neox
 
 if cpu._compiler() is None:
     pytest.skip("no C compiler on this machine: the CPU kernels are not built (torch ops are used)",
@@ -51,7 +52,7 @@ def test_rms_norm_matches_reference(dtype, width, rng):
     weight = torch.randn(width, generator=rng).to(dtype)
     out = torch.full((rows, width), float("nan"), dtype=dtype)
     cpu.rms_norm(x, weight, 1e-5, out=out)
-    _close(out, cpu.rms_norm_reference(x, weight, 1e-5))
+    _close(out, rms_norm(x, weight, 1e-5))
 
 
 @pytest.mark.parametrize("dtype", cpu.DTYPES)
@@ -64,7 +65,7 @@ def test_rotary_in_place_matches_reference_and_leaves_the_rest(dtype, head_dim, 
     qk = qkv[:, : (q_heads + kv_heads) * head_dim].view(tokens, q_heads + kv_heads, head_dim)
     cos = torch.randn(tokens, rotary_dim // 2, generator=rng).to(dtype)
     sin = torch.randn(tokens, rotary_dim // 2, generator=rng).to(dtype)
-    expected = cpu.rotary_neox_reference(qk.clone(), cos, sin, rotary_dim)
+    expected = rotate_neox(qk.clone(), cos, sin, rotary_dim)
     cpu.rotary_neox_(qk, cos, sin, rotary_dim)
     _close(qk, expected)
     v_start = (q_heads + kv_heads) * head_dim
@@ -93,7 +94,7 @@ def test_a_failing_compiler_falls_back_to_torch(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(cpu, "_library", None)
     monkeypatch.setattr(cpu, "_tried", False)
     monkeypatch.setattr(cpu, "_compiler", lambda: "false")  # exits 1, prints nothing
-    monkeypatch.setenv("VLLM_CLI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     logger = logging.getLogger("vllm_cli")  # does not propagate to the root logger caplog watches
     logger.addHandler(caplog.handler)
     try:
@@ -101,7 +102,7 @@ def test_a_failing_compiler_falls_back_to_torch(tmp_path, monkeypatch, caplog):
     finally:
         logger.removeHandler(caplog.handler)
     assert "Could not build the CPU kernels" in caplog.text
-    assert not list((tmp_path / "kernels").glob("*.so")), "a failed build left a library behind"
+    assert not list((tmp_path / "vllm-cli" / "kernels").glob("*")), "a failed build left a file behind"
 
 
 def test_environment_variable_turns_them_off():

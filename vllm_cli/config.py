@@ -6,7 +6,15 @@ dashes turned into underscores); the engine derives everything else from them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
+
+def cache_home() -> str:
+    """Where vllm-cli keeps what it derives once and reuses (GGUF conversions, built kernels):
+    ${XDG_CACHE_HOME:-~/.cache}/vllm-cli."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.abspath(os.path.join(os.path.expanduser(base), "vllm-cli"))
+
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vllm_cli.config import cache_home
+
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
@@ -207,8 +209,7 @@ def gguf_cache_root() -> str:
     """$VLLM_CLI_CACHE_DIR, else ${XDG_CACHE_HOME:-~/.cache}/vllm-cli/gguf."""
     root = os.environ.get(CACHE_DIR_ENV)
     if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "vllm-cli", "gguf")
+        return os.path.join(cache_home(), "gguf")
     return os.path.abspath(os.path.expanduser(root))
 
 

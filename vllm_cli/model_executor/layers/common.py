@@ -12,6 +12,12 @@ from vllm_cli.distributed.parallel_state import all_reduce, get_tp_size
 from vllm_cli.kernels import cpu as cpu_kernels
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Computed in float32 as transformers does, whatever the model dtype, then rounded to it."""
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
@@ -22,11 +28,7 @@ class RMSNorm(nn.Module):
         # One kernel call on the CPU instead of eight ops (kernels/cpu.py), same rounding steps.
         if cpu_kernels.load() is not None and cpu_kernels.supports(x, self.weight) and x.stride(-1) == 1:
             return cpu_kernels.rms_norm(x, self.weight, self.eps)
-        # Computed in float32 as transformers does, whatever the model dtype.
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -65,15 +67,18 @@ class RotaryEmbedding(nn.Module):
         return self.apply(x, cos, sin)
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [T, heads, head_dim]; cos/sin [T, rotary_dim / 2]."""
-        rot = self.rotary_dim
-        x_rot = x[..., :rot]
-        x1, x2 = x_rot.chunk(2, dim=-1)
-        c, s = cos[:, None, :], sin[:, None, :]
-        rotated = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
-        if rot == x.shape[-1]:
-            return rotated
-        return torch.cat([rotated, x[..., rot:]], dim=-1)
+        """x [T, heads, head_dim]; cos/sin [T, rotary_dim / 2]. A new tensor."""
+        return rotate_neox(x, cos, sin, self.rotary_dim)
+
+
+def rotate_neox(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """Neox-style rotary (rotate halves) of the first rotary_dim dims of each head of x [T, heads, D]."""
+    x1, x2 = x[..., :rotary_dim].chunk(2, dim=-1)
+    c, s = cos[:, None, :], sin[:, None, :]
+    rotated = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    if rotary_dim == x.shape[-1]:
+        return rotated
+    return torch.cat([rotated, x[..., rotary_dim:]], dim=-1)
 
 
 def _rope_inv_freq(config, rotary_dim: int) -> tuple[torch.Tensor, float]:
