@@ -6,8 +6,15 @@ decode sizes (a few KB per tensor) costs more than the arithmetic. These kernels
 in one call and one pass: RMSNorm, and the neox rotary embedding in place on q and k together,
 with the rounding steps of the torch functions they stand in for (`rms_norm` and
 `rotate_neox` in model_executor/layers/common.py), which tests/test_cpu_kernels.py checks
-them against. (Tried and dropped, both slower than torch here: a paged decode-attention
-kernel, against torch's two-thread SDPA, and a fused silu-and-mul.)
+them against.
+
+Decode attention reads each sequence's K/V in place through its block table, where the torch
+path gathers them into a padded copy and builds a mask; it runs its work items on torch's own
+OpenMP threads (the library links libgomp.so.1, which the loader resolves to torch's copy) and
+prefetches the scattered blocks, which the hardware prefetchers do not follow. Its reference is
+kernels/attention_reference.py, shared with the Triton kernels. (Tried and dropped: the same
+kernel single-threaded and without prefetching was slower than gather + torch's SDPA; a fused
+silu-and-mul was slower than torch's two ops.)
 
 The library is compiled once per source/flags/compiler/CPU into
 ${XDG_CACHE_HOME:-~/.cache}/vllm-cli/kernels (0.3 s here) and loaded with ctypes. With no C
@@ -38,6 +45,9 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.c")
 # -ffast-math: lets the float sums (RMSNorm's sum of squares) vectorize; nothing here relies on
 # infinities or NaNs.
 _CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fPIC", "-shared", "-std=c11"]
+# Decode attention's threads: libgomp.so.1, which resolves to torch's own loaded copy (cpu_ops.c).
+# A compiler without OpenMP builds the library without it (single-threaded attention).
+_OPENMP_FLAGS = ["-fopenmp"]
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 DTYPES = tuple(_SUFFIX)
 
@@ -50,6 +60,8 @@ _i64, _ptr, _f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 _SIGNATURES = {
     "rms_norm": [_i64, _i64, _ptr, _i64, _ptr, _f32, _ptr, _i64],
     "rotary_neox": [_i64, _i64, _i64, _i64, _ptr, _i64, _ptr, _ptr],
+    "paged_decode_attention": [_i64, _i64, _i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64,
+                               _f32, _ptr, _i64, _ptr, _i64],
 }
 
 
@@ -80,7 +92,7 @@ def _build(cc: str) -> str:
     with open(_SOURCE, "rb") as f:
         source = f.read()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(source + " ".join(_CFLAGS).encode() + version.encode() + _cpu_id().encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join(_CFLAGS + _OPENMP_FLAGS).encode() + version.encode() + _cpu_id().encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), f"cpu_ops-{key}.so")
     if os.path.exists(target):
         return target
@@ -89,7 +101,11 @@ def _build(cc: str) -> str:
     os.close(fd)
     try:
         start = time.perf_counter()
-        result = subprocess.run([cc, *_CFLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True, text=True)
+        result = subprocess.run([cc, *_CFLAGS, *_OPENMP_FLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True, text=True)
+        if result.returncode != 0:
+            logger.info("Building the CPU kernels without OpenMP (attention single-threaded): %s",
+                        result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
+            result = subprocess.run([cc, *_CFLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
         os.replace(tmp, target)  # atomic: a concurrent process sees no half-written library
@@ -168,3 +184,37 @@ def rotary_neox_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_d
     _kernels[("rotary_neox", x.dtype)](tokens, heads, head_dim, rotary_dim or head_dim, x.data_ptr(), x.stride(0),
                                          cos.data_ptr(), sin.data_ptr())
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Paged decode attention
+
+# Keys per work item: a sequence's context is split into chunks of this many tokens (combined as
+# flash-decoding does), so a few long sequences still keep every thread busy.
+DECODE_CHUNK = 256
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, context_lens: torch.Tensor, block_size: int,
+                           scale: float, alibi_slopes: torch.Tensor | None = None,
+                           sliding_window: int | None = None, chunk: int = DECODE_CHUNK) -> torch.Tensor:
+    """One query token per sequence: q [S, H, D] (heads contiguous, rows may be strided), caches
+    [slots, KVH, D] contiguous, block_tables int32 [S, blocks] (contiguous), context_lens int32 [S]
+    (keys per sequence). Returns a new [S, H, D] tensor in q's dtype."""
+    num_seqs, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[1]
+    assert q.stride(2) == 1 and q.stride(1) == head_dim and k_cache.is_contiguous() and v_cache.is_contiguous()
+    assert k_cache.dtype == v_cache.dtype == q.dtype and num_heads % num_kv_heads == 0
+    assert block_tables.dtype == context_lens.dtype == torch.int32 and block_tables.is_contiguous()
+    assert context_lens.is_contiguous()
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(torch.float32).contiguous()
+        assert slopes.numel() == num_heads
+    out = torch.empty((num_seqs, num_heads, head_dim), dtype=q.dtype)
+    _kernels[("paged_decode_attention", q.dtype)](
+        num_seqs, num_heads, num_kv_heads, head_dim, q.data_ptr(), q.stride(0), k_cache.data_ptr(),
+        v_cache.data_ptr(), block_tables.data_ptr(), block_tables.stride(0), context_lens.data_ptr(), block_size,
+        chunk, scale, None if slopes is None else slopes.data_ptr(), sliding_window or 0, out.data_ptr(),
+        out.stride(0))
+    return out

@@ -5,12 +5,19 @@
  *
  * Tensors are passed as raw pointers with the strides the caller checked. Two element types:
  * float32 (suffix _f32) and bfloat16 (suffix _bf16, stored as uint16; math in float32).
- * Single-threaded on purpose: a second OpenMP runtime beside torch's makes both slower.
+ * The elementwise kernels are single-threaded (at decode sizes a parallel region costs more than
+ * it saves); paged decode attention runs its (sequence, KV head) items over OpenMP threads. The
+ * library is linked against libgomp.so.1, the same SONAME as torch's own OpenMP runtime, so the
+ * loader gives it torch's already-loaded copy and its threads: a second OpenMP runtime beside
+ * torch's would make both slower.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef uint16_t bf16_t;
 
@@ -83,3 +90,139 @@ void rotary_neox_##T(int64_t tokens, int64_t heads, int64_t D, int64_t rot, T##_
 
 DEFINE_ROPE(f32)
 DEFINE_ROPE(bf16)
+
+/* Paged decode attention: one query token per sequence, its keys and values read in place from
+ * the paged cache through the sequence's block table (no gather, no mask tensor).
+ *   q [S, H, D] (row stride q_stride), caches [slots, KVH, D], out [S, H, D] (row stride
+ *   out_stride); block_tables int32 [S, bt_stride]; context_lens int32 [S] (keys per sequence,
+ *   the query being the last); alibi_slopes float32 [H] or NULL; window 0 or the sliding window
+ *   (keys at positions > query - window).
+ * Math in float32 (scores, an exact softmax per chunk, the weighted sum of V, chunks combined as
+ * flash-decoding does), output rounded to T: scaled_dot_product_attention over the gathered keys
+ * up to summation order. A work item is one sequence's keys in chunks of up to `chunk` tokens,
+ * all heads at once, so each token's K and V rows (KVH * D contiguous values) stream in one
+ * pass; chunking keeps both threads busy when there are few sequences. */
+/* K/V rows come from DRAM (a step reads every layer's cache once), in blocks scattered over the
+ * pool: the hardware prefetchers stop at block and page edges, so fetch a few tokens ahead. */
+#ifndef PREFETCH_TOKENS
+#define PREFETCH_TOKENS 8
+#endif
+static inline void prefetch_row(const void *cache, const int32_t *table, int64_t block_size, int64_t t,
+                                int64_t row_bytes) {
+    const int64_t slot = (int64_t)table[t / block_size] * block_size + t % block_size;
+    const char *p = (const char *)cache + slot * row_bytes;
+    for (int64_t i = 0; i < row_bytes; i += 64) __builtin_prefetch(p + i, 0, 3);
+}
+
+#define DEFINE_DECODE_ATTENTION(T)                                                                  \
+static void decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,                    \
+                             const T##_t *k_cache, const T##_t *v_cache, const int32_t *table,      \
+                             int64_t block_size, int64_t first, int64_t last, int64_t query_pos,    \
+                             const float *alibi_slopes, float *scores, float *row, float *m,        \
+                             float *l, float *acc) {                                                \
+    const int64_t G = H / KVH, W = KVH * D, n = last - first;                                       \
+    for (int64_t t = first; t < last; t++) {                                                        \
+        const int64_t slot = (int64_t)table[t / block_size] * block_size + t % block_size;          \
+        const T##_t *kr = k_cache + slot * W;                                                       \
+        if (t + PREFETCH_TOKENS < last) prefetch_row(k_cache, table, block_size, t + PREFETCH_TOKENS, W * (int64_t)sizeof(T##_t)); \
+        else if (t + PREFETCH_TOKENS - n < last) prefetch_row(v_cache, table, block_size, t + PREFETCH_TOKENS - n, W * (int64_t)sizeof(T##_t)); /* V's first rows */ \
+        for (int64_t i = 0; i < W; i++) row[i] = LOAD_##T(kr[i]);                                   \
+        for (int64_t h = 0; h < H; h++) {                                                           \
+            const float *qh = qf + h * D, *kh = row + (h / G) * D;                                  \
+            float dot = 0.f;                                                                        \
+            for (int64_t d = 0; d < D; d++) dot += qh[d] * kh[d];                                   \
+            scores[h * n + (t - first)] = dot;                                                      \
+        }                                                                                           \
+    }                                                                                               \
+    for (int64_t h = 0; h < H; h++) {                                                               \
+        float *sh = scores + h * n;                                                                 \
+        if (alibi_slopes) {                                                                         \
+            const float slope = alibi_slopes[h];                                                    \
+            for (int64_t i = 0; i < n; i++) sh[i] += slope * (float)(first + i - query_pos);       \
+        }                                                                                           \
+        float mx = -INFINITY;                                                                       \
+        for (int64_t i = 0; i < n; i++) mx = sh[i] > mx ? sh[i] : mx;                               \
+        float total = 0.f;                                                                          \
+        for (int64_t i = 0; i < n; i++) { sh[i] = expf(sh[i] - mx); total += sh[i]; }               \
+        m[h] = mx;                                                                                  \
+        l[h] = total;                                                                               \
+    }                                                                                               \
+    memset(acc, 0, sizeof(float) * (size_t)(H * D));                                               \
+    for (int64_t t = first; t < last; t++) {                                                        \
+        const int64_t slot = (int64_t)table[t / block_size] * block_size + t % block_size;          \
+        const T##_t *vr = v_cache + slot * W;                                                       \
+        if (t + PREFETCH_TOKENS < last) prefetch_row(v_cache, table, block_size, t + PREFETCH_TOKENS, W * (int64_t)sizeof(T##_t)); \
+        for (int64_t i = 0; i < W; i++) row[i] = LOAD_##T(vr[i]);                                   \
+        for (int64_t h = 0; h < H; h++) {                                                           \
+            const float p = scores[h * n + (t - first)];                                            \
+            const float *vh = row + (h / G) * D;                                                    \
+            float *ah = acc + h * D;                                                                \
+            for (int64_t d = 0; d < D; d++) ah[d] += p * vh[d];                                     \
+        }                                                                                           \
+    }                                                                                               \
+}                                                                                                   \
+                                                                                                    \
+void paged_decode_attention_##T(int64_t S, int64_t H, int64_t KVH, int64_t D, const T##_t *q,      \
+                                int64_t q_stride, const T##_t *k_cache, const T##_t *v_cache,       \
+                                const int32_t *block_tables, int64_t bt_stride,                     \
+                                const int32_t *context_lens, int64_t block_size, int64_t chunk,    \
+                                float scale, const float *alibi_slopes, int64_t window,            \
+                                T##_t *out, int64_t out_stride) {                                   \
+    /* chunk_start[s]: index of sequence s's first chunk; chunks hold (m, l, acc) partials */      \
+    int64_t *chunk_start = malloc(sizeof(int64_t) * (size_t)(S + 1));                               \
+    chunk_start[0] = 0;                                                                             \
+    for (int64_t s = 0; s < S; s++) {                                                               \
+        const int64_t L = context_lens[s];                                                          \
+        const int64_t n = L - ((window > 0 && L > window) ? L - window : 0);                        \
+        chunk_start[s + 1] = chunk_start[s] + (n + chunk - 1) / chunk;                              \
+    }                                                                                               \
+    const int64_t items = chunk_start[S], part = H * (D + 2);                                       \
+    float *partials = malloc(sizeof(float) * (size_t)(items * part));                               \
+    _Pragma("omp parallel")                                                                         \
+    {                                                                                               \
+        float *scores = malloc(sizeof(float) * (size_t)(H * chunk + KVH * D + H * D));              \
+        float *row = scores + H * chunk, *qf = row + KVH * D;                                       \
+        int64_t s = 0;                                                                              \
+        _Pragma("omp for schedule(dynamic, 1)")                                                     \
+        for (int64_t item = 0; item < items; item++) {                                              \
+            while (chunk_start[s + 1] <= item) s++;                                                 \
+            if (chunk_start[s] > item) { s = 0; while (chunk_start[s + 1] <= item) s++; }          \
+            const int64_t L = context_lens[s];                                                      \
+            const int64_t begin = (window > 0 && L > window) ? L - window : 0;                      \
+            const int64_t first = begin + (item - chunk_start[s]) * chunk;                          \
+            const int64_t last = first + chunk < L ? first + chunk : L;                             \
+            for (int64_t i = 0; i < H * D; i++) qf[i] = LOAD_##T(q[s * q_stride + i]) * scale;     \
+            float *p = partials + item * part;                                                      \
+            decode_chunk_##T(H, KVH, D, qf, k_cache, v_cache, block_tables + s * bt_stride,        \
+                             block_size, first, last, L - 1, alibi_slopes, scores, row, p, p + H,   \
+                             p + 2 * H);                                                            \
+        }                                                                                           \
+        free(scores);                                                                               \
+        /* combine each sequence's chunks: out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c */ \
+        _Pragma("omp for schedule(static)")                                                         \
+        for (int64_t s2 = 0; s2 < S; s2++) {                                                        \
+            const int64_t c0 = chunk_start[s2], c1 = chunk_start[s2 + 1];                           \
+            for (int64_t h = 0; h < H; h++) {                                                       \
+                float M = -INFINITY, denom = 0.f;                                                   \
+                for (int64_t c = c0; c < c1; c++) { const float mc = partials[c * part + h]; M = mc > M ? mc : M; } \
+                float o[D];                                                                         \
+                for (int64_t d = 0; d < D; d++) o[d] = 0.f;                                         \
+                for (int64_t c = c0; c < c1; c++) {                                                 \
+                    const float *pc = partials + c * part;                                          \
+                    const float w = expf(pc[h] - M);                                                \
+                    denom += w * pc[H + h];                                                         \
+                    const float *ac = pc + 2 * H + h * D;                                           \
+                    for (int64_t d = 0; d < D; d++) o[d] += w * ac[d];                              \
+                }                                                                                   \
+                T##_t *oh = out + s2 * out_stride + h * D;                                          \
+                const float inv = 1.f / denom;                                                      \
+                for (int64_t d = 0; d < D; d++) oh[d] = STORE_##T(o[d] * inv);                      \
+            }                                                                                       \
+        }                                                                                           \
+    }                                                                                               \
+    free(partials);                                                                                 \
+    free(chunk_start);                                                                              \
+}
+
+DEFINE_DECODE_ATTENTION(f32)
+DEFINE_DECODE_ATTENTION(bf16)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from vllm_cli.kernels import cpu
+from vllm_cli.kernels.attention_reference import paged_decode_attention_ref
 from vllm_cli.model_executor.layers.common import RMSNorm, RotaryEmbedding, rms_norm, rotate_neox
 
 if cpu._compiler() is None:
@@ -88,6 +89,84 @@ def test_layers_give_their_torch_results(dtype, rng, monkeypatch):
     assert cpu.load() is None
     _close(with_kernels[0], norm(x))
     _close(with_kernels[1], rotary.rotate(qk.clone(), cos, sin))
+
+
+def _paged_cache(rng, context_lens, block_size, num_kv_heads, head_dim, dtype):
+    """Caches that hold K/V only where a context lives, NaN elsewhere (a slot the kernel must not
+    read), except the null block 0, zero as the engine keeps it; block tables a random
+    permutation of the pool, padded with 0, as int32."""
+    blocks = [-(-c // block_size) for c in context_lens]
+    num_blocks = sum(blocks) + 3
+    perm = (torch.randperm(num_blocks - 1, generator=rng) + 1).tolist()
+    tables, used = [], 0
+    for n in blocks:
+        tables.append(perm[used:used + n])
+        used += n
+    shape = (num_blocks * block_size, num_kv_heads, head_dim)
+    k_cache, v_cache = torch.full(shape, float("nan"), dtype=dtype), torch.full(shape, float("nan"), dtype=dtype)
+    k_cache[:block_size] = v_cache[:block_size] = 0
+    for table, ctx in zip(tables, context_lens):
+        pos = torch.arange(ctx)
+        slots = torch.tensor(table)[pos // block_size] * block_size + pos % block_size
+        k_cache[slots] = torch.randn(ctx, num_kv_heads, head_dim, generator=rng).to(dtype)
+        v_cache[slots] = torch.randn(ctx, num_kv_heads, head_dim, generator=rng).to(dtype)
+    width = max(blocks)
+    block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+    return k_cache, v_cache, block_tables
+
+
+@pytest.mark.parametrize("dtype", cpu.DTYPES)
+@pytest.mark.parametrize("heads,head_dim", [((9, 3), 64), ((4, 4), 80), ((8, 1), 128), ((6, 2), 64)],
+                         ids=["9q3kv", "mha-80", "mqa-128", "6q2kv"])
+@pytest.mark.parametrize("alibi,window", [(False, None), (True, None), (False, 21)], ids=["plain", "alibi", "window"])
+@pytest.mark.parametrize("chunk", [cpu.DECODE_CHUNK, 7])
+def test_paged_decode_attention_matches_reference(dtype, heads, head_dim, alibi, window, chunk, rng):
+    """Context lengths that are not multiples of the block size, a 1-token one, and ones spanning
+    several chunks (chunk 7: many partials to combine); q rows strided as in the fused qkv output."""
+    num_heads, num_kv_heads = heads
+    block_size = int(torch.randint(3, 17, (1,), generator=rng))
+    ctx = [1, 300] + torch.randint(2, 60, (5,), generator=rng).tolist()
+    k_cache, v_cache, tables = _paged_cache(rng, ctx, block_size, num_kv_heads, head_dim, dtype)
+    fused = torch.randn(len(ctx), (num_heads + 2 * num_kv_heads) * head_dim, generator=rng).to(dtype)
+    q = fused[:, : num_heads * head_dim].view(len(ctx), num_heads, head_dim)
+    slopes = torch.rand(num_heads, generator=rng) if alibi else None
+    context_lens = torch.tensor(ctx, dtype=torch.int32)
+    out = cpu.paged_decode_attention(q, k_cache, v_cache, tables, context_lens, block_size, head_dim**-0.5,
+                                     slopes, window, chunk=chunk)
+    expected = paged_decode_attention_ref(q, k_cache, v_cache, tables, context_lens, block_size, head_dim**-0.5,
+                                          slopes, window)
+    assert out.dtype == dtype and not out.isnan().any()
+    # bfloat16: the inputs are the same bf16 values; only the output's rounding differs
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(out.float(), expected.float(), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", cpu.DTYPES)
+def test_torch_backend_gives_the_same_output_with_and_without_the_kernel(dtype, rng, monkeypatch):
+    """A mixed step (decodes and prefill chunks in one flat batch): the decode group goes through
+    the kernel, the prefill group through SDPA, and the whole equals the torch-only path."""
+    from vllm_cli.model_executor.layers.attention import SeqBatchInfo, TorchAttentionBackend
+
+    block_size, num_heads, num_kv_heads, head_dim = 5, 6, 2, 64
+    query_lens, earlier = [1, 9, 1, 1, 14], [30, 12, 0, 7, 0]
+    ctx = [q + e for q, e in zip(query_lens, earlier)]
+    k_cache, v_cache, tables = _paged_cache(rng, ctx, block_size, num_kv_heads, head_dim, dtype)
+    k_cache, v_cache = k_cache.nan_to_num(0.0), v_cache.nan_to_num(0.0)  # the torch path reads padding slots
+    rows = [[b for b in row if b] for row in tables.tolist()]
+    slots = [row[p // block_size] * block_size + p % block_size for row, q, c in zip(rows, query_lens, ctx)
+             for p in range(c - q, c)]
+    info = SeqBatchInfo(query_lens, ctx, rows)
+    q = torch.randn(sum(query_lens), num_heads, head_dim, generator=rng).to(dtype)
+    k, v = (torch.randn(sum(query_lens), num_kv_heads, head_dim, generator=rng).to(dtype) for _ in range(2))
+    backend = TorchAttentionBackend(block_size, torch.device("cpu"))
+    outputs = []
+    for library in (cpu.load(), None):
+        monkeypatch.setattr(cpu, "_library", library)
+        meta = backend.build_metadata(info, torch.tensor(slots))
+        assert (meta.groups[0].block_tables is not None) == (library is not None)
+        outputs.append(backend.forward(q, k, v, k_cache.clone(), v_cache.clone(), meta, 0.125, sliding_window=11))
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-6  # SDPA rounds its probabilities to bf16
+    torch.testing.assert_close(outputs[0].float(), outputs[1].float(), rtol=tolerance, atol=tolerance)
 
 
 def test_a_failing_compiler_falls_back_to_torch(tmp_path, monkeypatch, caplog):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vllm_cli.config import ATTENTION_BACKENDS
+from vllm_cli.kernels import cpu as cpu_kernels
 
 
 @dataclass
@@ -42,6 +43,9 @@ class _Group:
     query_pos: torch.Tensor  # [G, Qmax] absolute query positions
     valid: torch.Tensor  # [G, Qmax, Lmax] bool: causal and within the context
     is_decode: bool
+    # decode groups on the CPU kernel: the int32 block tables [G, blocks] and context lengths [G]
+    block_tables: torch.Tensor | None = None
+    context_lens: torch.Tensor | None = None
     # Additive float masks ([G, 1|H, Qmax, Lmax]) built on first use and shared by every
     # layer with the same (sliding window, ALiBi slopes): SDPA is much faster with a float
     # mask than with a bool one, and building it per layer would cost as much again.
@@ -85,7 +89,9 @@ class TorchAttentionBackend:
     Decode sequences (one query token) form one group, everything else (prefills and
     chunks) another, so a step with one long prompt does not pad every decode to its
     length. The per-step index building is vectorized; per layer it is one gather and
-    one SDPA call per group, independent of the number of sequences.
+    one SDPA call per group, independent of the number of sequences. On the CPU, with the C
+    kernels built, the decode group is one call of their paged decode attention instead,
+    which reads K/V in place through the block tables (no gather, no mask).
     """
 
     name = "torch"
@@ -133,11 +139,15 @@ class TorchAttentionBackend:
         valid[:, :, 0] |= ~q_valid
         flat_positions = (torch.arange(len(seqs))[:, None] * qmax + q_offsets[None, :])[q_valid]
         token_index = query_index[q_valid]
-        return _Group(
+        group = _Group(
             token_index=token_index.to(dev), query_index=query_index.to(dev), out_index=flat_positions.to(dev),
             kv_slots=kv_slots.reshape(-1).to(dev), key_pos=key_pos.to(dev), query_pos=query_pos.to(dev),
             valid=valid.to(dev), is_decode=is_decode,
         )
+        if is_decode and dev.type == "cpu" and cpu_kernels.load() is not None:
+            group.block_tables = tables.to(torch.int32)
+            group.context_lens = ctxs.to(torch.int32)
+        return group
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
@@ -156,6 +166,13 @@ class TorchAttentionBackend:
         num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[1]
         num_seqs, qmax, lmax = g.shape
+        if g.block_tables is not None and cpu_kernels.supports(q, k_cache, v_cache):
+            # The CPU kernel reads K/V in place through the block tables: no gather, no mask.
+            queries = q if g.token_index.numel() == q.shape[0] else q.index_select(0, g.token_index)
+            if queries.stride(2) == 1 and queries.stride(1) == head_dim:
+                return cpu_kernels.paged_decode_attention(
+                    queries, k_cache, v_cache, g.block_tables, g.context_lens, self.block_size, scale,
+                    alibi_slopes, sliding_window)
         # index_select on the flat slot list is several times faster than advanced indexing.
         keys = k_cache.index_select(0, g.kv_slots).view(num_seqs, lmax, num_kv_heads, head_dim).transpose(1, 2)
         values = v_cache.index_select(0, g.kv_slots).view(num_seqs, lmax, num_kv_heads, head_dim).transpose(1, 2)
