@@ -63,6 +63,7 @@ _SIGNATURES = {
     "paged_decode_attention": [_i64, _i64, _i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64,
                                _f32, _ptr, _i64, _ptr, _i64],
 }
+_WRITE_KV_SIGNATURE = [_i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _ptr]
 
 
 def cache_dir() -> str:
@@ -131,6 +132,9 @@ def load() -> ctypes.CDLL | None:
         else:
             try:
                 library = ctypes.CDLL(_build(cc))
+                fn = library.write_kv_cache  # dtype-free: rows are copied as bytes
+                fn.argtypes, fn.restype = _WRITE_KV_SIGNATURE, None
+                _kernels[("write_kv_cache", None)] = fn
                 for name, argtypes in _SIGNATURES.items():
                     for dtype, suffix in _SUFFIX.items():
                         fn = getattr(library, f"{name}_{suffix}")
@@ -184,6 +188,27 @@ def rotary_neox_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_d
     _kernels[("rotary_neox", x.dtype)](tokens, heads, head_dim, rotary_dim or head_dim, x.data_ptr(), x.stride(0),
                                          cos.data_ptr(), sin.data_ptr())
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# KV-cache write
+
+
+def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slots: torch.Tensor) -> None:
+    """k_cache[slots] = k and v_cache[slots] = v: k/v [T, KVH, D] (rows may be strided, each row
+    contiguous), caches [num_slots, KVH, D] contiguous, slots int64 [T] (in range: the caller's
+    slot mapping)."""
+    tokens, num_kv_heads, head_dim = k.shape
+    assert v.shape == k.shape and k_cache.shape[1:] == k.shape[1:] and v_cache.shape == k_cache.shape
+    assert k.dtype == v.dtype == k_cache.dtype == v_cache.dtype
+    assert k_cache.is_contiguous() and v_cache.is_contiguous() and slots.dtype == torch.int64 and slots.is_contiguous()
+    for t in (k, v):
+        assert t.stride(2) == 1 and t.stride(1) == head_dim
+    element = k.element_size()
+    _kernels[("write_kv_cache", None)](tokens, num_kv_heads * head_dim * element, slots.data_ptr(), k.data_ptr(),
+                                       k.stride(0) * element, v.data_ptr(), v.stride(0) * element,
+                                       k_cache.data_ptr(), v_cache.data_ptr())
 
 
 # ---------------------------------------------------------------------------------------------

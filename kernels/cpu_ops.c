@@ -107,31 +107,49 @@ DEFINE_ROPE(bf16)
 #ifndef PREFETCH_TOKENS
 #define PREFETCH_TOKENS 8
 #endif
-static inline void prefetch_row(const void *cache, const int32_t *table, int64_t block_size, int64_t t,
-                                int64_t row_bytes) {
-    const int64_t slot = (int64_t)table[t / block_size] * block_size + t % block_size;
-    const char *p = (const char *)cache + slot * row_bytes;
-    for (int64_t i = 0; i < row_bytes; i += 64) __builtin_prefetch(p + i, 0, 3);
+/* Walks a sequence's slots token by token without a division per token. */
+typedef struct { const int32_t *table; int64_t block_size, block, offset; } slot_cursor;
+
+static inline slot_cursor cursor_at(const int32_t *table, int64_t block_size, int64_t t) {
+    slot_cursor c = {table, block_size, t / block_size, t % block_size};
+    return c;
+}
+
+static inline int64_t cursor_next(slot_cursor *c) {  /* the current slot, then advance */
+    const int64_t slot = (int64_t)c->table[c->block] * c->block_size + c->offset;
+    if (++c->offset == c->block_size) { c->offset = 0; c->block++; }
+    return slot;
+}
+
+static inline void prefetch_bytes(const void *p, int64_t bytes) {
+    for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
 }
 
 #define DEFINE_DECODE_ATTENTION(T)                                                                  \
-static void decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,                    \
+static inline __attribute__((always_inline)) void                                                   \
+decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,                                \
                              const T##_t *k_cache, const T##_t *v_cache, const int32_t *table,      \
                              int64_t block_size, int64_t first, int64_t last, int64_t query_pos,    \
                              const float *alibi_slopes, float *scores, float *row, float *m,        \
                              float *l, float *acc) {                                                \
-    const int64_t G = H / KVH, W = KVH * D, n = last - first;                                       \
-    for (int64_t t = first; t < last; t++) {                                                        \
-        const int64_t slot = (int64_t)table[t / block_size] * block_size + t % block_size;          \
-        const T##_t *kr = k_cache + slot * W;                                                       \
-        if (t + PREFETCH_TOKENS < last) prefetch_row(k_cache, table, block_size, t + PREFETCH_TOKENS, W * (int64_t)sizeof(T##_t)); \
-        else if (t + PREFETCH_TOKENS - n < last) prefetch_row(v_cache, table, block_size, t + PREFETCH_TOKENS - n, W * (int64_t)sizeof(T##_t)); /* V's first rows */ \
-        for (int64_t i = 0; i < W; i++) row[i] = LOAD_##T(kr[i]);                                   \
-        for (int64_t h = 0; h < H; h++) {                                                           \
-            const float *qh = qf + h * D, *kh = row + (h / G) * D;                                  \
-            float dot = 0.f;                                                                        \
-            for (int64_t d = 0; d < D; d++) dot += qh[d] * kh[d];                                   \
-            scores[h * n + (t - first)] = dot;                                                      \
+    const int64_t G = H / KVH, W = KVH * D, n = last - first, row_bytes = W * (int64_t)sizeof(T##_t); \
+    /* prefetch cursors: K rows PREFETCH_TOKENS ahead, then V's first rows, then V ahead */         \
+    int64_t k_ahead = first + PREFETCH_TOKENS < last ? first + PREFETCH_TOKENS : last, v_ahead = first; \
+    slot_cursor k_pf = cursor_at(table, block_size, k_ahead), v_pf = cursor_at(table, block_size, first); \
+    slot_cursor cur = cursor_at(table, block_size, first);                                          \
+    for (int64_t i = 0; i < n; i++) {                                                               \
+        const T##_t *kr = k_cache + cursor_next(&cur) * W;                                          \
+        if (k_ahead < last) { prefetch_bytes(k_cache + cursor_next(&k_pf) * W, row_bytes); k_ahead++; } \
+        else if (v_ahead < last) { prefetch_bytes(v_cache + cursor_next(&v_pf) * W, row_bytes); v_ahead++; } \
+        for (int64_t j = 0; j < W; j++) row[j] = LOAD_##T(kr[j]);                                   \
+        for (int64_t kvh = 0, h = 0; kvh < KVH; kvh++) {                                            \
+            const float *kh = row + kvh * D;                                                        \
+            for (int64_t g = 0; g < G; g++, h++) {                                                  \
+                const float *qh = qf + h * D;                                                       \
+                float dot = 0.f;                                                                    \
+                for (int64_t d = 0; d < D; d++) dot += qh[d] * kh[d];                               \
+                scores[h * n + i] = dot;                                                            \
+            }                                                                                       \
         }                                                                                           \
     }                                                                                               \
     for (int64_t h = 0; h < H; h++) {                                                               \
@@ -148,18 +166,38 @@ static void decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,
         l[h] = total;                                                                               \
     }                                                                                               \
     memset(acc, 0, sizeof(float) * (size_t)(H * D));                                               \
-    for (int64_t t = first; t < last; t++) {                                                        \
-        const int64_t slot = (int64_t)table[t / block_size] * block_size + t % block_size;          \
-        const T##_t *vr = v_cache + slot * W;                                                       \
-        if (t + PREFETCH_TOKENS < last) prefetch_row(v_cache, table, block_size, t + PREFETCH_TOKENS, W * (int64_t)sizeof(T##_t)); \
-        for (int64_t i = 0; i < W; i++) row[i] = LOAD_##T(vr[i]);                                   \
-        for (int64_t h = 0; h < H; h++) {                                                           \
-            const float p = scores[h * n + (t - first)];                                            \
-            const float *vh = row + (h / G) * D;                                                    \
-            float *ah = acc + h * D;                                                                \
-            for (int64_t d = 0; d < D; d++) ah[d] += p * vh[d];                                     \
+    cur = cursor_at(table, block_size, first);                                                      \
+    for (int64_t i = 0; i < n; i++) {                                                               \
+        const T##_t *vr = v_cache + cursor_next(&cur) * W;                                          \
+        if (v_ahead < last) { prefetch_bytes(v_cache + cursor_next(&v_pf) * W, row_bytes); v_ahead++; } \
+        for (int64_t j = 0; j < W; j++) row[j] = LOAD_##T(vr[j]);                                   \
+        for (int64_t kvh = 0, h = 0; kvh < KVH; kvh++) {                                            \
+            const float *vh = row + kvh * D;                                                        \
+            for (int64_t g = 0; g < G; g++, h++) {                                                  \
+                const float p = scores[h * n + i];                                                  \
+                float *ah = acc + h * D;                                                            \
+                for (int64_t d = 0; d < D; d++) ah[d] += p * vh[d];                                 \
+            }                                                                                       \
         }                                                                                           \
     }                                                                                               \
+}                                                                                                   \
+                                                                                                    \
+/* The common head sizes as compile-time constants: the dot products and the V sums unroll into    \
+ * a few vector FMAs instead of a loop with a remainder per head and token. */                      \
+static void decode_chunk_any_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,                \
+                                 const T##_t *k_cache, const T##_t *v_cache, const int32_t *table,  \
+                                 int64_t block_size, int64_t first, int64_t last, int64_t query_pos, \
+                                 const float *alibi_slopes, float *scores, float *row, float *m,    \
+                                 float *l, float *acc) {                                            \
+    if (D == 64)                                                                                    \
+        decode_chunk_##T(H, KVH, 64, qf, k_cache, v_cache, table, block_size, first, last, query_pos, \
+                         alibi_slopes, scores, row, m, l, acc);                                     \
+    else if (D == 128)                                                                              \
+        decode_chunk_##T(H, KVH, 128, qf, k_cache, v_cache, table, block_size, first, last, query_pos, \
+                         alibi_slopes, scores, row, m, l, acc);                                     \
+    else                                                                                            \
+        decode_chunk_##T(H, KVH, D, qf, k_cache, v_cache, table, block_size, first, last, query_pos, \
+                         alibi_slopes, scores, row, m, l, acc);                                     \
 }                                                                                                   \
                                                                                                     \
 void paged_decode_attention_##T(int64_t S, int64_t H, int64_t KVH, int64_t D, const T##_t *q,      \
@@ -193,7 +231,7 @@ void paged_decode_attention_##T(int64_t S, int64_t H, int64_t KVH, int64_t D, co
             const int64_t last = first + chunk < L ? first + chunk : L;                             \
             for (int64_t i = 0; i < H * D; i++) qf[i] = LOAD_##T(q[s * q_stride + i]) * scale;     \
             float *p = partials + item * part;                                                      \
-            decode_chunk_##T(H, KVH, D, qf, k_cache, v_cache, block_tables + s * bt_stride,        \
+            decode_chunk_any_##T(H, KVH, D, qf, k_cache, v_cache, block_tables + s * bt_stride,    \
                              block_size, first, last, L - 1, alibi_slopes, scores, row, p, p + H,   \
                              p + 2 * H);                                                            \
         }                                                                                           \
@@ -226,3 +264,16 @@ void paged_decode_attention_##T(int64_t S, int64_t H, int64_t KVH, int64_t D, co
 
 DEFINE_DECODE_ATTENTION(f32)
 DEFINE_DECODE_ATTENTION(bf16)
+
+/* The step's new K and V rows into the paged cache: cache[slots[t]] = rows[t], for k and v
+ * together (rows may be strided views of the fused qkv output; each row is `row_bytes`
+ * contiguous bytes). Replaces two index_copy_ calls, whose dispatch costs more than the copy at
+ * decode sizes. */
+void write_kv_cache(int64_t tokens, int64_t row_bytes, const int64_t *slots, const char *k,
+                    int64_t k_stride_bytes, const char *v, int64_t v_stride_bytes, char *k_cache,
+                    char *v_cache) {
+    for (int64_t t = 0; t < tokens; t++) {
+        memcpy(k_cache + slots[t] * row_bytes, k + t * k_stride_bytes, (size_t)row_bytes);
+        memcpy(v_cache + slots[t] * row_bytes, v + t * v_stride_bytes, (size_t)row_bytes);
+    }
+}

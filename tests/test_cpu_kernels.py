@@ -157,16 +157,24 @@ def test_torch_backend_gives_the_same_output_with_and_without_the_kernel(dtype, 
              for p in range(c - q, c)]
     info = SeqBatchInfo(query_lens, ctx, rows)
     q = torch.randn(sum(query_lens), num_heads, head_dim, generator=rng).to(dtype)
-    k, v = (torch.randn(sum(query_lens), num_kv_heads, head_dim, generator=rng).to(dtype) for _ in range(2))
+    # k and v as the models pass them: strided views of one fused qkv output
+    fused = torch.randn(sum(query_lens), (num_heads + 2 * num_kv_heads) * head_dim, generator=rng).to(dtype)
+    k = fused[:, num_heads * head_dim:(num_heads + num_kv_heads) * head_dim].view(-1, num_kv_heads, head_dim)
+    v = fused[:, (num_heads + num_kv_heads) * head_dim:].view(-1, num_kv_heads, head_dim)
     backend = TorchAttentionBackend(block_size, torch.device("cpu"))
-    outputs = []
+    outputs, caches = [], []
     for library in (cpu.load(), None):
         monkeypatch.setattr(cpu, "_library", library)
         meta = backend.build_metadata(info, torch.tensor(slots))
         assert (meta.groups[0].block_tables is not None) == (library is not None)
-        outputs.append(backend.forward(q, k, v, k_cache.clone(), v_cache.clone(), meta, 0.125, sliding_window=11))
+        kc, vc = k_cache.clone(), v_cache.clone()
+        outputs.append(backend.forward(q, k, v, kc, vc, meta, 0.125, sliding_window=11))
+        caches.append((kc, vc))
     tolerance = 1e-5 if dtype == torch.float32 else 2**-6  # SDPA rounds its probabilities to bf16
     torch.testing.assert_close(outputs[0].float(), outputs[1].float(), rtol=tolerance, atol=tolerance)
+    # the kernels' KV write (bytes copied by slot) left the caches exactly as index_copy_ does
+    assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
+    assert torch.equal(caches[0][0][torch.tensor(slots)], k) and torch.equal(caches[0][1][torch.tensor(slots)], v)
 
 
 def test_a_failing_compiler_falls_back_to_torch(tmp_path, monkeypatch, caplog):

@@ -153,8 +153,13 @@ class TorchAttentionBackend:
                 v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
                 alibi_slopes: torch.Tensor | None = None, sliding_window: int | None = None) -> torch.Tensor:
         """q [T, H, D], k/v [T, KVH, D]; caches [num_slots, KVH, D]. Returns [T, H, D]."""
-        k_cache.index_copy_(0, meta.slot_mapping, k)
-        v_cache.index_copy_(0, meta.slot_mapping, v)
+        if (cpu_kernels.load() is not None and cpu_kernels.supports(k, v, k_cache, v_cache)
+                and k.stride(2) == 1 and k.stride(1) == k.shape[2] and v.stride(2) == 1 and v.stride(1) == v.shape[2]
+                and k_cache.is_contiguous() and v_cache.is_contiguous()):
+            cpu_kernels.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        else:
+            k_cache.index_copy_(0, meta.slot_mapping, k)
+            v_cache.index_copy_(0, meta.slot_mapping, v)
         if len(meta.groups) == 1 and meta.groups[0].token_index.numel() == q.shape[0]:
             return self._attend_group(q, k_cache, v_cache, meta.groups[0], scale, alibi_slopes, sliding_window)
         out = torch.empty_like(q)
