@@ -11,6 +11,9 @@ from torch import nn
 
 from vllm_cli.distributed.parallel_state import all_reduce, get_tp_size
 from vllm_cli.kernels import cpu as cpu_kernels
+from vllm_cli.logger import init_logger
+
+logger = init_logger(__name__)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -225,6 +228,21 @@ def optimize_linears_for_cpu(model: nn.Module) -> None:
     """Swap every nn.Linear for a CpuLinear (after the weights are loaded), one at a time, so
     each original weight is freed as soon as its packed copy exists (peak: one layer extra)."""
     replace_linears(model, lambda linear: CpuLinear(linear))
+    log_cpu_linear_kinds(model)
+
+
+_KIND_NAMES = {"mkl": "MKL packed sgemm", "mkldnn": "oneDNN", "matmul": "torch matmul"}
+
+
+def log_cpu_linear_kinds(model: nn.Module) -> None:
+    """One line: which GEMM library the linears run on (the fastest measured for each shape)."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, CpuLinear):
+            counts[module.kind] = counts.get(module.kind, 0) + 1
+    if counts:
+        logger.info("CPU linears: %s (the fastest correct library, timed once per weight shape)",
+                    ", ".join(f"{n} on {_KIND_NAMES[k]}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])))
 
 
 def replace_linears(model: nn.Module, make) -> None:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from vllm_cli.logger import init_logger
-from vllm_cli.model_executor.layers.common import CpuLinear, replace_linears
+from vllm_cli.model_executor.layers.common import CpuLinear, log_cpu_linear_kinds, replace_linears
 from vllm_cli.model_executor.models.base import CausalLM, ForwardContext
 
 logger = init_logger(__name__)
@@ -241,6 +241,7 @@ class TransformersForCausalLM(CausalLM):
     def optimize_linears_for_cpu(self) -> None:
         """The loader's CPU re-layout, with linears that take [batch, seq, features]."""
         replace_linears(self, _NdCpuLinear)
+        log_cpu_linear_kinds(self)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors into transformers' parameters, renamed/converted as
