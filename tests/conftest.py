@@ -147,3 +147,33 @@ def launch_server(model: str, log: Path, *args: str, env: dict | None = None,
             proc.kill()
             pytest.fail(f"the server did not start (exit {proc.poll()}):\n{text[-4000:]}")
         time.sleep(0.2)
+
+
+def paged_kv(gen, context_lens, block_size, num_kv_heads, head_dim, dtype, share_first_block=True, device="cpu"):
+    """Paged K/V for the attention kernels' tests (Triton and CPU).
+    Caches whose slots hold random K/V only where some sequence's context lives; every other
+    slot (the null block 0 and the tails of last blocks included) is NaN. Block tables are a
+    random permutation of blocks 1.., padded with 0; sequence 1 shares sequence 0's first block
+    (prefix sharing) when both have one."""
+    import torch
+
+    blocks = [-(-c // block_size) for c in context_lens]
+    num_blocks = sum(blocks) + 4
+    perm = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
+    tables, used = [], 0
+    for n in blocks:
+        tables.append(perm[used:used + n])
+        used += n
+    if share_first_block and len(tables) > 1 and context_lens[0] >= block_size and tables[1]:
+        tables[1][0] = tables[0][0]
+    width = max(blocks)
+    block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=device)
+    shape = (num_blocks * block_size, num_kv_heads, head_dim)
+    k_cache = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    v_cache = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    for table, ctx in zip(tables, context_lens):
+        pos = torch.arange(ctx)
+        slots = (torch.tensor(table, dtype=torch.long)[pos // block_size] * block_size + pos % block_size).to(device)
+        k_cache[slots] = torch.randn(ctx, num_kv_heads, head_dim, generator=gen).to(device, dtype)
+        v_cache[slots] = torch.randn(ctx, num_kv_heads, head_dim, generator=gen).to(device, dtype)
+    return k_cache, v_cache, block_tables

@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from conftest import paged_kv
 from vllm_cli.kernels import cpu
 from vllm_cli.kernels.attention_reference import paged_decode_attention_ref
 from vllm_cli.model_executor.layers.common import RMSNorm, RotaryEmbedding, rms_norm, rotate_neox
@@ -92,26 +93,10 @@ def test_layers_give_their_torch_results(dtype, rng, monkeypatch):
 
 
 def _paged_cache(rng, context_lens, block_size, num_kv_heads, head_dim, dtype):
-    """Caches that hold K/V only where a context lives, NaN elsewhere (a slot the kernel must not
-    read), except the null block 0, zero as the engine keeps it; block tables a random
-    permutation of the pool, padded with 0, as int32."""
-    blocks = [-(-c // block_size) for c in context_lens]
-    num_blocks = sum(blocks) + 3
-    perm = (torch.randperm(num_blocks - 1, generator=rng) + 1).tolist()
-    tables, used = [], 0
-    for n in blocks:
-        tables.append(perm[used:used + n])
-        used += n
-    shape = (num_blocks * block_size, num_kv_heads, head_dim)
-    k_cache, v_cache = torch.full(shape, float("nan"), dtype=dtype), torch.full(shape, float("nan"), dtype=dtype)
+    """conftest's paged K/V (NaN wherever no context lives: a slot the kernel must not read),
+    with the null block 0 zero, as the engine keeps it (the torch path reads it for padding)."""
+    k_cache, v_cache, block_tables = paged_kv(rng, context_lens, block_size, num_kv_heads, head_dim, dtype)
     k_cache[:block_size] = v_cache[:block_size] = 0
-    for table, ctx in zip(tables, context_lens):
-        pos = torch.arange(ctx)
-        slots = torch.tensor(table)[pos // block_size] * block_size + pos % block_size
-        k_cache[slots] = torch.randn(ctx, num_kv_heads, head_dim, generator=rng).to(dtype)
-        v_cache[slots] = torch.randn(ctx, num_kv_heads, head_dim, generator=rng).to(dtype)
-    width = max(blocks)
-    block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
     return k_cache, v_cache, block_tables
 
 

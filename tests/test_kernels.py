@@ -27,6 +27,7 @@ import pytest
 
 pytest.importorskip("triton")
 
+import conftest
 from conftest import build_tiny_checkpoint, tiny_config
 from vllm_cli.kernels.kv_cache import write_kv_cache, write_kv_cache_ref
 from vllm_cli.kernels.paged_attention import (
@@ -80,31 +81,8 @@ def assert_close(actual, expected, dtype, what=""):
 
 # ----- paged K/V -----
 
-def paged_kv(gen, context_lens, block_size, num_kv_heads, head_dim, dtype, share_first_block=True):
-    """Caches whose slots hold random K/V only where some sequence's context lives; every other
-    slot (the null block 0 and the tails of last blocks included) is NaN. Block tables are a
-    random permutation of blocks 1.., padded with 0; sequence 1 shares sequence 0's first block
-    (prefix sharing) when both have one."""
-    blocks = [-(-c // block_size) for c in context_lens]
-    num_blocks = sum(blocks) + 4
-    perm = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
-    tables, used = [], 0
-    for n in blocks:
-        tables.append(perm[used:used + n])
-        used += n
-    if share_first_block and len(tables) > 1 and context_lens[0] >= block_size and tables[1]:
-        tables[1][0] = tables[0][0]
-    width = max(blocks)
-    block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=DEVICE)
-    shape = (num_blocks * block_size, num_kv_heads, head_dim)
-    k_cache = torch.full(shape, NAN, dtype=dtype, device=DEVICE)
-    v_cache = torch.full(shape, NAN, dtype=dtype, device=DEVICE)
-    for table, ctx in zip(tables, context_lens):
-        pos = torch.arange(ctx)
-        slots = (torch.tensor(table, dtype=torch.long)[pos // block_size] * block_size + pos % block_size).to(DEVICE)
-        k_cache[slots] = randn(gen, ctx, num_kv_heads, head_dim, dtype=dtype)
-        v_cache[slots] = randn(gen, ctx, num_kv_heads, head_dim, dtype=dtype)
-    return k_cache, v_cache, block_tables
+def paged_kv(*args, **kwargs):
+    return conftest.paged_kv(*args, device=DEVICE, **kwargs)
 
 
 GQA = [(4, 4), (4, 2), (8, 2), (8, 1)]  # (query heads, KV heads): MHA, 2, 4, MQA
