@@ -8,6 +8,9 @@ with the rounding steps of the torch functions they stand in for (`rms_norm` and
 `rotate_neox` in model_executor/layers/common.py), which tests/test_cpu_kernels.py checks
 them against.
 
+The KV-cache write copies the step's K and V rows to their slots in one call (two index_copy_
+cost more in dispatch than the copy at decode sizes).
+
 Decode attention reads each sequence's K/V in place through its block table, where the torch
 path gathers them into a padded copy and builds a mask; it runs its work items on torch's own
 OpenMP threads (the library links libgomp.so.1, which the loader resolves to torch's copy) and
