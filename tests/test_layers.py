@@ -31,29 +31,37 @@ def test_prepacked_cpu_linear_matches_f_linear_for_every_batch_size(dtype, kind,
             torch.testing.assert_close(packed(x).float(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
 
 
+@pytest.mark.parametrize("lengths", [[137], [137, 20, 64]], ids=["one", "three-padded"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("window,alibi", [(None, False), (500, False), (40, False), (None, True)],
                          ids=["causal", "window-wider-than-prompt", "window", "alibi"])
-def test_torch_backend_whole_prompt_matches_reference(dtype, window, alibi):
-    """A single whole prompt (nothing cached before it) takes SDPA's mask-free causal path unless
-    a sliding window or ALiBi needs the mask; both agree with the float64 reference."""
+def test_torch_backend_whole_prompts_match_reference(dtype, window, alibi, lengths):
+    """Whole prompts (nothing cached before them) take SDPA's mask-free causal path, padded to
+    the longest when there are several, unless a sliding window or ALiBi needs the mask; both
+    agree with the float64 reference."""
     from vllm_cli.kernels.attention_reference import paged_prefill_attention_ref
     from vllm_cli.model_executor.layers.attention import SeqBatchInfo, TorchAttentionBackend
 
     torch.manual_seed(0)
-    block_size, num_heads, num_kv_heads, head_dim, length = 16, 6, 2, 64, 137
-    blocks = torch.randperm(40)[: -(-length // block_size)] + 1
-    slots = (blocks[torch.arange(length) // block_size] * block_size + torch.arange(length) % block_size)
-    k_cache = torch.zeros(41 * block_size, num_kv_heads, head_dim, dtype=dtype)
+    block_size, num_heads, num_kv_heads, head_dim = 16, 6, 2, 64
+    num_blocks = [-(-n // block_size) for n in lengths]
+    perm = (torch.randperm(sum(num_blocks) + 5) + 1).tolist()
+    tables = [perm[sum(num_blocks[:i]):sum(num_blocks[:i + 1])] for i in range(len(lengths))]
+    slots = torch.cat([torch.tensor(t)[torch.arange(n) // block_size] * block_size + torch.arange(n) % block_size
+                       for t, n in zip(tables, lengths)])
+    k_cache = torch.zeros((len(perm) + 1) * block_size, num_kv_heads, head_dim, dtype=dtype)
     v_cache = torch.zeros_like(k_cache)
-    q = torch.randn(length, num_heads, head_dim).to(dtype)
-    k, v = (torch.randn(length, num_kv_heads, head_dim).to(dtype) for _ in range(2))
+    total = sum(lengths)
+    q = torch.randn(total, num_heads, head_dim).to(dtype)
+    k, v = (torch.randn(total, num_kv_heads, head_dim).to(dtype) for _ in range(2))
     slopes = torch.rand(num_heads) if alibi else None
     backend = TorchAttentionBackend(block_size, torch.device("cpu"))
-    meta = backend.build_metadata(SeqBatchInfo([length], [length], [blocks.tolist()]), slots)
+    meta = backend.build_metadata(SeqBatchInfo(lengths, lengths, tables), slots)
     out = backend.forward(q, k, v, k_cache, v_cache, meta, 0.125, alibi_slopes=slopes, sliding_window=window)
-    expected = paged_prefill_attention_ref(q, k_cache, v_cache, blocks[None].to(torch.int32),
-                                           torch.tensor([0, length]), torch.tensor([length]), block_size, 0.125,
-                                           slopes, window)
+    width = max(num_blocks)
+    block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+    cu = torch.tensor([0] + lengths).cumsum(0)
+    expected = paged_prefill_attention_ref(q, k_cache, v_cache, block_tables, cu, torch.tensor(lengths), block_size,
+                                           0.125, slopes, window)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.float(), expected.float(), rtol=tolerance, atol=tolerance)
