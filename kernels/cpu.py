@@ -16,11 +16,11 @@ path gathers them into a padded copy and builds a mask; it runs its work items o
 OpenMP threads (the library links libgomp.so.1, which the loader resolves to torch's copy) and
 prefetches the scattered blocks, which the hardware prefetchers do not follow. Its reference is
 kernels/attention_reference.py, shared with the Triton kernels. (Tried and dropped: the same
-kernel single-threaded and without prefetching was slower than gather + torch's SDPA; a fused
+kernel single-threaded was slower than gather + torch's SDPA, and without prefetching no faster; a fused
 silu-and-mul was slower than torch's two ops.)
 
 The library is compiled once per source/flags/compiler/CPU into
-${XDG_CACHE_HOME:-~/.cache}/vllm-cli/kernels (0.3 s here) and loaded with ctypes. With no C
+${XDG_CACHE_HOME:-~/.cache}/vllm-cli/kernels (0.6 s here) and loaded with ctypes. With no C
 compiler, a failed build, or VLLM_CLI_CPU_KERNELS=0, `load()` returns None and every caller
 keeps its torch path.
 """

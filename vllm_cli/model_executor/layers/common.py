@@ -118,7 +118,7 @@ class CpuLinear(nn.Module):
     packed sgemm beat F.linear by 1.2-1.6x in float32 on an Intel Xeon (AVX-512/AMX), while on
     an AMD EPYC (Zen 5) MKL runs 2.5-3x slower than oneDNN. So each weight shape is packed for
     every library that computes it correctly and the fastest, timed once on this machine at a
-    decode-sized batch, is kept (`_fastest_kind`). Where no library is there, the weight is at
+    decode-sized batch, is kept (`_pack_for_cpu`). Where no library is there, the weight is at
     least stored [in, out], which the GEMM prefers. Built from a loaded nn.Linear by
     `optimize_linears_for_cpu`; the original weight is freed. A row-parallel linear keeps its
     all-reduce: the partial product is summed over the ranks before the bias is added.
