@@ -6,8 +6,48 @@ Invalid values raise ValueError naming the field, so the server can turn them in
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 _GREEDY_EPS = 1e-5
+
+
+@dataclass
+class StructuredOutputsParams:
+    """What a request's output must match (vLLM's names): exactly one of a JSON schema, any JSON
+    object, a regular expression, one of a list of strings, or a grammar (EBNF as the backend
+    takes it: xgrammar's GBNF, llguidance's Lark). Checked for shape here; whether the schema,
+    regex or grammar compiles is the structured-output backend's to say (also a ValueError)."""
+
+    json: str | dict[str, Any] | None = None  # a JSON schema (dict or its JSON text)
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None  # any JSON object
+    disable_any_whitespace: bool = False  # JSON without free whitespace (compact output)
+
+    def __post_init__(self) -> None:
+        kinds = [name for name in ("json", "regex", "choice", "grammar", "json_object")
+                 if getattr(self, name) not in (None, False)]
+        if len(kinds) != 1:
+            raise ValueError("structured_outputs must set exactly one of json, regex, choice, grammar or "
+                             f"json_object, got {', '.join(kinds) if kinds else 'none'}")
+        if self.json is not None and not isinstance(self.json, (str, dict)):
+            raise ValueError(f"structured_outputs.json must be a JSON schema (object or string), got {self.json!r}")
+        if self.regex is not None and not (isinstance(self.regex, str) and self.regex):
+            raise ValueError(f"structured_outputs.regex must be a non-empty string, got {self.regex!r}")
+        if self.grammar is not None and not (isinstance(self.grammar, str) and self.grammar.strip()):
+            raise ValueError(f"structured_outputs.grammar must be a non-empty string, got {self.grammar!r}")
+        if self.choice is not None and (not isinstance(self.choice, list) or not self.choice
+                                        or any(not isinstance(c, str) for c in self.choice)):
+            raise ValueError(f"structured_outputs.choice must be a non-empty list of strings, got {self.choice!r}")
+
+    @property
+    def kind(self) -> str:
+        """Which constraint this is: "json", "json_object", "regex", "choice" or "grammar"."""
+        for name in ("json", "regex", "choice", "grammar", "json_object"):
+            if getattr(self, name) not in (None, False):
+                return name
+        raise AssertionError("unreachable: __post_init__ requires one constraint")
 
 
 @dataclass
@@ -35,6 +75,8 @@ class SamplingParams:
     # What each engine output carries: "cumulative" (everything so far), "delta" (only
     # what is new since the last output: streaming) or "final_only" (one output at the end).
     output_kind: str = "cumulative"
+    # Constrained decoding: the output matches this (vllm_cli/structured_output/).
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if self.stop is None:
@@ -49,6 +91,8 @@ class SamplingParams:
                 self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
             except (TypeError, ValueError) as e:
                 raise ValueError(f"logit_bias must map token ids to numbers, got {self.logit_bias!r}") from e
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
         if self.top_k == -1:
             self.top_k = 0
         self._verify()
