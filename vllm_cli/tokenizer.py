@@ -9,6 +9,8 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import jinja2
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -113,8 +115,6 @@ def resolve_chat_template(tokenizer: Any, chat_template: str | None) -> tuple[st
 
 def _check_syntax(template: str, desc: str) -> None:
     # Fail at start-up with a clear message rather than on the first request.
-    import jinja2
-
     try:
         jinja2.Environment().parse(template)
     except jinja2.TemplateSyntaxError as e:
