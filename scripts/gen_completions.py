@@ -63,8 +63,8 @@ def _value(param: Any) -> tuple[list[str], bool]:
     """(choices, may be a file) of an option's value, from Click's param type (Typer before it
     vendored Click) or the annotation (Typer's type_descriptor since)."""
     kind = getattr(param, "type", None)
-    if getattr(kind, "choices", None):
-        return [str(c) for c in kind.choices], False
+    if choices := getattr(kind, "choices", None):
+        return [str(c) for c in choices], False
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     while args:  # Optional[int], list[str]: the item type
