@@ -98,8 +98,7 @@ def print_throughput(rows: list[tuple[str, dict]], result: dict) -> None:
     table.append(("prefix cache hit rate", f"{result['prefix_cache_hit_rate']:.1%}", *([""] * (len(rows) - 1))))
     if "output_throughput_ratio" in result:
         table.append(("ratio (output tok/s)", f"{result['output_throughput_ratio']:.2f}x", "1.00x"))
-    print_table(f"Throughput: {s['model']}, {s['dtype']}, {workload}", table,
-                       ("", *(name for name, _ in rows)))
+    print_table(f"Throughput: {s['model']}, {s['dtype']}, {workload}", table, ("", *(name for name, _ in rows)))
 
 
 def print_serving(r: dict) -> None:
@@ -112,7 +111,7 @@ def print_serving(r: dict) -> None:
     for name, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E latency")):
         rows += [(f"{stat} {label} (ms)", r[f"{stat}_{name}_ms"]) for stat in ("mean", "median", "p99")]
     print_table(f"Serving: {r['model']} at {r['url']}, rate {r['request_rate']} req/s, "
-                       f"concurrency {r['max_concurrency'] or 'unlimited'}", rows)
+                f"concurrency {r['max_concurrency'] or 'unlimited'}", rows)
 
 
 def write_json(path: str | None, result: dict) -> None:
