@@ -14,8 +14,12 @@ import enum
 import re
 import sys
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import typer.main
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = "vllm-cli"
@@ -37,9 +41,9 @@ class Command:
     help: str
     options: list[Option]
     has_args: bool  # positionals (a model path, ...): complete files
-    commands: dict[str, "Command"] = field(default_factory=dict)
+    commands: dict[str, Command] = field(default_factory=dict)
 
-    def walk(self):
+    def walk(self) -> Iterator[Command]:
         yield self
         for sub in self.commands.values():
             yield from sub.walk()
@@ -54,12 +58,13 @@ def _help(text: str | None) -> str:
     return first if len(first) <= 90 else first[:87].rstrip() + "..."
 
 
-def _value(param) -> tuple[list[str], bool]:
+# Click's Parameter and Command are typed Any: typer vendors its own copy of Click since 0.17 (typer._click).
+def _value(param: Any) -> tuple[list[str], bool]:
     """(choices, may be a file) of an option's value, from Click's param type (Typer before it
     vendored Click) or the annotation (Typer's type_descriptor since)."""
     kind = getattr(param, "type", None)
-    if getattr(kind, "choices", None):
-        return [str(c) for c in kind.choices], False
+    if choices := getattr(kind, "choices", None):
+        return [str(c) for c in choices], False
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     while args:  # Optional[int], list[str]: the item type
@@ -71,8 +76,9 @@ def _value(param) -> tuple[list[str], bool]:
     return [], not numeric
 
 
-def describe(cmd, path: list[str], help_names: list[str]) -> Command:
-    options, has_args = [], False
+def describe(cmd: Any, path: list[str], help_names: list[str]) -> Command:
+    options: list[Option] = []
+    has_args = False
     for p in cmd.params:
         if getattr(p, "hidden", False):
             continue
@@ -80,7 +86,8 @@ def describe(cmd, path: list[str], help_names: list[str]) -> Command:
             has_args = True
         elif p.param_type_name == "option":
             names, flag = list(p.opts) + list(p.secondary_opts), bool(p.is_flag or p.count)
-            options.append(Option(names, _help(p.help), False) if flag else Option(names, _help(p.help), True, *_value(p)))
+            options.append(Option(names, _help(p.help), False) if flag
+                           else Option(names, _help(p.help), True, *_value(p)))
     # Subcommands inherit the group's help_option_names (-h, --help) through Click's context.
     help_names = (getattr(cmd, "context_settings", None) or {}).get("help_option_names") or help_names
     options.append(Option(list(help_names), "Show this message and exit.", False))
@@ -92,10 +99,8 @@ def describe(cmd, path: list[str], help_names: list[str]) -> Command:
 
 
 def load_app() -> Command:
-    import typer.main
-
     sys.path.insert(0, str(REPO))
-    from vllm_cli.cli.main import app
+    from vllm_cli.cli.main import app  # after the line above: the checkout's package, installed or not
 
     return describe(typer.main.get_command(app), [], ["--help"])
 
@@ -131,13 +136,15 @@ def bash(root: Command) -> str:
         for o in node.options:
             if o.choices:
                 arms = "|".join(_sq(f"{node.key}:{n}") for n in o.names)
-                out.append(f"        {arms}) COMPREPLY=($(compgen -W {_sq(' '.join(o.choices))} -- \"$cur\")); return ;;")
+                words = _sq(" ".join(o.choices))
+                out.append(f"        {arms}) COMPREPLY=($(compgen -W {words} -- \"$cur\")); return ;;")
         files = [n for o in node.options if o.files for n in o.names]
         if files:
             out.append(f"        {'|'.join(_sq(f'{node.key}:{n}') for n in files)}) COMPREPLY=(); return ;;")
         numbers = [n for o in node.options if o.takes_value and not (o.files or o.choices) for n in o.names]
         if numbers:  # nothing to offer: no file names either
-            out.append(f"        {'|'.join(_sq(f'{node.key}:{n}') for n in numbers)}) compopt +o default 2>/dev/null; COMPREPLY=(); return ;;")
+            arms = "|".join(_sq(f"{node.key}:{n}") for n in numbers)
+            out.append(f"        {arms}) compopt +o default 2>/dev/null; COMPREPLY=(); return ;;")
     out += ["    esac", '    local opts="" cmds=""', '    case "$path" in']
     for node in root.walk():
         opts = " ".join(n for o in node.options for n in o.names)
@@ -186,7 +193,8 @@ def zsh(root: Command) -> str:
         if node.commands:
             out.append("    local curcontext=$curcontext state line ret=1")
         out.append("    _arguments -s -S" + (" -C" if node.commands else "") + " \\")
-        out += [f"        {s} \\" for s in specs[:-1]] + [f"        {specs[-1]}" + (" && ret=0" if node.commands else "")]
+        last = f"        {specs[-1]}" + (" && ret=0" if node.commands else "")
+        out += [f"        {s} \\" for s in specs[:-1]] + [last]
         if node.commands:
             described = " ".join(_sq(f"{name}:{sub.help}") for name, sub in node.commands.items())
             out += ["    case $state in",

@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_cli.model_executor import weight_utils
-from vllm_cli.model_executor.model_source import (
-    CACHE_DIR_ENV,
-    gguf_cache_dir,
-    gguf_cache_root,
-    load_hf_config,
-    resolve_model_source,
-)
+from vllm_cli.model_executor import gguf, weight_utils
+from vllm_cli.model_executor.gguf import CACHE_DIR_ENV, gguf_cache_dir, gguf_cache_root
+from vllm_cli.model_executor.model_source import load_hf_config, resolve_model_source
 from vllm_cli.tokenizer import apply_chat_template, get_eos_token_ids, get_tokenizer, resolve_chat_template
 
 TEXTS = [
@@ -131,9 +126,9 @@ def test_cached_tokenizer_matches(loads):
 
 def test_tensor_map_is_cached(loads, monkeypatch):
     monkeypatch.setenv(CACHE_DIR_ENV, str(loads.cache))
-    real_name_map = weight_utils._gguf_name_map
+    real_name_map = gguf._gguf_name_map
     built = []
-    monkeypatch.setattr(weight_utils, "_gguf_name_map", lambda *a: built.append(1) or real_name_map(*a))
+    monkeypatch.setattr(gguf, "_gguf_name_map", lambda *a: built.append(1) or real_name_map(*a))
     # Both iterators start lazily: the first builds and saves the map, the second must read it.
     first = weight_utils.iterate_weights(loads.source, hf_config=loads.cold_config)
     second = weight_utils.iterate_weights(loads.source, hf_config=loads.warm_config)
@@ -149,22 +144,22 @@ def test_tensor_map_not_used_for_another_config(loads, monkeypatch):
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS
 
     monkeypatch.setenv(CACHE_DIR_ENV, str(loads.cache))
-    weight_utils._gguf_tensor_map(loads.source.gguf_path, loads.warm_config,
-                                  TENSOR_PROCESSORS["llama"](config=loads.warm_config.to_dict()), "llama", 30)
-    real_name_map = weight_utils._gguf_name_map
+    gguf._gguf_tensor_map(loads.source.gguf_path, loads.warm_config,
+                          TENSOR_PROCESSORS["llama"](config=loads.warm_config.to_dict()), "llama", 30)
+    real_name_map = gguf._gguf_name_map
     built = []
-    monkeypatch.setattr(weight_utils, "_gguf_name_map", lambda *a: built.append(1) or real_name_map(*a))
+    monkeypatch.setattr(gguf, "_gguf_name_map", lambda *a: built.append(1) or real_name_map(*a))
     config = type(loads.warm_config).from_dict({**loads.warm_config.to_dict(), "num_hidden_layers": 2})
     processor = TENSOR_PROCESSORS["llama"](config=config.to_dict())
-    names, shapes = weight_utils._gguf_tensor_map(loads.source.gguf_path, config, processor, "llama", 2)
+    names, shapes = gguf._gguf_tensor_map(loads.source.gguf_path, config, processor, "llama", 2)
     assert built == [1]  # the entry was made for the 30-layer config: a miss
     assert "blk.1.attn_q.weight" in names and "blk.2.attn_q.weight" not in names
     assert shapes["model.layers.1.self_attn.q_proj.weight"] == torch.Size([576, 576])
 
 
 def test_read_gguf_matches_gguf_reader(smollm2_gguf_path):
-    fast = weight_utils.read_gguf(smollm2_gguf_path)
-    reference = weight_utils._read_gguf_with_reader(smollm2_gguf_path)
+    fast = gguf.read_gguf(smollm2_gguf_path)
+    reference = gguf._read_gguf_with_reader(smollm2_gguf_path)
     assert [t.name for t in fast.tensors] == [t.name for t in reference.tensors]
     for a, b in zip(fast.tensors, reference.tensors):
         assert a.tensor_type == b.tensor_type and a.data.dtype == b.data.dtype and a.data.shape == b.data.shape

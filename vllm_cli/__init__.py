@@ -6,10 +6,12 @@
 
 from vllm_cli.version import __version__
 
-__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput", "EngineArgs", "__version__"]
+__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput", "EngineArgs",
+           "__version__"]
 
 
 def __getattr__(name: str) -> object:
+    """The public names, each imported on first use (see above)."""
     if name == "LLM":
         from vllm_cli.engine.llm import LLM
 

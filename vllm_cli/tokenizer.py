@@ -9,6 +9,8 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import jinja2
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -49,7 +51,7 @@ def get_tokenizer(
     *,
     trust_remote_code: bool = False,
     revision: str | None = None,
-) -> "PreTrainedTokenizerBase":
+) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local dir, a hub id (cache only when offline) or a GGUF file.
 
     `path` may also be the .gguf file itself. Raises OSError with a one-line message on failure.
@@ -63,30 +65,26 @@ def get_tokenizer(
     if gguf_file and os.path.isdir(path) and not os.path.isfile(os.path.join(path, gguf_file)):
         raise OSError(f"cannot load a tokenizer from {where}: no such file")
 
+    # transformers only when a tokenizer is loaded: the chat-template half of this module is used by
+    # front ends that never load one (and must stay cheap to import).
     from transformers import AutoTokenizer
-
-    # A local .gguf: its converted tokenizer is cached on disk (converting the vocab takes seconds).
-    local_gguf = os.path.join(path, gguf_file) if gguf_file and os.path.isfile(os.path.join(path, gguf_file)) else None
-    if local_gguf:
-        from vllm_cli.model_executor.model_source import load_cached_gguf_tokenizer, save_gguf_tokenizer
-
-        cached = load_cached_gguf_tokenizer(local_gguf, path, trust_remote_code=trust_remote_code)
-        if cached is not None:
-            return cached
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if revision is not None:
         kwargs["revision"] = revision
-    if gguf_file is not None:
-        kwargs["gguf_file"] = gguf_file
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        if gguf_file is not None and os.path.isfile(os.path.join(path, gguf_file)):
+            # A local .gguf: its converted tokenizer is cached on disk (converting the vocab takes seconds).
+            # Imported here: GGUF support brings torch, which no other tokenizer needs.
+            from vllm_cli.model_executor.gguf import load_gguf_tokenizer
+
+            return load_gguf_tokenizer(path, gguf_file, **kwargs)
+        if gguf_file is not None:
+            kwargs["gguf_file"] = gguf_file
+        return AutoTokenizer.from_pretrained(path, **kwargs)
     except Exception as e:  # transformers raises many types; the caller wants one readable line
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise OSError(f"cannot load a tokenizer from {where}: {reason}") from e
-    if local_gguf:
-        save_gguf_tokenizer(local_gguf, tokenizer, trust_remote_code=trust_remote_code)  # never raises
-    return tokenizer
 
 
 def resolve_chat_template(tokenizer: Any, chat_template: str | None) -> tuple[str, str]:
@@ -117,8 +115,6 @@ def resolve_chat_template(tokenizer: Any, chat_template: str | None) -> tuple[st
 
 def _check_syntax(template: str, desc: str) -> None:
     # Fail at start-up with a clear message rather than on the first request.
-    import jinja2
-
     try:
         jinja2.Environment().parse(template)
     except jinja2.TemplateSyntaxError as e:

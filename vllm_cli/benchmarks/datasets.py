@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 DEFAULT_OUTPUT_LEN = 128
 
+Encode = Callable[[str], list[int]]  # a tokenizer's encode: text -> token ids
+
 # Chat messages must be text: random prompts for /v1/chat/completions are drawn from these
 # words, which most tokenizers encode as about one token each (with their leading space).
 _WORDS = ("the of and to in is you that it he was for on are as with his they at be this have from or one "
@@ -50,7 +52,7 @@ def random_text_requests(num_prompts: int, input_len: int, output_len: int, seed
 
 
 def load_dataset(path: str, num_prompts: int, output_len: int | None = None,
-                 encode: Callable[[str], list[int]] | None = None) -> list[BenchRequest]:
+                 encode: Encode | None = None) -> list[BenchRequest]:
     """The first `num_prompts` usable prompts of a file, in file order.
 
     JSONL: one prompt a line, a JSON string or an object with `prompt` (text or token ids) or
@@ -69,7 +71,7 @@ def load_dataset(path: str, num_prompts: int, output_len: int | None = None,
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: neither a JSON document nor JSONL ({e})") from None
-    requests = []
+    requests: list[BenchRequest] = []
     for i, record in enumerate(records):
         if len(requests) >= num_prompts:
             break
@@ -84,7 +86,7 @@ def load_dataset(path: str, num_prompts: int, output_len: int | None = None,
     return requests
 
 
-def _parse_record(record, output_len: int | None, encode) -> BenchRequest | None:
+def _parse_record(record: object, output_len: int | None, encode: Encode | None) -> BenchRequest | None:
     if isinstance(record, str):
         return _text(record, output_len or DEFAULT_OUTPUT_LEN, encode)
     if not isinstance(record, dict):
@@ -109,5 +111,5 @@ def _parse_record(record, output_len: int | None, encode) -> BenchRequest | None
     raise ValueError("a prompt record needs 'prompt' (text or token ids) or 'prompt_token_ids'")
 
 
-def _text(prompt: str, output_len: int, encode) -> BenchRequest:
+def _text(prompt: str, output_len: int, encode: Encode | None) -> BenchRequest:
     return BenchRequest(prompt, len(encode(prompt)) if encode else None, output_len)

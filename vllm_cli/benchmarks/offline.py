@@ -13,9 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+import transformers
+
 from vllm_cli.benchmarks.datasets import BenchRequest, random_requests
 from vllm_cli.benchmarks.report import percentiles
 from vllm_cli.config import EngineArgs
+from vllm_cli.engine.llm_engine import LLMEngine
+from vllm_cli.model_executor.model_source import resolve_model_source
+from vllm_cli.sampling_params import SamplingParams
 
 Prepared = list[tuple[list[int], int]]  # (prompt token ids, output length) per request
 
@@ -39,11 +45,15 @@ class Timed:
 class EngineBench:
     """An LLMEngine driven directly: add every request, then step until all have finished."""
 
-    def __init__(self, engine_args: EngineArgs):
-        from vllm_cli.engine.llm_engine import LLMEngine
-
-        self.engine = LLMEngine.from_engine_args(engine_args)
+    def __init__(self, engine_args: EngineArgs) -> None:
+        self._engine: LLMEngine | None = LLMEngine.from_engine_args(engine_args)
         self._ids = itertools.count()
+
+    @property
+    def engine(self) -> LLMEngine:
+        if self._engine is None:
+            raise RuntimeError("the benchmark's engine was closed")
+        return self._engine
 
     def prepare(self, requests: list[BenchRequest]) -> Prepared:
         """Tokenize and validate before the clock starts; a request that cannot fit is an error."""
@@ -57,17 +67,16 @@ class EngineBench:
         return out
 
     def run(self, prepared: Prepared, advance: Callable[[], None] | None = None) -> Timed:
-        from vllm_cli.sampling_params import SamplingParams
-
         engine = self.engine
         params = {n: SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=n, output_kind="final_only")
                   for n in {n for _, n in prepared}}
-        request_ids, output_tokens = [], 0
+        request_ids: list[str] = []
+        output_tokens = 0
         start = time.perf_counter()
         try:
             for ids, n in prepared:
                 request_ids.append(f"bench-{next(self._ids)}")
-                engine.add_request(request_ids[-1], None, params[n], prompt_token_ids=ids)
+                engine.add_request(request_ids[-1], ids, params[n], prompt_token_ids=ids)
             while engine.has_unfinished_requests():
                 for out in engine.step():
                     if out.finished:
@@ -89,9 +98,9 @@ class EngineBench:
     def close(self) -> None:
         """Drop the engine (weights and KV cache; tensor-parallel workers, which also restores
         this process's CPU threads) before a baseline loads its own model."""
-        if self.engine is not None:
-            self.engine.shutdown()
-        self.engine = None
+        if self._engine is not None:
+            self._engine.shutdown()
+        self._engine = None
         gc.collect()
 
 
@@ -127,15 +136,11 @@ def run_latency(bench: EngineBench, batch_size: int, input_len: int, output_len:
             "percentiles": percentiles(latencies)}
 
 
-def run_transformers(engine_args: EngineArgs, hf_config, dtype, device, prepared: Prepared, batch_size: int,
+def run_transformers(engine_args: EngineArgs, hf_config: transformers.PretrainedConfig, dtype: torch.dtype,
+                     device: torch.device, prepared: Prepared, batch_size: int,
                      advance: Callable[[int], None] | None = None) -> dict:
     """transformers' generate on the same prompts in static batches (left-padded when lengths differ),
     each batch running to its longest output; counts the requested output tokens, the same work."""
-    import torch
-    import transformers
-
-    from vllm_cli.model_executor.model_source import resolve_model_source
-
     transformers.logging.set_verbosity_error()  # generation-config chatter is not a result
     transformers.logging.disable_progress_bar()
     if engine_args.load_format == "dummy":

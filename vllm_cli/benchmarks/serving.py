@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from vllm_cli.benchmarks.datasets import BenchRequest
 from vllm_cli.benchmarks.report import summarize
 
@@ -53,7 +55,7 @@ def _output_in(choice: dict) -> bool:
     return bool(text) or choice.get("finish_reason") is not None
 
 
-async def send_request(session, url: str, body: dict, prompt_len: int | None) -> Outcome:
+async def send_request(session: aiohttp.ClientSession, url: str, body: dict, prompt_len: int | None) -> Outcome:
     out = Outcome(prompt_len=prompt_len or 0)
     usage, chunks, done = None, 0, False
     start = last = time.perf_counter()
@@ -102,7 +104,7 @@ def base_url(url: str) -> str:
     return url[:-3] if url.endswith("/v1") else url
 
 
-async def first_model(session, url: str) -> str:
+async def first_model(session: aiohttp.ClientSession, url: str) -> str:
     async with session.get(f"{base_url(url)}/v1/models") as response:
         response.raise_for_status()
         return (await response.json())["data"][0]["id"]
@@ -112,8 +114,6 @@ async def benchmark(url: str, endpoint: str, model: str | None, requests: list[B
                     warmup: BenchRequest | None, request_rate: float = math.inf, max_concurrency: int | None = None,
                     seed: int = 0, api_key: str | None = None, ignore_eos: bool = True,
                     advance: Callable[[], None] | None = None) -> dict:
-    import aiohttp
-
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     # The semaphore bounds the requests in flight, not the connection pool; runs can last hours.
     connector = aiohttp.TCPConnector(limit=0)

@@ -6,8 +6,9 @@ Workloads and runners live in vllm_cli.benchmarks and are imported when a comman
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -16,6 +17,9 @@ from vllm_cli.cli.engine_options import with_engine_options
 from vllm_cli.cli.errors import user_errors
 from vllm_cli.config import EngineArgs
 
+if TYPE_CHECKING:
+    from vllm_cli.benchmarks.offline import EngineBench
+
 _WORKLOAD = "Workload"
 _MODEL_HELP = "Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct)."
 
@@ -23,7 +27,8 @@ _MODEL_HELP = "Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Ins
 class _ThroughputByDefault(TyperGroup):
     """`vllm-cli bench [MODEL] [OPTIONS]` is `vllm-cli bench throughput [MODEL] [OPTIONS]`."""
 
-    def parse_args(self, ctx, args):
+    # ctx: Click's Context, which typer vendors (as typer._click) since 0.17, so no public name fits both.
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         # Not while completing (resilient parsing): `vllm-cli bench <TAB>` should offer the subcommands.
         if not ctx.resilient_parsing and (not args or (args[0] not in self.commands
                                                        and args[0] not in ctx.help_option_names)):
@@ -35,21 +40,19 @@ bench_app = typer.Typer(cls=_ThroughputByDefault, help="Benchmark throughput (th
 
 NumPrompts = Annotated[int, typer.Option(min=1, help="Number of requests.", rich_help_panel=_WORKLOAD)]
 InputLen = Annotated[int, typer.Option(min=1, help="Random prompt length in tokens.", rich_help_panel=_WORKLOAD)]
-OutputLen = Annotated[Optional[int], typer.Option(
+OutputLen = Annotated[int | None, typer.Option(
     min=1, show_default=False, rich_help_panel=_WORKLOAD,
     help="Output tokens per request, EOS ignored (default: 64; with --dataset, the file's, else 128).")]
 PrefixLen = Annotated[int, typer.Option(
     min=0, rich_help_panel=_WORKLOAD, help="Random tokens shared by every prompt, before its own --input-len.")]
-Dataset = Annotated[Optional[str], typer.Option(
+Dataset = Annotated[str | None, typer.Option(
     rich_help_panel=_WORKLOAD, show_default=False,
     help="Prompts from a file instead of random ones: JSONL ({\"prompt\": ..., \"output_len\": ...} per line) "
          "or ShareGPT JSON.")]
-OutputJson = Annotated[Optional[str], typer.Option(help="Write the results as JSON to this file.")]
+OutputJson = Annotated[str | None, typer.Option(help="Write the results as JSON to this file.")]
 
 
-def _settings(engine_args: EngineArgs, bench, **workload) -> dict:
-    import dataclasses
-
+def _settings(engine_args: EngineArgs, bench: EngineBench, **workload: object) -> dict:
     engine = bench.engine
     return {**workload, "model": engine.model_name, "dtype": str(engine.dtype).removeprefix("torch."),
             "max_model_len": engine.max_model_len, "engine_args": dataclasses.asdict(engine_args)}
@@ -59,16 +62,16 @@ def _settings(engine_args: EngineArgs, bench, **workload) -> dict:
 @with_engine_options()
 def throughput(
     *,
-    model: Annotated[Optional[str], typer.Argument(help=_MODEL_HELP)] = None,
+    model: Annotated[str | None, typer.Argument(help=_MODEL_HELP)] = None,
     num_prompts: NumPrompts = 32,
     input_len: InputLen = 64,
     output_len: OutputLen = None,
     prefix_len: PrefixLen = 0,
     dataset: Dataset = None,
-    baseline: Annotated[Optional[str], typer.Option(
+    baseline: Annotated[str | None, typer.Option(
         help="Also run the same prompts through 'transformers' (its generate, static batches) and print the ratio.",
         show_default=False)] = None,
-    baseline_batch_size: Annotated[Optional[int], typer.Option(
+    baseline_batch_size: Annotated[int | None, typer.Option(
         min=1, show_default=False, help="Static batch size of the baseline (default: --max-num-seqs or all).")] = None,
     output_json: OutputJson = None,
     engine_args: EngineArgs,
@@ -77,8 +80,7 @@ def throughput(
     if baseline not in (None, "transformers"):
         raise typer.BadParameter("the only baseline is 'transformers'", param_hint="--baseline")
     with user_errors():
-        import dataclasses
-
+        # The runners bring torch and the engine: imported when the command runs, so --help stays instant.
         from vllm_cli.benchmarks import offline, report
         from vllm_cli.benchmarks.datasets import load_dataset, random_requests
 
@@ -87,6 +89,7 @@ def throughput(
         bench = offline.EngineBench(engine_args)
         engine = bench.engine
         if dataset:
+            assert engine.tokenizer is not None  # loaded: skip_tokenizer_init is off with a dataset
             requests = load_dataset(dataset, num_prompts, output_len, engine.tokenizer.encode)
         else:
             requests = random_requests(num_prompts, input_len, output_len or 64, engine.vocab_size, engine_args.seed,
@@ -111,33 +114,15 @@ def throughput(
             result["baseline"] = theirs
             result["output_throughput_ratio"] = result["output_throughput"] / theirs["output_throughput"]
             rows.append(("transformers", theirs))
-        _print_throughput(rows, result)
+        report.print_throughput(rows, result)
         report.write_json(output_json, result)
-
-
-def _print_throughput(rows: list[tuple[str, dict]], result: dict) -> None:
-    from vllm_cli.benchmarks import report
-
-    s = result["settings"]
-    prefix = f"{s['prefix_len']} shared + " if s["prefix_len"] else ""
-    workload = (f"{s['num_prompts']} prompts x {prefix}{s['input_len']} in / {s['output_len']} out" if s["input_len"]
-                else f"{s['num_prompts']} prompts from {s['dataset']}")
-    fields = [("elapsed (s)", "elapsed_time"), ("requests/s", "requests_per_second"),
-              ("total tokens/s", "tokens_per_second"), ("output tokens/s", "output_throughput"),
-              ("input tokens", "total_input_tokens"), ("output tokens", "total_output_tokens")]
-    table = [(label, *(r[key] for _, r in rows)) for label, key in fields]
-    table.append(("prefix cache hit rate", f"{result['prefix_cache_hit_rate']:.1%}", *([""] * (len(rows) - 1))))
-    if "output_throughput_ratio" in result:
-        table.append(("ratio (output tok/s)", f"{result['output_throughput_ratio']:.2f}x", "1.00x"))
-    report.print_table(f"Throughput: {s['model']}, {s['dtype']}, {workload}", table,
-                       ("", *(name for name, _ in rows)))
 
 
 @bench_app.command()
 @with_engine_options()
 def latency(
     *,
-    model: Annotated[Optional[str], typer.Argument(help=_MODEL_HELP)] = None,
+    model: Annotated[str | None, typer.Argument(help=_MODEL_HELP)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests in the batch.", rich_help_panel=_WORKLOAD)] = 8,
     input_len: InputLen = 32,
     output_len: Annotated[int, typer.Option(min=1, help="Output tokens per request (EOS ignored).",
@@ -149,8 +134,7 @@ def latency(
 ) -> None:
     """Latency of one batch end to end (prefill and every decode step), over several iterations."""
     with user_errors():
-        import dataclasses
-
+        # The runners bring torch and the engine: imported when the command runs, so --help stays instant.
         from vllm_cli.benchmarks import offline, report
 
         bench = offline.EngineBench(dataclasses.replace(engine_args, skip_tokenizer_init=True))
@@ -174,7 +158,7 @@ def latency(
 def serve(
     url: Annotated[str, typer.Option(help="The server's base URL.")] = "http://127.0.0.1:8000",
     endpoint: Annotated[str, typer.Option(help="/v1/completions or /v1/chat/completions.")] = "/v1/completions",
-    model: Annotated[Optional[str], typer.Option(show_default=False,
+    model: Annotated[str | None, typer.Option(show_default=False,
                                                  help="Model name to request (default: the server's first).")] = None,
     num_prompts: NumPrompts = 64,
     input_len: InputLen = 128,
@@ -186,12 +170,12 @@ def serve(
         help="Random token ids are drawn from [0, N): keep it within the model's vocabulary.")] = 32000,
     request_rate: Annotated[float, typer.Option(
         help="Requests per second (Poisson arrivals); inf sends them all at once.")] = math.inf,
-    max_concurrency: Annotated[Optional[int], typer.Option(
+    max_concurrency: Annotated[int | None, typer.Option(
         min=1, show_default=False, help="Most requests in flight at once (default: no limit).")] = None,
     ignore_eos: Annotated[bool, typer.Option(
         help="Ask for the full output length (vLLM's ignore_eos); turn off for servers that reject it.")] = True,
     seed: Annotated[int, typer.Option(help="Seeds the prompts and the arrival times.")] = 0,
-    api_key: Annotated[Optional[str], typer.Option(envvar=["VLLM_API_KEY", "OPENAI_API_KEY"], show_default=False,
+    api_key: Annotated[str | None, typer.Option(envvar=["VLLM_API_KEY", "OPENAI_API_KEY"], show_default=False,
                                                    help="Sent as `Authorization: Bearer KEY`.")] = None,
     output_json: OutputJson = None,
 ) -> None:
@@ -199,8 +183,8 @@ def serve(
     if request_rate <= 0:
         raise typer.BadParameter("must be > 0 (inf: all at once)", param_hint="--request-rate")
     with user_errors():
+        # asyncio, aiohttp, rich and numpy: imported when the command runs, so --help stays instant.
         import asyncio
-        import dataclasses
 
         from vllm_cli.benchmarks import report, serving
         from vllm_cli.benchmarks.datasets import load_dataset, random_requests, random_text_requests
@@ -224,25 +208,11 @@ def serve(
                                 "output_len": None if dataset else output_len or 64, "prefix_len": prefix_len,
                                 "dataset": dataset, "seed": seed, "ignore_eos": ignore_eos},
                       versions=report.versions())
-        _print_serve(result)
+        report.print_serving(result)
         report.write_json(output_json, result)
         if result["failed"]:
             first = next(e for e in result["errors"] if e)
             report.console.print(f"[red]{result['failed']} request(s) failed[/red], the first with: {first}")
-
-
-def _print_serve(r: dict) -> None:
-    from vllm_cli.benchmarks import report
-
-    rows = [("successful requests", r["completed"]), ("failed requests", r["failed"]),
-            ("duration (s)", r["duration"]), ("total input tokens", r["total_input_tokens"]),
-            ("total output tokens", r["total_output_tokens"]), ("request throughput (req/s)", r["request_throughput"]),
-            ("output throughput (tok/s)", r["output_throughput"]),
-            ("total token throughput (tok/s)", r["total_token_throughput"])]
-    for name, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E latency")):
-        rows += [(f"{stat} {label} (ms)", r[f"{stat}_{name}_ms"]) for stat in ("mean", "median", "p99")]
-    report.print_table(f"Serving: {r['model']} at {r['url']}, rate {r['request_rate']} req/s, "
-                       f"concurrency {r['max_concurrency'] or 'unlimited'}", rows)
 
 
 def register(app: typer.Typer) -> None:

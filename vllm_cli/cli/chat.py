@@ -9,13 +9,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vllm_cli.cli.engine_options import with_engine_options
 from vllm_cli.cli.errors import one_line, user_errors
 from vllm_cli.config import EngineArgs
+from vllm_cli.logger import set_log_level
+
+if TYPE_CHECKING:
+    from vllm_cli.cli.chat_backends import Backend
+    from vllm_cli.cli.chat_session import Conversation
 
 _CHAT = "Chat options"
 _REMOTE = "Remote server (--url)"
@@ -26,13 +31,13 @@ _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 @with_engine_options()
 def chat(
     *,
-    model: Annotated[Optional[str], typer.Argument(
+    model: Annotated[str | None, typer.Argument(
         help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct). With --url: the served "
              "model's name.")] = None,
-    system: Annotated[Optional[str], typer.Option(
+    system: Annotated[str | None, typer.Option(
         "--system", "--system-prompt", "-s", help="System message, e.g. 'translate to Italian'.",
         rich_help_panel=_CHAT)] = None,
-    quick: Annotated[Optional[str], typer.Option(
+    quick: Annotated[str | None, typer.Option(
         "--quick", "-q", metavar="MESSAGE", help="Send one message, print the reply, exit.",
         rich_help_panel=_CHAT)] = None,
     whole_input: Annotated[bool, typer.Option(
@@ -41,23 +46,23 @@ def chat(
     stats: Annotated[bool, typer.Option(
         "--stats/--no-stats", help="Print tokens and tokens/s after each reply (on stderr).",
         rich_help_panel=_CHAT)] = True,
-    chat_template: Annotated[Optional[str], typer.Option(
+    chat_template: Annotated[str | None, typer.Option(
         help="Jinja chat template (a file or inline); default: the tokenizer's, else ChatML.",
         rich_help_panel=_CHAT)] = None,
-    log_level: Annotated[Optional[str], typer.Option(
+    log_level: Annotated[str | None, typer.Option(
         help=" | ".join(_LOG_LEVELS) + " (default: warning, so that the chat stays readable).",
         rich_help_panel=_CHAT)] = None,
-    url: Annotated[Optional[str], typer.Option(
+    url: Annotated[str | None, typer.Option(
         help="Chat with an OpenAI-compatible server instead, e.g. http://localhost:8000/v1.",
         rich_help_panel=_REMOTE)] = None,
-    api_key: Annotated[Optional[str], typer.Option(
+    api_key: Annotated[str | None, typer.Option(
         envvar=["VLLM_API_KEY", "OPENAI_API_KEY"], show_default=False, help="The server's API key.",
         rich_help_panel=_REMOTE)] = None,
-    model_name: Annotated[Optional[str], typer.Option(
+    model_name: Annotated[str | None, typer.Option(
         help="The served model to use (default: the first the server lists).", rich_help_panel=_REMOTE)] = None,
     temperature: Annotated[float, typer.Option(help="0 = greedy.", rich_help_panel=_SAMPLING)] = 0.7,
     top_p: Annotated[float, typer.Option(rich_help_panel=_SAMPLING)] = 0.95,
-    max_tokens: Annotated[Optional[int], typer.Option(
+    max_tokens: Annotated[int | None, typer.Option(
         help="Longest reply (default: up to the end of the context).", rich_help_panel=_SAMPLING)] = None,
     engine_args: EngineArgs,
 ) -> None:
@@ -68,6 +73,8 @@ def chat(
     if log_level is not None and log_level.lower() not in _LOG_LEVELS:
         raise typer.BadParameter(f"must be one of {', '.join(_LOG_LEVELS)}", param_hint="--log-level")
     with user_errors():
+        # asyncio and what the chat needs (SamplingParams here; prompt_toolkit, the engine or openai in
+        # _main) load when the command runs, so that --help and shell completion stay instant.
         import asyncio
 
         from vllm_cli.cli.chat_session import CommandError, Conversation
@@ -86,14 +93,17 @@ def chat(
         raise typer.Exit(1)
 
 
-async def _main(conv, engine_args: EngineArgs, *, url: str | None, api_key: str | None, model_name: str | None,
-                quick: str | None, whole_input: bool, interactive: bool, stats: bool, log_level: str | None) -> bool:
+async def _main(conv: Conversation, engine_args: EngineArgs, *, url: str | None, api_key: str | None,
+                model_name: str | None, quick: str | None, whole_input: bool, interactive: bool, stats: bool,
+                log_level: str | None) -> bool:
+    # Lazy: see chat() (chat_repl brings prompt_toolkit).
     from vllm_cli.cli.chat_backends import BackendError, EngineBackend, OpenAIBackend
-    from vllm_cli.cli.chat_repl import ChatRunner, interactive as repl, make_prompt_session, scripted
-    from vllm_cli.logger import set_log_level
+    from vllm_cli.cli.chat_repl import ChatRunner, make_prompt_session, scripted
+    from vllm_cli.cli.chat_repl import interactive as repl
 
     # INFO lines would interleave with the conversation: quiet unless asked for.
     set_log_level(log_level or os.environ.get("VLLM_CLI_LOG_LEVEL") or "warning")
+    backend: Backend
     try:
         if url:
             backend = await OpenAIBackend.connect(url, api_key, model_name)

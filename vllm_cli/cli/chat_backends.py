@@ -5,10 +5,19 @@ TurnStats; closing the stream early (Ctrl-C) aborts the request at the engine or
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
+
+from vllm_cli.config import EngineArgs
+from vllm_cli.outputs import RequestOutput
+from vllm_cli.sampling_params import SamplingParams
+from vllm_cli.tokenizer import apply_chat_template, chat_stop_strings, resolve_chat_template
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types.chat import ChatCompletionMessageParam
 
 
 class BackendError(Exception):
@@ -33,17 +42,18 @@ class Backend(Protocol):
 class EngineBackend:
     """An AsyncEngine on this process, the chat template applied here."""
 
-    def __init__(self, engine_args):
+    def __init__(self, engine_args: EngineArgs) -> None:
+        # The engine brings torch: imported here, so that --help and `chat --url` never load it.
         from vllm_cli.engine.async_engine import AsyncEngine
-        from vllm_cli.tokenizer import chat_stop_strings, resolve_chat_template
 
         self.engine = AsyncEngine.from_engine_args(engine_args)
         engine = self.engine.engine
         try:
             if engine.tokenizer is None:
                 raise ValueError("chat needs a tokenizer")
+            self.tokenizer = engine.tokenizer
             # Resolved (and syntax-checked) once, before the first turn.
-            self.template, self.template_desc = resolve_chat_template(engine.tokenizer, engine_args.chat_template)
+            self.template, self.template_desc = resolve_chat_template(self.tokenizer, engine_args.chat_template)
         except BaseException:
             self.engine.shutdown()
             raise
@@ -51,15 +61,12 @@ class EngineBackend:
         self.description = f"{engine.model_name} (in-process, {engine.device}, context {engine.max_model_len} tokens)"
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        from vllm_cli.tokenizer import apply_chat_template
-
-        return apply_chat_template(self.engine.tokenizer, messages, self.template)
+        return apply_chat_template(self.tokenizer, messages, self.template)
 
     async def stream(self, messages: list[dict], params: dict, stats: TurnStats) -> AsyncIterator[str]:
-        from vllm_cli.sampling_params import SamplingParams
-
         sampling = SamplingParams(**{"max_tokens": None, **params})  # None: up to the end of the context
-        sampling.stop += [s for s in self.extra_stop if s not in sampling.stop]
+        stop = list(sampling.stop or [])  # SamplingParams has made it a list
+        sampling.stop = stop + [s for s in self.extra_stop if s not in stop]
         try:
             ids = self.prompt_ids(messages)
         except Exception as e:  # jinja2's errors, or a template's raise_exception (roles out of order)
@@ -67,7 +74,9 @@ class EngineBackend:
         stats.prompt_tokens = len(ids)
         try:
             # As a dict, so that the engine checks the prompt against the context length.
-            async with aclosing(self.engine.generate({"prompt_token_ids": ids}, sampling)) as outputs:
+            # generate() is an async generator (aclose() aborts the request), annotated as an AsyncIterator.
+            request = self.engine.generate({"prompt_token_ids": ids}, sampling)
+            async with aclosing(cast(AsyncGenerator[RequestOutput, None], request)) as outputs:
                 async for out in outputs:
                     delta = out.outputs[0]
                     stats.completion_tokens += len(delta.token_ids)
@@ -88,15 +97,15 @@ _OPENAI_PARAMS = {"temperature", "top_p", "max_tokens", "seed", "presence_penalt
 class OpenAIBackend:
     """Any OpenAI-compatible server: ours (`vllm-cli serve`), vLLM's or another."""
 
-    def __init__(self, client, model: str, url: str):
+    def __init__(self, client: openai.AsyncOpenAI, model: str, url: str) -> None:
         self.client, self.model, self.url = client, model, url
         self.description = f"{model} at {url}"
 
     @classmethod
-    async def connect(cls, url: str, api_key: str | None, model: str | None) -> "OpenAIBackend":
+    async def connect(cls, url: str, api_key: str | None, model: str | None) -> OpenAIBackend:
         """Reach the server once up front, so that a wrong URL or key fails before the first
         message; pick its first model when none is named."""
-        import openai
+        import openai  # an optional dependency (the engine backend needs none of it), and ~1 s to import
 
         # No retries: an unreachable server should say so at once, not after back-offs.
         client = openai.AsyncOpenAI(base_url=url, api_key=api_key or "EMPTY", max_retries=0)
@@ -115,14 +124,14 @@ class OpenAIBackend:
         return cls(client, model, url)
 
     async def stream(self, messages: list[dict], params: dict, stats: TurnStats) -> AsyncIterator[str]:
-        import openai
+        import openai  # optional: see connect()
 
         kwargs = {k: v for k, v in params.items() if k in _OPENAI_PARAMS and v is not None}
         extra = {k: v for k, v in params.items() if k not in _OPENAI_PARAMS and v is not None}
         try:
             chunks = await self.client.chat.completions.create(
-                model=self.model, messages=messages, stream=True, stream_options={"include_usage": True},
-                extra_body=extra or None, **kwargs)
+                model=self.model, messages=cast("list[ChatCompletionMessageParam]", messages), stream=True,
+                stream_options={"include_usage": True}, extra_body=extra or None, **kwargs)
             async with aclosing(chunks):  # closing the stream drops the connection: the server aborts
                 async for chunk in chunks:
                     if chunk.usage is not None:
@@ -142,7 +151,7 @@ class OpenAIBackend:
 
 
 def _error(e: Exception, url: str) -> BackendError:
-    import openai
+    import openai  # optional: see OpenAIBackend.connect()
 
     if isinstance(e, openai.APIConnectionError):
         cause = e.__cause__ or e.__context__

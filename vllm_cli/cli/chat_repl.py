@@ -10,9 +10,13 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from vllm_cli.cli.chat_backends import Backend, BackendError, TurnStats
 from vllm_cli.cli.chat_session import CommandError, CommandResult, Conversation, run_command
@@ -45,7 +49,8 @@ def stats_line(stats: TurnStats, seconds: float, interrupted: bool) -> str:
 class ChatRunner:
     """Sends the conversation, streams the reply to `out`, records it in the conversation."""
 
-    def __init__(self, backend: Backend, conv: Conversation, out: TextIO, err: TextIO, show_stats: bool = True):
+    def __init__(self, backend: Backend, conv: Conversation, out: TextIO, err: TextIO,
+                 show_stats: bool = True) -> None:
         self.backend, self.conv, self.out, self.err, self.show_stats = backend, conv, out, err, show_stats
 
     def note(self, text: str) -> None:
@@ -74,7 +79,8 @@ class ChatRunner:
         return result
 
     async def _stream(self, messages: list[dict]) -> TurnResult:
-        stats, parts = TurnStats(), []
+        stats = TurnStats()
+        parts: list[str] = []
         start = time.perf_counter()
         result = TurnResult("", stats)
         try:
@@ -113,7 +119,7 @@ class ChatRunner:
         return result
 
 
-def _on_sigint(callback) -> None:
+def _on_sigint(callback: Callable[[], object] | None) -> None:
     """Route SIGINT to `callback` while a reply streams (None: back to the default)."""
     try:
         loop = asyncio.get_running_loop()
@@ -130,16 +136,12 @@ def history_path() -> str:
     return os.path.join(base, "vllm-cli", "chat_history")
 
 
-def make_prompt_session(**kwargs):
+def make_prompt_session(**kwargs: Any) -> PromptSession[str]:
     """A PromptSession with persistent history and Esc-Enter for a line break."""
-    from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory, InMemoryHistory
-    from prompt_toolkit.key_binding import KeyBindings
-
     bindings = KeyBindings()
 
     @bindings.add("escape", "enter")
-    def _newline(event) -> None:
+    def _newline(event: KeyPressEvent) -> None:
         event.current_buffer.insert_text("\n")
 
     if "history" not in kwargs:
@@ -156,7 +158,7 @@ def _is_command(line: str) -> bool:
     return line.startswith("/") and not line.startswith("//")  # "//x" sends "/x"
 
 
-async def interactive(runner: ChatRunner, session) -> None:
+async def interactive(runner: ChatRunner, session: PromptSession[str]) -> None:
     """The REPL, until Ctrl-D or /exit; a failed turn or command is reported and the session goes on."""
     while True:
         try:

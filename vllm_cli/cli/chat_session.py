@@ -11,6 +11,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from vllm_cli.sampling_params import SamplingParams
+
 # Sampling for a chat when the model's own generation defaults are unknown: warm enough to
 # read naturally, cut off the long tail; no max_tokens (replies may run to the end of the
 # context: Ctrl-C stops one).
@@ -85,8 +87,6 @@ class Conversation:
 
     def update_params(self, values: dict) -> None:
         """Set sampling parameters (None: back to the default), all or none."""
-        from vllm_cli.sampling_params import SamplingParams
-
         params = dict(self.params)
         for name, value in values.items():
             if name not in PARAM_NAMES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator
 
 import typer
 
@@ -16,12 +17,14 @@ EXPECTED_ERRORS = (ValueError, OSError, WorkerFailedError)
 
 
 def one_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
 @contextlib.contextmanager
-def user_errors():
+def user_errors() -> Iterator[None]:
+    """Inside: an expected failure (or Ctrl-C) exits with one line on stderr instead of a traceback."""
     try:
         yield
     except KeyboardInterrupt:

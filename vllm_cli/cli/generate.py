@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,8 +15,10 @@ from vllm_cli.config import EngineArgs
 @with_engine_options()
 def generate(
     *,
-    model: Annotated[Optional[str], typer.Argument(help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")] = None,
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt (repeat for a batch; '-' reads stdin); default 'Hello, my name is'.")] = None,
+    model: Annotated[str | None, typer.Argument(
+        help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(
+        "--prompt", "-p", help="A prompt (repeat for a batch; '-' reads stdin); default 'Hello, my name is'.")] = None,
     chat: Annotated[bool, typer.Option(help="Send each prompt as a user message through the chat template.")] = False,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
@@ -26,6 +28,7 @@ def generate(
     """Generate completions for prompts with the offline engine (no server)."""
     prompt = prompt or ["Hello, my name is"]
     with user_errors():
+        # The engine brings torch: imported when the command runs, so --help stays instant.
         from vllm_cli.engine.llm import LLM
         from vllm_cli.sampling_params import SamplingParams
 

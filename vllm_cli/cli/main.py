@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from vllm_cli.cli import bench, chat, generate, serve
 from vllm_cli.version import __version__
 
 app = typer.Typer(
@@ -26,30 +27,18 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option("--version", "-V", callback=_version_callback, is_eager=True,
-                                                    help="Show the version and exit.")] = None,
+    version: Annotated[bool | None, typer.Option("--version", "-V", callback=_version_callback, is_eager=True,
+                                                 help="Show the version and exit.")] = None,
 ) -> None:
     """Serve, chat with and benchmark large language models from one command."""
 
 
-def _register() -> None:
-    from vllm_cli.cli import generate
-
-    generate.register(app)
-    for name in ("serve", "chat", "bench"):
-        try:
-            module = __import__(f"vllm_cli.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != f"vllm_cli.cli.{name}":
-                raise
-            continue  # that subcommand has not landed yet
-        module.register(app)
-
-
-_register()
+for command in (generate, serve, chat, bench):
+    command.register(app)
 
 
 def main() -> None:
+    """The `vllm-cli` console script."""
     app()
 
 
