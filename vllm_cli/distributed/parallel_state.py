@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -90,7 +91,7 @@ def all_gather_last_dim(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def broadcast_object(obj=None, src: int = 0):
+def broadcast_object(obj: Any = None, src: int = 0) -> Any:
     """The driver's picklable object on every rank (step descriptions, the engine's settings)."""
     if _STATE.world_size == 1:
         return obj

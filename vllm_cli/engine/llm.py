@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence as Seq
+from typing import Any
 
 from vllm_cli.config import EngineArgs
-from vllm_cli.engine.llm_engine import LLMEngine, PromptInput
+from vllm_cli.engine.llm_engine import LLMEngine
+from vllm_cli.engine.processor import PromptInput
 from vllm_cli.outputs import RequestOutput
 from vllm_cli.sampling_params import SamplingParams
 
@@ -23,14 +25,14 @@ class LLM:
         self._counter = itertools.count()
         self._chat_template: tuple[str, str] | None = None
 
-    def get_tokenizer(self):
+    def get_tokenizer(self) -> Any:
         return self.engine.tokenizer
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers now (they also stop when this process exits)."""
         self.engine.shutdown()
 
-    def __enter__(self) -> "LLM":
+    def __enter__(self) -> LLM:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -59,7 +61,8 @@ class LLM:
         ids = []
         for (text, token_ids), params in zip(processed, params_list):
             request_id = str(next(self._counter))
-            self.engine.add_request(request_id, text, params.clone(output_kind="final_only"), prompt_token_ids=token_ids)
+            self.engine.add_request(request_id, text, params.clone(output_kind="final_only"),
+                                    prompt_token_ids=token_ids)
             ids.append(request_id)
         return self._run(ids, use_tqdm)
 

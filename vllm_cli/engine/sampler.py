@@ -10,8 +10,8 @@ batch, so a seeded request draws the same tokens alone or inside any batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 
