@@ -80,8 +80,8 @@ class Placement:
                                  "--master-port PORT (or MASTER_PORT)")
             port = _free_port(addr)
         ranks = list(range(first, first + per_node))
-        rank = 0 if node_rank == 0 else None
-        return cls(tp, rank, [r for r in ranks if r != rank], per_node, first, addr, port)
+        this_rank = 0 if node_rank == 0 else None
+        return cls(tp, this_rank, [r for r in ranks if r != this_rank], per_node, first, addr, port)
 
 
 def _free_port(host: str) -> int:
@@ -119,6 +119,7 @@ class TensorParallelGroup:
         atexit.register(self.shutdown)
         if p.rank is None:
             return
+        rank = p.rank
         if device.type == "cpu":
             torch.set_num_threads(threads)
         logger.info("Tensor parallelism: %d ranks (%s backend), rendezvous at %s:%d%s", p.world_size,
@@ -126,7 +127,7 @@ class TensorParallelGroup:
                     f"; this machine runs ranks {p.rank}..{p.rank + p.local_world_size - 1}"
                     if p.local_world_size < p.world_size else "")
         try:
-            self.guarded(lambda: ps.init_distributed(p.rank, p.world_size, p.master_addr, p.master_port, device),
+            self.guarded(lambda: ps.init_distributed(rank, p.world_size, p.master_addr, p.master_port, device),
                          "waiting for every rank to join")
         except BaseException:
             self.shutdown()  # the workers that did start go too
@@ -145,6 +146,7 @@ class TensorParallelGroup:
         # The driver logs for the group; a worker speaks up only for warnings and errors.
         env = {**os.environ, "PYTHONPATH": pythonpath, "VLLM_CLI_LOG_LEVEL": "WARNING"}
         proc = subprocess.Popen([sys.executable, "-m", self.worker_module], stdin=subprocess.PIPE, env=env)
+        assert proc.stdin is not None
         proc.stdin.write(pickle.dumps((rank, self.placement, args, threads, error_file)))
         proc.stdin.close()
         return proc
@@ -290,7 +292,7 @@ def _die_with_parent() -> None:
     """Linux: the kernel kills this worker when the process that started it dies, however it
     dies (SIGKILL included), so no worker outlives its driver."""
     try:
-        import ctypes
+        import ctypes  # lazy: only a spawned worker needs it
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

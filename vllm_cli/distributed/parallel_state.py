@@ -29,8 +29,8 @@ IDLE_TIMEOUT = datetime.timedelta(days=365)
 class TPState:
     rank: int = 0
     world_size: int = 1
-    device_group: object | None = None
-    cpu_group: object | None = None
+    device_group: Any = None  # a torch.distributed ProcessGroup once joined
+    cpu_group: Any = None
 
 
 _STATE = TPState()

@@ -48,7 +48,9 @@ class AsyncEngine:
         from_engine_args does, and what every front end should use: see there)."""
         if (engine is None) == (engine_args is None):
             raise TypeError("AsyncEngine takes exactly one of engine and engine_args")
-        self.engine = engine
+        self.engine: LLMEngine  # set before __init__ returns (built on the step loop's thread when not given)
+        if engine is not None:
+            self.engine = engine
         self._commands: queue.Queue = queue.Queue()
         self._streams: dict[str, _Stream] = {}
         self._stopped = threading.Event()
@@ -143,7 +145,7 @@ class AsyncEngine:
 
     def _run(self, engine_args: EngineArgs | None, started: threading.Event) -> None:
         try:
-            if self.engine is None:
+            if engine_args is not None:
                 self.engine = LLMEngine.from_engine_args(engine_args)
         except BaseException as e:  # handed to the constructor, which raises it on its thread
             self._start_error = e

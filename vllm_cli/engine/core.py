@@ -117,7 +117,7 @@ class EngineCore:
         for seq, count, first in batch.prompt_chunks:
             assert logits is not None
             targets = seq.token_ids[first + 1:first + 1 + count]
-            entries = compute_prompt_logprobs(logits[row:row + count], targets, seq.request.params.prompt_logprobs)
+            entries = compute_prompt_logprobs(logits[row:row + count], targets, seq.request.params.prompt_logprobs or 0)
             prompt_logprobs.append((seq, entries))
             row += count
         results: list[SampleResult] = []

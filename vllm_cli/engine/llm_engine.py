@@ -112,7 +112,7 @@ class LLMEngine:
             self.tp_group.shutdown()
 
     # ----- requests -----
-    def process_prompt(self, prompt: PromptInput) -> tuple[str | None, list[int]]:
+    def process_prompt(self, prompt: PromptInput | None) -> tuple[str | None, list[int]]:
         """Validate a prompt and tokenize it: (text or None, token ids). Raises ValueError."""
         return processor.process_prompt(prompt, self.tokenizer, self.vocab_size, self.max_model_len)
 
@@ -120,7 +120,7 @@ class LLMEngine:
         """Engine-dependent limits SamplingParams cannot check alone. Raises ValueError."""
         processor.validate_params(params)
 
-    def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams | None = None,
+    def add_request(self, request_id: str, prompt: PromptInput | None, params: SamplingParams | None = None,
                     prompt_token_ids: list[int] | None = None) -> Request:
         """Queue a request. Pass prompt_token_ids when the prompt was already processed."""
         if request_id in self.requests:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from vllm_cli.engine.core import StepOutput
 from vllm_cli.engine.detokenizer import IncrementalDetokenizer
@@ -37,7 +37,7 @@ class OutputProcessor:
         (none for a final_only request still running)."""
         for seq, entries in step.prompt_logprobs:
             self._decode_logprob_tokens(seq, entries)
-            seq.request.prompt_logprobs.extend(entries)
+            cast(list, seq.request.prompt_logprobs).extend(entries)  # a list: the request asked for them
         touched: dict[str, Request] = {}
         now = time.monotonic()
         for seq, result in zip(step.sample_seqs, step.results):
@@ -56,14 +56,15 @@ class OutputProcessor:
         # Structured outputs: the token is accepted here (advance seq.grammar; a finished grammar stops).
         self.generation_tokens_total += 1
         if seq.logprobs is not None:
-            entry = result.top_logprobs or {token: Logprob(result.logprob)}
+            logprob = cast("float", result.logprob)  # set: the request asked for logprobs
+            entry = result.top_logprobs or {token: Logprob(logprob)}
             self._decode_logprob_tokens(seq, [entry])
             seq.logprobs.append(entry)
-            seq.cumulative_logprob += result.logprob
+            seq.cumulative_logprob += logprob
         finish, stop_reason = None, None
         num_out = seq.num_output_tokens
         may_stop = num_out >= params.min_tokens
-        if may_stop and token in params.stop_token_ids:
+        if may_stop and token in cast("list[int]", params.stop_token_ids):  # SamplingParams made it a list
             finish, stop_reason = "stop", token
         elif may_stop and not params.ignore_eos and token in self.eos_token_ids:
             finish = "stop"

@@ -18,7 +18,7 @@ PromptInput = str | list[int] | dict
 MAX_LOGPROBS = 20  # vLLM's default cap on logprobs / prompt_logprobs per position
 
 
-def process_prompt(prompt: PromptInput, tokenizer: Any, vocab_size: int,
+def process_prompt(prompt: PromptInput | None, tokenizer: Any, vocab_size: int,
                    max_model_len: int) -> tuple[str | None, list[int]]:
     """Validate a prompt and tokenize it: (text or None, token ids). Raises ValueError."""
     if isinstance(prompt, dict):

@@ -50,13 +50,14 @@ class Scheduler:
             if num_new < seq.num_tokens - seq.num_computed_tokens and not self.enable_chunked_prefill:
                 queue.insert(0, seq)  # a prefill that does not fit waits for the next step
                 break
+            preempted_itself = False
             while not self.block_manager.allocate(seq, num_new):
                 if not queue:  # nothing left to preempt but this sequence itself
                     self._preempt(seq, out)
-                    seq = None
+                    preempted_itself = True
                     break
                 self._preempt(queue.pop(), out)
-            if seq is None:
+            if preempted_itself:
                 break
             out.scheduled.append((seq, num_new))
             scheduled_running.append(seq)

@@ -11,7 +11,7 @@ started by distributed/executor.py, which owns the process side: stdin, signals,
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -76,8 +76,8 @@ class Worker:
             # --kv-cache-memory is each rank's pool (as vLLM's CPU KV-cache space); the default
             # share of free RAM is split between the ranks on this machine.
             local_ranks = self.tp_group.placement.local_world_size if self.tp_group else 1
-            budget = args.kv_cache_memory or default_cpu_kv_budget() // local_ranks
-            num_blocks = int(budget // per_block)
+            cpu_budget = cast(int | None, args.kv_cache_memory) or default_cpu_kv_budget() // local_ranks  # bytes
+            num_blocks = int(cpu_budget // per_block)
         min_blocks = -(-max_model_len // args.block_size) + 1  # + the null block
         if num_blocks < min_blocks:
             raise ValueError(
@@ -131,7 +131,7 @@ def start_tensor_parallel(args: EngineArgs, device: torch.device) -> tuple[Tenso
     from vllm_cli.distributed.executor import Placement, TensorParallelGroup
 
     placement = Placement.from_args(args)
-    if placement.torchrun and placement.rank != 0:  # one of torchrun's processes: a worker
+    if placement.torchrun and placement.rank:  # one of torchrun's processes, not rank 0: a worker
         run_worker(placement.rank, placement, args, ps.threads_per_rank(placement.local_world_size))
         raise SystemExit(0)
     if placement.rank == 0:  # the driver's own GPU is current before NCCL starts
@@ -166,7 +166,7 @@ def run_worker(rank: int, placement: Placement, args: EngineArgs, threads: int) 
         ps.destroy_distributed()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # a spawned worker rank; the import is here so one-process engines skip it
     from vllm_cli.distributed.executor import worker_process_main
 
     worker_process_main(run_worker)
