@@ -142,7 +142,11 @@ def start_tensor_parallel(args: EngineArgs, device: torch.device) -> tuple[Tenso
                     args.node_rank, args.nnodes, ", ".join(map(str, placement.spawn_ranks)),
                     placement.master_addr, placement.master_port)
         raise SystemExit(group.wait_for_workers())
-    group.broadcast(args)
+    try:
+        group.broadcast(args)
+    except BaseException:
+        group.shutdown()  # the engine never holds this group: stop its workers here
+        raise
     return group, device
 
 
