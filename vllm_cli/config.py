@@ -54,7 +54,6 @@ class EngineArgs:
     node_rank: int = 0
     master_addr: str | None = None
     master_port: int | None = None
-    disable_log_stats: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -1,5 +1,5 @@
-"""The processes of a tensor-parallel engine: where each rank runs, starting them, the worker
-loop, failures and shutdown.
+"""The processes of a tensor-parallel engine: where each rank runs, starting them, watching
+them, failures and shutdown. What a worker rank does once started lives in worker/worker.py.
 
 Three ways to lay the ranks out, all over torch.distributed's TCP rendezvous:
 - one machine (the default): the driver (rank 0, the engine) spawns ranks 1..N-1;
@@ -8,10 +8,10 @@ Three ways to lay the ranks out, all over torch.distributed's TCP rendezvous:
 - torchrun: every process it starts runs the same command; rank 0 becomes the driver and the
   others become workers (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT from torchrun).
 
-A worker loads its shard, then repeats: receive the driver's StepInput, run the forward (its
-collectives pair with the driver's), until the driver sends None. A worker that dies is seen
-by the driver either as a failed collective or by the watchdog thread polling the processes;
-either way the engine stops with WorkerFailedError naming the rank and its error.
+A spawned worker is a fresh interpreter running the worker module (worker_process_main here
+sets the process up, then calls its loop). A worker that dies is seen by the driver either as
+a failed collective or by the watchdog thread polling the processes; either way the engine
+stops with WorkerFailedError naming the rank and its error.
 """
 
 from __future__ import annotations
@@ -26,10 +26,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from vllm_cli.config import EngineArgs
 from vllm_cli.distributed import WorkerFailedError
 from vllm_cli.distributed import parallel_state as ps
 from vllm_cli.logger import init_logger
@@ -53,7 +56,7 @@ class Placement:
     torchrun: bool = False
 
     @classmethod
-    def from_args(cls, args) -> "Placement":
+    def from_args(cls, args: EngineArgs) -> Placement:
         tp = args.tensor_parallel_size
         env = os.environ
         if "TORCHELASTIC_RUN_ID" in env and "RANK" in env:
@@ -77,8 +80,8 @@ class Placement:
                                  "--master-port PORT (or MASTER_PORT)")
             port = _free_port(addr)
         ranks = list(range(first, first + per_node))
-        rank = 0 if node_rank == 0 else None
-        return cls(tp, rank, [r for r in ranks if r != rank], per_node, first, addr, port)
+        this_rank = 0 if node_rank == 0 else None
+        return cls(tp, this_rank, [r for r in ranks if r != this_rank], per_node, first, addr, port)
 
 
 def _free_port(host: str) -> int:
@@ -87,24 +90,18 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def local_device(device: torch.device, rank: int, local_rank_base: int) -> torch.device:
-    """The rank's own GPU on CUDA (cuda:local_rank); the CPU is shared."""
-    if device.type != "cuda":
-        return device
-    index = rank - local_rank_base
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
-
-
 class TensorParallelGroup:
     """The driver's view of the group (or, on a workers-only node, the workers it hosts)."""
 
-    _active: "TensorParallelGroup | None" = None  # one default process group per process
+    _active: TensorParallelGroup | None = None  # one default process group per process
 
-    def __init__(self, args, device: torch.device, placement: Placement | None = None):
+    def __init__(self, args: EngineArgs, device: torch.device, placement: Placement, worker_module: str):
+        """Start the ranks this process hosts (each a fresh interpreter running
+        `python -m worker_module`) and, on the driver, join the group with them."""
         if TensorParallelGroup._active is not None:
             raise RuntimeError("a tensor-parallel engine is already running in this process; shut it down first")
-        self.placement = placement or Placement.from_args(args)
+        self.placement = placement
+        self.worker_module = worker_module
         if device.type == "cuda" and torch.cuda.device_count() < self.placement.local_world_size:
             raise ValueError(f"{self.placement.local_world_size} tensor-parallel ranks on this machine need as many "
                              f"GPUs; {torch.cuda.device_count()} visible")
@@ -122,6 +119,7 @@ class TensorParallelGroup:
         atexit.register(self.shutdown)
         if p.rank is None:
             return
+        rank = p.rank
         if device.type == "cpu":
             torch.set_num_threads(threads)
         logger.info("Tensor parallelism: %d ranks (%s backend), rendezvous at %s:%d%s", p.world_size,
@@ -129,7 +127,7 @@ class TensorParallelGroup:
                     f"; this machine runs ranks {p.rank}..{p.rank + p.local_world_size - 1}"
                     if p.local_world_size < p.world_size else "")
         try:
-            self.guarded(lambda: ps.init_distributed(p.rank, p.world_size, p.master_addr, p.master_port, device),
+            self.guarded(lambda: ps.init_distributed(rank, p.world_size, p.master_addr, p.master_port, device),
                          "waiting for every rank to join")
         except BaseException:
             self.shutdown()  # the workers that did start go too
@@ -137,8 +135,8 @@ class TensorParallelGroup:
         self._watchdog = threading.Thread(target=self._watch, name="vllm-cli-tp-watchdog", daemon=True)
         self._watchdog.start()
 
-    def _spawn(self, rank: int, args, threads: int) -> subprocess.Popen:
-        """A fresh interpreter running this module (not multiprocessing's spawn, which re-imports
+    def _spawn(self, rank: int, args: EngineArgs, threads: int) -> subprocess.Popen:
+        """A fresh interpreter running the worker module (not multiprocessing's spawn, which re-imports
         the caller's __main__: a script without a __main__ guard would run again in every worker)."""
         fd, error_file = tempfile.mkstemp(prefix=f"vllm-cli-tp{rank}-", suffix=".err")
         os.close(fd)
@@ -147,7 +145,8 @@ class TensorParallelGroup:
         pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         # The driver logs for the group; a worker speaks up only for warnings and errors.
         env = {**os.environ, "PYTHONPATH": pythonpath, "VLLM_CLI_LOG_LEVEL": "WARNING"}
-        proc = subprocess.Popen([sys.executable, "-m", "vllm_cli.distributed.executor"], stdin=subprocess.PIPE, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", self.worker_module], stdin=subprocess.PIPE, env=env)
+        assert proc.stdin is not None
         proc.stdin.write(pickle.dumps((rank, self.placement, args, threads, error_file)))
         proc.stdin.close()
         return proc
@@ -157,7 +156,7 @@ class TensorParallelGroup:
         return self.placement.rank == 0
 
     # ----- the driver's side of the protocol -----
-    def broadcast(self, obj) -> None:
+    def broadcast(self, obj: Any) -> None:
         """Send obj to every worker (the settings, the KV-cache size, each step)."""
         self.check()
         try:
@@ -169,12 +168,12 @@ class TensorParallelGroup:
         if self.failure is not None:
             raise WorkerFailedError(self.failure)
 
-    def guarded(self, fn, what: str):
+    def guarded(self, fn: Callable[[], Any], what: str) -> Any:
         """Run a blocking call on a helper thread while watching the workers, so that a worker
         that dies before it pairs with the call is reported, not waited for."""
-        box: dict = {}
+        box: dict[str, Any] = {}
 
-        def target():
+        def target() -> None:
             try:
                 box["result"] = fn()
             except BaseException as e:  # handed to the caller below
@@ -280,30 +279,6 @@ class TensorParallelGroup:
         atexit.unregister(self.shutdown)
 
 
-def run_worker(rank: int, placement: Placement, args, threads: int) -> None:
-    """One worker rank, in this process: join, load the shard, run the driver's steps."""
-    from vllm_cli.logger import set_log_level
-    from vllm_cli.model_executor.loader import resolve_device
-    from vllm_cli.worker.model_runner import create_model_runner
-
-    set_log_level("warning")  # the driver logs for the group
-
-    device = local_device(resolve_device(args.device), rank, placement.local_rank_base)
-    if threads and device.type == "cpu":
-        torch.set_num_threads(threads)
-    ps.init_distributed(rank, placement.world_size, placement.master_addr, placement.master_port, device)
-    try:
-        args = ps.broadcast_object(None)  # the driver's settings win over this node's command line
-        runner = create_model_runner(args, device)
-        num_blocks, max_model_len = ps.broadcast_object(None)
-        runner.set_max_model_len(max_model_len)
-        runner.allocate_kv_cache(num_blocks)
-        while (step := ps.broadcast_object(None)) is not None:
-            runner.run(step)
-    finally:
-        ps.destroy_distributed()
-
-
 def _exit_reason(code: int) -> str:
     if code < 0:
         try:
@@ -317,7 +292,7 @@ def _die_with_parent() -> None:
     """Linux: the kernel kills this worker when the process that started it dies, however it
     dies (SIGKILL included), so no worker outlives its driver."""
     try:
-        import ctypes
+        import ctypes  # lazy: only a spawned worker needs it
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -325,7 +300,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main() -> None:
+def worker_process_main(run_worker: Callable[[int, Placement, EngineArgs, int], None]) -> None:
+    """The body of a spawned worker process: read what _spawn sent, tie the process to its
+    parent, then run_worker(rank, placement, args, threads); its error goes to the error file."""
     rank, placement, args, threads, error_file = pickle.load(sys.stdin.buffer)
     _die_with_parent()
     # Ctrl-C reaches the whole process group: the driver handles it and stops the workers.
@@ -336,7 +313,3 @@ def _worker_main() -> None:
         with open(error_file, "w", encoding="utf-8") as f:
             f.write(f"{type(e).__name__}: {e}")
         raise SystemExit(1) from None
-
-
-if __name__ == "__main__":
-    _worker_main()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,8 +29,8 @@ IDLE_TIMEOUT = datetime.timedelta(days=365)
 class TPState:
     rank: int = 0
     world_size: int = 1
-    device_group: object | None = None
-    cpu_group: object | None = None
+    device_group: Any = None  # a torch.distributed ProcessGroup once joined
+    cpu_group: Any = None
 
 
 _STATE = TPState()
@@ -90,7 +91,7 @@ def all_gather_last_dim(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def broadcast_object(obj=None, src: int = 0):
+def broadcast_object(obj: Any = None, src: int = 0) -> Any:
     """The driver's picklable object on every rank (step descriptions, the engine's settings)."""
     if _STATE.world_size == 1:
         return obj

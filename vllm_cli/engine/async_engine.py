@@ -14,10 +14,12 @@ import threading
 import traceback
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from vllm_cli.config import EngineArgs
 from vllm_cli.distributed import WorkerFailedError
-from vllm_cli.engine.llm_engine import LLMEngine, PromptInput
+from vllm_cli.engine.llm_engine import EngineStats, LLMEngine
+from vllm_cli.engine.processor import PromptInput
 from vllm_cli.logger import init_logger
 from vllm_cli.outputs import RequestOutput
 from vllm_cli.sampling_params import SamplingParams
@@ -36,7 +38,7 @@ class _Stream:
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
 
-    def put(self, item) -> None:
+    def put(self, item: RequestOutput | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
@@ -46,7 +48,9 @@ class AsyncEngine:
         from_engine_args does, and what every front end should use: see there)."""
         if (engine is None) == (engine_args is None):
             raise TypeError("AsyncEngine takes exactly one of engine and engine_args")
-        self.engine = engine
+        self.engine: LLMEngine  # set before __init__ returns (built on the step loop's thread when not given)
+        if engine is not None:
+            self.engine = engine
         self._commands: queue.Queue = queue.Queue()
         self._streams: dict[str, _Stream] = {}
         self._stopped = threading.Event()
@@ -61,7 +65,7 @@ class AsyncEngine:
             raise self._start_error
 
     @classmethod
-    def from_engine_args(cls, args: EngineArgs) -> "AsyncEngine":
+    def from_engine_args(cls, args: EngineArgs) -> AsyncEngine:
         """The engine is built on the thread that will step it. torch's OpenMP thread pool
         belongs to the thread that first runs a parallel op; once the loader has made one on
         another thread, every elementwise op of the step loop's own pool runs 2-3x slower
@@ -70,7 +74,7 @@ class AsyncEngine:
         return cls(engine_args=args)
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
     @property
@@ -115,16 +119,13 @@ class AsyncEngine:
             if not finished:
                 self._commands.put(("abort", request_id))
 
-    async def abort(self, request_id: str) -> None:
-        self._commands.put(("abort", request_id))
-
     def shutdown(self, timeout: float = 5.0) -> None:
         self._stopped.set()
         self._commands.put(("wake",))
         self._thread.join(timeout)
         self.engine.shutdown()
 
-    def stats(self):
+    def stats(self) -> EngineStats:
         return self.engine.stats()
 
     # ----- engine thread -----
@@ -144,7 +145,7 @@ class AsyncEngine:
 
     def _run(self, engine_args: EngineArgs | None, started: threading.Event) -> None:
         try:
-            if self.engine is None:
+            if engine_args is not None:
                 self.engine = LLMEngine.from_engine_args(engine_args)
         except BaseException as e:  # handed to the constructor, which raises it on its thread
             self._start_error = e
@@ -177,7 +178,8 @@ class AsyncEngine:
                 stream = self._streams.get(output.request_id)
                 if stream is not None:
                     stream.put(output)
-        error = EngineDeadError(f"the engine has stopped: {self._dead}" if self._dead else "the engine is shutting down")
+        error = EngineDeadError(f"the engine has stopped: {self._dead}" if self._dead
+                                else "the engine is shutting down")
         self._fail_in_flight(error)
         for stream in list(self._streams.values()):  # queued, not yet added: answered too
             stream.put(error)

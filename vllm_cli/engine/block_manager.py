@@ -72,9 +72,6 @@ class BlockManager:
     def usage(self) -> float:
         return 1.0 - self.num_free_blocks / self.num_usable_blocks
 
-    def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
-        return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
-
     # ----- prefix cache -----
     def _full_block_hashes(self, seq: Sequence, upto_tokens: int) -> list[int]:
         """Extend seq.block_hashes to every full block within the first upto_tokens tokens."""
@@ -205,11 +202,3 @@ class BlockManager:
             siblings.discard(block)
             if not siblings:
                 del self.partials_by_parent[entry[0]]
-
-    def reset_prefix_cache(self) -> None:
-        self.partial_blocks.clear()
-        self.partials_by_parent.clear()
-        for block, h in enumerate(self.block_hash):
-            if h is not None and self.ref_counts[block] == 0:
-                self.block_hash[block] = None
-        self.hash_to_block = {h: b for b, h in enumerate(self.block_hash) if h is not None}

@@ -22,7 +22,7 @@ _MAX_PENDING = 8
 _REPLACEMENT = "\ufffd"
 
 # Per-tokenizer cache for decode_token (logprobs decode the same top-k ids over and over).
-_token_text_cache: "weakref.WeakKeyDictionary[Any, dict[int, str]]" = weakref.WeakKeyDictionary()
+_token_text_cache: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
 
 
 class IncrementalDetokenizer:

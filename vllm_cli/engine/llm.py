@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence as Seq
+from typing import Any, cast
 
 from vllm_cli.config import EngineArgs
-from vllm_cli.engine.llm_engine import LLMEngine, PromptInput
+from vllm_cli.engine.llm_engine import LLMEngine
+from vllm_cli.engine.processor import PromptInput
 from vllm_cli.outputs import RequestOutput
 from vllm_cli.sampling_params import SamplingParams
+from vllm_cli.tokenizer import apply_chat_template, chat_stop_strings, resolve_chat_template
 
 
 class LLM:
@@ -23,14 +26,14 @@ class LLM:
         self._counter = itertools.count()
         self._chat_template: tuple[str, str] | None = None
 
-    def get_tokenizer(self):
+    def get_tokenizer(self) -> Any:
         return self.engine.tokenizer
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers now (they also stop when this process exits)."""
         self.engine.shutdown()
 
-    def __enter__(self) -> "LLM":
+    def __enter__(self) -> LLM:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -42,8 +45,8 @@ class LLM:
         """One RequestOutput per prompt, in input order. Prompts: strings, token-id lists,
         or {"prompt_token_ids": [...]} dicts, or a mix."""
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        prompts = list(prompts)
+            prompts = [cast(PromptInput, prompts)]
+        prompts = list(cast(Seq[PromptInput], prompts))
         if sampling_params is None:
             sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
@@ -59,7 +62,8 @@ class LLM:
         ids = []
         for (text, token_ids), params in zip(processed, params_list):
             request_id = str(next(self._counter))
-            self.engine.add_request(request_id, text, params.clone(output_kind="final_only"), prompt_token_ids=token_ids)
+            self.engine.add_request(request_id, text, params.clone(output_kind="final_only"),
+                                    prompt_token_ids=token_ids)
             ids.append(request_id)
         return self._run(ids, use_tqdm)
 
@@ -68,17 +72,16 @@ class LLM:
              chat_template: str | None = None, add_generation_prompt: bool = True,
              continue_final_message: bool = False, chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
         """Chat with one conversation (a list of messages) or several (a list of lists)."""
-        from vllm_cli.tokenizer import apply_chat_template, chat_stop_strings
-
-        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        one = bool(messages) and isinstance(messages[0], dict)
+        conversations = cast(list[list[dict]], [messages] if one else list(messages))
         template = self.resolve_chat_template(chat_template)[0]
         extra_stops = chat_stop_strings(template)
         if extra_stops:
             sampling_params = sampling_params or SamplingParams()
             if isinstance(sampling_params, SamplingParams):
-                sampling_params = sampling_params.clone(stop=sampling_params.stop + extra_stops)
+                sampling_params = sampling_params.clone(stop=_stops(sampling_params) + extra_stops)
             else:
-                sampling_params = [p.clone(stop=p.stop + extra_stops) for p in sampling_params]
+                sampling_params = [p.clone(stop=_stops(p) + extra_stops) for p in sampling_params]
         prompts = [
             {"prompt_token_ids": apply_chat_template(
                 self.engine.tokenizer, conv, template, add_generation_prompt=add_generation_prompt,
@@ -89,8 +92,6 @@ class LLM:
 
     def resolve_chat_template(self, chat_template: str | None = None) -> tuple[str, str]:
         """(template, where it came from): the argument, --chat-template, the tokenizer's, or the fallback."""
-        from vllm_cli.tokenizer import resolve_chat_template
-
         if self.engine.tokenizer is None:
             raise ValueError("chat needs a tokenizer (the engine was started with skip_tokenizer_init)")
         if chat_template is not None:
@@ -122,7 +123,12 @@ class LLM:
         return [results[i] for i in request_ids]
 
 
+def _stops(params: SamplingParams) -> list[str]:
+    return cast(list[str], params.stop)  # SamplingParams made it a list
+
+
 def _progress(total: int):
+    # Lazy: rich only when a progress bar is shown.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

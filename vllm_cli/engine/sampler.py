@@ -10,8 +10,8 @@ batch, so a seeded request draws the same tokens alone or inside any batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -86,7 +86,7 @@ class Sampler:
             li = None if all_rows else torch.tensor(lp_rows, device=dev)
             lps = torch.log_softmax((raw if all_rows else raw[li]).float(), dim=-1)
             picked = tokens if all_rows else tokens[li]
-            per_row = _position_logprobs(lps, picked, [params[i].logprobs for i in lp_rows])
+            per_row = _position_logprobs(lps, picked, [params[i].logprobs or 0 for i in lp_rows])
             for i, d in zip(lp_rows, per_row):
                 results[i].logprob = d[results[i].token_id].logprob
                 results[i].top_logprobs = d
@@ -139,17 +139,17 @@ class Sampler:
         # Penalties touch only (row, token) pairs that occurred: sparse updates, no [rows, V] temporaries.
         if rep:
             seqs = [[rows[i].prompt_token_ids, rows[i].output_token_ids] for i in rep]
-            r, t, _ = _occurrences(seqs, vocab, dev)
-            r_glob = torch.tensor(rep, device=dev)[r]
-            pen = torch.tensor([rows[i].params.repetition_penalty for i in rep], device=dev)[r]
-            v = x[r_glob, t]
-            x[r_glob, t] = torch.where(v > 0, v / pen, v * pen)
+            occ_r, occ_t, _ = _occurrences(seqs, vocab, dev)
+            r_glob = torch.tensor(rep, device=dev)[occ_r]
+            pen = torch.tensor([rows[i].params.repetition_penalty for i in rep], device=dev)[occ_r]
+            v = x[r_glob, occ_t]
+            x[r_glob, occ_t] = torch.where(v > 0, v / pen, v * pen)
         if freq_pres:
-            r, t, c = _occurrences([[rows[i].output_token_ids] for i in freq_pres], vocab, dev)
-            r_glob = torch.tensor(freq_pres, device=dev)[r]
-            freq = torch.tensor([rows[i].params.frequency_penalty for i in freq_pres], device=dev)[r]
-            pres = torch.tensor([rows[i].params.presence_penalty for i in freq_pres], device=dev)[r]
-            x[r_glob, t] -= freq * c + pres
+            occ_r, occ_t, occ_c = _occurrences([[rows[i].output_token_ids] for i in freq_pres], vocab, dev)
+            r_glob = torch.tensor(freq_pres, device=dev)[occ_r]
+            freq = torch.tensor([rows[i].params.frequency_penalty for i in freq_pres], device=dev)[occ_r]
+            pres = torch.tensor([rows[i].params.presence_penalty for i in freq_pres], device=dev)[occ_r]
+            x[r_glob, occ_t] -= freq * occ_c + pres
         return x
 
 
@@ -213,6 +213,7 @@ def _sample_random(x: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     for j in seeded:
         # One row at a time from the request's own generator: the draw is independent of the batch.
         g = rows[j].generator
+        assert g is not None
         if g.device == dev:
             noise[j].uniform_(generator=g)
         else:

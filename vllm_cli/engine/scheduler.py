@@ -21,10 +21,6 @@ class SchedulerOutput:
     scheduled: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens this step)
     preempted: list[Sequence] = field(default_factory=list)
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(n for _, n in self.scheduled)
-
     def __bool__(self) -> bool:
         return bool(self.scheduled)
 
@@ -43,9 +39,6 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
@@ -57,13 +50,14 @@ class Scheduler:
             if num_new < seq.num_tokens - seq.num_computed_tokens and not self.enable_chunked_prefill:
                 queue.insert(0, seq)  # a prefill that does not fit waits for the next step
                 break
+            preempted_itself = False
             while not self.block_manager.allocate(seq, num_new):
                 if not queue:  # nothing left to preempt but this sequence itself
                     self._preempt(seq, out)
-                    seq = None
+                    preempted_itself = True
                     break
                 self._preempt(queue.pop(), out)
-            if seq is None:
+            if preempted_itself:
                 break
             out.scheduled.append((seq, num_new))
             scheduled_running.append(seq)

@@ -26,7 +26,7 @@ _seq_ids = itertools.count()
 
 
 class Sequence:
-    def __init__(self, request: "Request", index: int):
+    def __init__(self, request: Request, index: int):
         self.seq_id = next(_seq_ids)
         self.request = request
         self.index = index  # choice index within the request
@@ -43,6 +43,10 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admission
         self.detokenizer: Any = None
         self.generator: Any = None
+        # Structured outputs: this sequence's grammar state (None: unconstrained), advanced by each
+        # accepted token (OutputProcessor.append_token) and masking the logits before the sampler
+        # (EngineCore.step).
+        self.grammar: Any = None
         self.num_preemptions = 0
         # What delta outputs have already carried (output_kind="delta").
         self.emitted_tokens = 0
@@ -79,7 +83,6 @@ class Request:
     seqs: list[Sequence] = field(default_factory=list)
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     first_token_time: float | None = None
-    aborted: bool = False
 
     def __post_init__(self) -> None:
         self.seqs = [Sequence(self, i) for i in range(self.params.n)]

@@ -1,0 +1,130 @@
+"""The engine core: one step is schedule -> batch -> forward -> sample (vLLM v1's EngineCore).
+
+The scheduler picks the sequences and token counts of the step; prepare_batch turns them into
+the worker's StepInput (plain lists, nothing per layer); the worker runs the forward and returns
+the logits of the rows that need them; the sampler picks one token for every sequence that
+completes its pending tokens. What happens to the tokens (stop checks, text, outputs) is the
+output processor's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vllm_cli.config import EngineArgs
+from vllm_cli.engine.block_manager import BlockManager
+from vllm_cli.engine.sampler import Sampler, SampleResult, SamplingRow, compute_prompt_logprobs, make_generator
+from vllm_cli.engine.scheduler import Scheduler
+from vllm_cli.engine.sequence import Sequence
+from vllm_cli.outputs import PositionLogprobs
+from vllm_cli.worker.model_runner import StepInput
+from vllm_cli.worker.worker import Worker
+
+
+@dataclass
+class Batch:
+    """A scheduled step as the worker sees it, and which sequence each logits row belongs to."""
+
+    step: StepInput  # logit rows: the sampled rows, then the prompt-logprobs rows
+    sample_seqs: list[Sequence]  # the sequences that get a token this step, in row order
+    prompt_chunks: list[tuple[Sequence, int, int]]  # (sequence, rows, first position) needing prompt logprobs
+
+
+@dataclass
+class StepOutput:
+    sample_seqs: list[Sequence]
+    results: list[SampleResult]  # one per sample_seqs entry
+    prompt_logprobs: list[tuple[Sequence, list[PositionLogprobs]]]  # new prompt-logprob entries per sequence
+
+
+def prepare_batch(scheduled: list[tuple[Sequence, int]], block_size: int) -> Batch:
+    """Flatten the scheduled (sequence, new tokens) pairs into one StepInput."""
+    bs = block_size
+    input_ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    query_lens: list[int] = []
+    context_lens: list[int] = []
+    block_tables: list[list[int]] = []
+    sample_rows: list[int] = []
+    sample_seqs: list[Sequence] = []
+    prompt_rows: list[int] = []
+    prompt_chunks: list[tuple[Sequence, int, int]] = []
+    for seq, n in scheduled:
+        start = seq.num_computed_tokens
+        end = start + n
+        row = len(input_ids)
+        input_ids.extend(seq.token_ids[start:end])
+        positions.extend(range(start, end))
+        table = seq.block_table
+        slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+        query_lens.append(n)
+        context_lens.append(end)
+        block_tables.append(table)
+        if end == seq.num_tokens:
+            sample_rows.append(row + n - 1)
+            sample_seqs.append(seq)
+        prompt_logprobs = seq.request.prompt_logprobs
+        if prompt_logprobs is not None and seq.index == 0:
+            # Positions whose logprobs are still missing (a preempted sequence recomputes
+            # its prompt, but its earlier entries stand).
+            first = max(start, len(prompt_logprobs) - 1)
+            count = min(end, seq.num_prompt_tokens - 1) - first
+            if count > 0:
+                prompt_rows.extend(range(row + first - start, row + first - start + count))
+                prompt_chunks.append((seq, count, first))
+    step = StepInput(input_ids, positions, slots, query_lens, context_lens, block_tables, sample_rows + prompt_rows)
+    return Batch(step, sample_seqs, prompt_chunks)
+
+
+class EngineCore:
+    """The KV-block pool, the scheduler, the worker and the sampler."""
+
+    def __init__(self, args: EngineArgs, worker: Worker, num_blocks: int, max_model_len: int, vocab_size: int,
+                 eos_token_ids: set[int]):
+        self.worker = worker
+        self.block_size = args.block_size
+        self.block_manager = BlockManager(num_blocks, args.block_size, args.enable_prefix_caching)
+        max_batched = args.max_num_batched_tokens or (2048 if args.enable_chunked_prefill else max(2048, max_model_len))
+        if not args.enable_chunked_prefill and max_batched < max_model_len:
+            raise ValueError(f"max_num_batched_tokens ({max_batched}) is smaller than max_model_len "
+                             f"({max_model_len}) and chunked prefill is off: long prompts could never run; "
+                             "raise --max-num-batched-tokens, lower --max-model-len or enable chunked prefill")
+        self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, max_batched, args.enable_chunked_prefill)
+        self.sampler = Sampler(vocab_size, eos_token_ids)
+
+    def add_sequence(self, seq: Sequence) -> None:
+        params = seq.request.params
+        if params.seed is not None:
+            # As vLLM: choice i uses seed + i, so choice 0 matches an n=1 request.
+            seq.generator = make_generator(params.seed + seq.index)
+        self.scheduler.add(seq)
+
+    def step(self) -> StepOutput | None:
+        """Run one scheduled step; None when nothing could be scheduled."""
+        sched = self.scheduler.schedule()
+        if not sched:
+            return None
+        batch = prepare_batch(sched.scheduled, self.block_size)
+        logits = self.worker.execute_model(batch.step)
+        for seq, n in sched.scheduled:
+            seq.num_computed_tokens += n
+
+        sample_seqs = batch.sample_seqs
+        num_sampled = len(sample_seqs)
+        prompt_logprobs = []
+        row = num_sampled
+        for seq, count, first in batch.prompt_chunks:
+            assert logits is not None
+            targets = seq.token_ids[first + 1:first + 1 + count]
+            entries = compute_prompt_logprobs(logits[row:row + count], targets, seq.request.params.prompt_logprobs or 0)
+            prompt_logprobs.append((seq, entries))
+            row += count
+        results: list[SampleResult] = []
+        if num_sampled:
+            assert logits is not None
+            rows = [SamplingRow(seq.request.params, seq.request.prompt_token_ids, seq.output_token_ids, seq.generator)
+                    for seq in sample_seqs]
+            # Structured outputs go here: mask logits[:num_sampled] by each row's seq.grammar.
+            results = self.sampler(logits[:num_sampled], rows)
+        return StepOutput(sample_seqs, results, prompt_logprobs)
