@@ -23,11 +23,11 @@ import contextvars
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -36,6 +36,9 @@ from vllm_cli.attention.backend import ForwardContext
 from vllm_cli.logger import init_logger
 from vllm_cli.model_executor.layers.cpu_linear import CpuLinear, log_cpu_linear_kinds, replace_linears
 from vllm_cli.model_executor.models.base import CausalLM
+
+if TYPE_CHECKING:  # annotations only: see _register_attention
+    from transformers import PreTrainedModel
 
 logger = init_logger(__name__)
 
@@ -98,6 +101,11 @@ def paged_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
 
 
 def _register_attention() -> None:
+    # transformers' modeling_utils (AttentionInterface, PreTrainedModel) imports triton when it is
+    # installed: imported only once a fallback model is built, so importing this module neither
+    # costs that nor initializes triton before TRITON_INTERPRET can be set.
+    from transformers import AttentionInterface
+
     AttentionInterface.register(ATTN_IMPLEMENTATION, paged_attention_forward)
 
 
@@ -193,6 +201,8 @@ class TransformersForCausalLM(CausalLM):
         """Real CPU values for the buffers no checkpoint holds (rotary inv_freq, embedding scales),
         computed by transformers' own _init_weights as from_pretrained does; persistent
         buffers become placeholders the checkpoint fills."""
+        from transformers import PreTrainedModel  # lazily: see _register_attention
+
         owner: dict[int, PreTrainedModel] = {}
         for sub in hf_model.modules():  # pre-order: the innermost PreTrainedModel wins
             if isinstance(sub, PreTrainedModel):
