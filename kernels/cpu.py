@@ -5,7 +5,7 @@ embedding of q and k about twenty; each pays its dispatch and a pass over memory
 decode sizes (a few KB per tensor) costs more than the arithmetic. These kernels do each chain
 in one call and one pass: RMSNorm, and the neox rotary embedding in place on q and k together,
 with the rounding steps of the torch functions they stand in for (`rms_norm` and
-`rotate_neox` in model_executor/layers/common.py), which tests/test_cpu_kernels.py checks
+`rotate_neox` in model_executor/layers/norm.py and rotary.py), which tests/test_cpu_kernels.py checks
 them against.
 
 The KV-cache write copies the step's K and V rows to their slots in one call (two index_copy_
@@ -96,7 +96,8 @@ def _build(cc: str) -> str:
     with open(_SOURCE, "rb") as f:
         source = f.read()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(source + " ".join(_CFLAGS + _OPENMP_FLAGS).encode() + version.encode() + _cpu_id().encode()).hexdigest()[:16]
+    flags = " ".join(_CFLAGS + _OPENMP_FLAGS).encode()
+    key = hashlib.sha256(source + flags + version.encode() + _cpu_id().encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), f"cpu_ops-{key}.so")
     if os.path.exists(target):
         return target
@@ -105,7 +106,8 @@ def _build(cc: str) -> str:
     os.close(fd)
     try:
         start = time.perf_counter()
-        result = subprocess.run([cc, *_CFLAGS, *_OPENMP_FLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True, text=True)
+        result = subprocess.run([cc, *_CFLAGS, *_OPENMP_FLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True,
+                                text=True)
         if result.returncode != 0:
             logger.info("Building the CPU kernels without OpenMP (attention single-threaded): %s",
                         result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")

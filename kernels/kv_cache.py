@@ -13,9 +13,9 @@ import triton.language as tl
 
 @triton.jit
 def _write_kv_cache_kernel(
-    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
-    stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_kcs, stride_kch, stride_vcs, stride_vch,
+    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,  # noqa: ANN001 (Triton kernel arguments)
+    stride_kt, stride_kh, stride_vt, stride_vh,  # noqa: ANN001 (Triton kernel arguments)
+    stride_kcs, stride_kch, stride_vcs, stride_vch,  # noqa: ANN001 (Triton kernel arguments)
     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, H_PAD: tl.constexpr, D_PAD: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)

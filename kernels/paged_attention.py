@@ -30,7 +30,7 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _mm(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _mm(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # noqa: ANN001 (Triton kernel arguments)
     # UPCAST: the interpreter multiplies the raw bits of bfloat16 dot operands (triton 3.9,
     # triton-lang/triton#11584, unsupported upstream); products of
     # bfloat16 values are exact in float32, so upcasting first is what the tensor cores compute.
@@ -42,12 +42,12 @@ def _mm(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _paged_decode_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
-    seq_ids_ptr, query_rows_ptr, block_tables_ptr, context_lens_ptr, slopes_ptr,
-    scale_log2, window,
-    stride_qt, stride_qh, stride_ot, stride_oh,
-    stride_ks, stride_kh, stride_vs, stride_vh, stride_bt,
-    stride_pi, stride_ph, stride_ps,
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,  # noqa: ANN001 (Triton kernel arguments)
+    seq_ids_ptr, query_rows_ptr, block_tables_ptr, context_lens_ptr, slopes_ptr,  # noqa: ANN001 (Triton kernel arguments)
+    scale_log2, window,  # noqa: ANN001 (Triton kernel arguments)
+    stride_qt, stride_qh, stride_ot, stride_oh,  # noqa: ANN001 (Triton kernel arguments)
+    stride_ks, stride_kh, stride_vs, stride_vh, stride_bt,  # noqa: ANN001 (Triton kernel arguments)
+    stride_pi, stride_ph, stride_ps,  # noqa: ANN001 (Triton kernel arguments)
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr,
     HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
@@ -114,8 +114,8 @@ def _paged_decode_kernel(
 
 @triton.jit
 def _paged_decode_reduce_kernel(
-    out_ptr, part_out_ptr, part_lse_ptr, query_rows_ptr,
-    stride_ot, stride_oh, stride_pi, stride_ph, stride_ps,
+    out_ptr, part_out_ptr, part_lse_ptr, query_rows_ptr,  # noqa: ANN001 (Triton kernel arguments)
+    stride_ot, stride_oh, stride_pi, stride_ph, stride_ps,  # noqa: ANN001 (Triton kernel arguments)
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLIT_PAD: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64)
@@ -135,11 +135,11 @@ def _paged_decode_reduce_kernel(
 
 @triton.jit
 def _paged_prefill_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
-    cu_seqlens_ptr, block_tables_ptr, context_lens_ptr, slopes_ptr,
-    scale_log2, window,
-    stride_qt, stride_qh, stride_ot, stride_oh,
-    stride_ks, stride_kh, stride_vs, stride_vh, stride_bt,
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,  # noqa: ANN001 (Triton kernel arguments)
+    cu_seqlens_ptr, block_tables_ptr, context_lens_ptr, slopes_ptr,  # noqa: ANN001 (Triton kernel arguments)
+    scale_log2, window,  # noqa: ANN001 (Triton kernel arguments)
+    stride_qt, stride_qh, stride_ot, stride_oh,  # noqa: ANN001 (Triton kernel arguments)
+    stride_ks, stride_kh, stride_vs, stride_vh, stride_bt,  # noqa: ANN001 (Triton kernel arguments)
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr, SKIP_DECODE: tl.constexpr, DOT_PRECISION: tl.constexpr,

@@ -14,9 +14,9 @@ import triton.language as tl
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
-    stride_x, stride_r, stride_o, stride_ro,
-    n_cols, eps,
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,  # noqa: ANN001 (Triton kernel arguments)
+    stride_x, stride_r, stride_o, stride_ro,  # noqa: ANN001 (Triton kernel arguments)
+    n_cols, eps,  # noqa: ANN001 (Triton kernel arguments)
     BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -36,7 +36,7 @@ def _rms_norm_kernel(
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
-             inplace: bool = False):
+             inplace: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """x [..., N]. Without residual: returns the normed tensor. With residual: returns
     (normed, x + residual). inplace=True writes normed into x and the sum into residual
     (vLLM's fused_add_rms_norm; both must be contiguous); otherwise both are new tensors."""
@@ -68,8 +68,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     return normed if residual is None else (normed, res_out.view(shape))
 
 
-def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
-    """Our RMSNorm (vllm_cli.model_executor.layers.common.RMSNorm), with the residual add first."""
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Our RMSNorm (vllm_cli.model_executor.layers.norm.RMSNorm), with the residual add first."""
     if residual is not None:
         x = x + residual
     x32 = x.float()

@@ -15,8 +15,8 @@ import triton.language as tl
 
 @triton.jit
 def _rotary_kernel(
-    x_ptr, out_ptr, cos_ptr, sin_ptr,
-    stride_xt, stride_xh, stride_ot, stride_oh, stride_ct, stride_st,
+    x_ptr, out_ptr, cos_ptr, sin_ptr,  # noqa: ANN001 (Triton kernel arguments)
+    stride_xt, stride_xh, stride_ot, stride_oh, stride_ct, stride_st,  # noqa: ANN001 (Triton kernel arguments)
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, ROT_HALF: tl.constexpr,
     H_PAD: tl.constexpr, R_PAD: tl.constexpr, P_PAD: tl.constexpr,
     IS_NEOX: tl.constexpr, COPY_PASS: tl.constexpr,

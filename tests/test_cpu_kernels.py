@@ -13,11 +13,12 @@ import sys
 
 import pytest
 import torch
-
 from conftest import paged_kv
 from vllm_cli.kernels import cpu
 from vllm_cli.kernels.attention_reference import paged_decode_attention_ref
-from vllm_cli.model_executor.layers.common import RMSNorm, RotaryEmbedding, rms_norm, rotate_neox
+
+from vllm_cli.model_executor.layers.norm import RMSNorm, rms_norm
+from vllm_cli.model_executor.layers.rotary import RotaryEmbedding, rotate_neox
 
 if cpu._compiler() is None:
     pytest.skip("no C compiler on this machine: the CPU kernels are not built (torch ops are used)",
@@ -130,7 +131,8 @@ def test_paged_decode_attention_matches_reference(dtype, heads, head_dim, alibi,
 def test_torch_backend_gives_the_same_output_with_and_without_the_kernel(dtype, rng, monkeypatch):
     """A mixed step (decodes and prefill chunks in one flat batch): the decode group goes through
     the kernel, the prefill group through SDPA, and the whole equals the torch-only path."""
-    from vllm_cli.model_executor.layers.attention import SeqBatchInfo, TorchAttentionBackend
+    from vllm_cli.attention.backend import SeqBatchInfo
+    from vllm_cli.attention.cpu_backend import CpuAttentionBackend as TorchAttentionBackend
 
     block_size, num_heads, num_kv_heads, head_dim = 5, 6, 2, 64
     query_lens, earlier = [1, 9, 1, 1, 14], [30, 12, 0, 7, 0]

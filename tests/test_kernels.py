@@ -220,7 +220,7 @@ def test_kv_cache_write_touches_only_its_slots(gen, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(7, 96), (2, 5, 64)], ids=str)
 def test_rms_norm_matches_our_rms_norm(gen, poisoned_empty, shape, dtype):
-    from vllm_cli.model_executor.layers.common import RMSNorm
+    from vllm_cli.model_executor.layers.norm import RMSNorm
 
     norm = RMSNorm(shape[-1], eps=1e-5).to(DEVICE, dtype)
     with torch.no_grad():
@@ -245,7 +245,7 @@ def test_rms_norm_matches_our_rms_norm(gen, poisoned_empty, shape, dtype):
 @pytest.mark.parametrize("rotary_dim", [64, 16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_rotary_neox_matches_rotary_embedding(gen, poisoned_empty, rotary_dim, dtype):
-    from vllm_cli.model_executor.layers.common import RotaryEmbedding
+    from vllm_cli.model_executor.layers.rotary import RotaryEmbedding
 
     num_tokens, num_heads, head_dim = 9, 3, 64
     rope = RotaryEmbedding(types.SimpleNamespace(rope_theta=10000.0), head_dim, 512, rotary_dim).to(DEVICE)
@@ -283,8 +283,9 @@ def test_rotary_gptj_interleaved(gen, poisoned_empty, rotary_dim):
 def test_triton_backend_matches_torch_backend_on_a_mixed_step(gen, alibi, window):
     """Decodes, chunked prefills with cached context, a 1-token chunk and a whole prompt in
     one flat batch, in a random order; block size 6."""
-    from vllm_cli.model_executor.layers.attention import SeqBatchInfo, TorchAttentionBackend
-    from vllm_cli.model_executor.layers.triton_attention import TritonAttentionBackend
+    from vllm_cli.attention.backend import SeqBatchInfo
+    from vllm_cli.attention.torch_backend import TorchAttentionBackend
+    from vllm_cli.attention.triton_backend import TritonAttentionBackend
 
     block_size, num_heads, num_kv_heads, head_dim = 6, 4, 2, 64
     query_lens = [1, 12, 1, 1, 20, 1]
@@ -317,9 +318,10 @@ def test_triton_backend_matches_torch_backend_on_a_mixed_step(gen, alibi, window
 
 
 def test_backend_selection(monkeypatch):
+    from vllm_cli.attention.selector import get_attention_backend
+    from vllm_cli.attention.torch_backend import TorchAttentionBackend
+    from vllm_cli.attention.triton_backend import TritonAttentionBackend
     from vllm_cli.config import EngineArgs
-    from vllm_cli.model_executor.layers.attention import TorchAttentionBackend, get_attention_backend
-    from vllm_cli.model_executor.layers.triton_attention import TritonAttentionBackend
 
     monkeypatch.delenv("VLLM_CLI_ATTENTION_BACKEND", raising=False)
     # torch until the kernels are verified on a GPU; triton is opt-in

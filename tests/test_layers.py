@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vllm_cli.model_executor.layers.common import CpuLinear, cpu_linear_kinds
-
+from vllm_cli.model_executor.layers.cpu_linear import CpuLinear, cpu_linear_kinds
 
 _KINDS = [(dtype, kind) for dtype in (torch.float32, torch.bfloat16) for kind in [None, *cpu_linear_kinds(dtype)]]
 
@@ -40,7 +39,9 @@ def test_torch_backend_whole_prompts_match_reference(dtype, window, alibi, lengt
     the longest when there are several, unless a sliding window or ALiBi needs the mask; both
     agree with the float64 reference."""
     from vllm_cli.kernels.attention_reference import paged_prefill_attention_ref
-    from vllm_cli.model_executor.layers.attention import SeqBatchInfo, TorchAttentionBackend
+
+    from vllm_cli.attention.backend import SeqBatchInfo
+    from vllm_cli.attention.torch_backend import TorchAttentionBackend
 
     torch.manual_seed(0)
     block_size, num_heads, num_kv_heads, head_dim = 16, 6, 2, 64

@@ -8,10 +8,10 @@ import os
 
 import pytest
 import torch
-
 from conftest import build_tiny_checkpoint, tiny_config
+
 from vllm_cli import LLM, SamplingParams
-from vllm_cli.model_executor.layers.common import alibi_slopes
+from vllm_cli.model_executor.layers.alibi import alibi_slopes
 from vllm_cli.model_executor.model_source import ModelSource, load_hf_config
 from vllm_cli.model_executor.models import get_model_class
 

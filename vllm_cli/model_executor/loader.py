@@ -9,8 +9,11 @@ import time
 import torch
 from torch import nn
 
+from vllm_cli.distributed.parallel_state import get_tp_rank, get_tp_size
 from vllm_cli.logger import init_logger
+from vllm_cli.model_executor.layers.cpu_linear import optimize_linears_for_cpu
 from vllm_cli.model_executor.models import get_model_class
+from vllm_cli.model_executor.weight_utils import checkpoint_dtype, iterate_weights
 
 logger = init_logger(__name__)
 
@@ -23,8 +26,6 @@ def resolve_dtype(dtype: str, hf_config, device: torch.device) -> torch.dtype:
         return _DTYPES[dtype]
     if device.type == "cpu":
         return torch.float32
-    from vllm_cli.model_executor.weight_utils import checkpoint_dtype
-
     stored = checkpoint_dtype(hf_config)
     return stored if stored in (torch.float16, torch.bfloat16) else torch.float16
 
@@ -55,8 +56,6 @@ def _materialize(model: nn.Module, dtype: torch.dtype, device: torch.device) -> 
 def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, load_format: str = "auto",
                seed: int = 0, model_impl: str = "auto") -> nn.Module:
     cls = get_model_class(hf_config, model_impl)
-    from vllm_cli.distributed.parallel_state import get_tp_rank, get_tp_size
-
     if get_tp_size() > 1 and not getattr(cls, "supports_tensor_parallel", True):
         raise ValueError(f"tensor parallelism needs a native implementation; {_arch_name(hf_config)} would run "
                          "through the transformers fallback, which runs on one rank only")
@@ -73,8 +72,6 @@ def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, l
             param.data.copy_(torch.empty(param.shape, dtype=torch.float32).uniform_(-1e-3, 1e-3, generator=generator))
         source_desc = "dummy weights"
     else:
-        from vllm_cli.model_executor.weight_utils import iterate_weights
-
         with torch.no_grad():
             loaded = model.load_weights(iterate_weights(source, hf_config=hf_config))
         missing = sorted(set(params) - loaded - _tied_names(model))
@@ -85,8 +82,6 @@ def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, l
     size = sum(p.numel() * p.element_size() for p in params.values())
     del params  # the CPU re-layout below replaces weights: let the originals go as it does
     if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
-        from vllm_cli.model_executor.layers.common import optimize_linears_for_cpu
-
         # a model may bring its own re-layout (the transformers fallback's linears see [batch, seq, features])
         getattr(model, "optimize_linears_for_cpu", lambda: optimize_linears_for_cpu(model))()
     shard = f", rank {get_tp_rank()}'s shard of {get_tp_size()}" if get_tp_size() > 1 else ""

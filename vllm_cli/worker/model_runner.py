@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_cli.model_executor.layers.attention import SeqBatchInfo, get_attention_backend
-from vllm_cli.model_executor.models.base import CausalLM, ForwardContext
+from vllm_cli.attention.backend import ForwardContext, SeqBatchInfo
+from vllm_cli.attention.selector import get_attention_backend
+from vllm_cli.model_executor.models.base import CausalLM
 
 
 @dataclass

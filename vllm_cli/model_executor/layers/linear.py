@@ -31,6 +31,10 @@ from vllm_cli.distributed.parallel_state import (
     padded_shard,
 )
 
+# Which part of a fused parameter a checkpoint tensor fills: "q"/"k"/"v" (QKVParallelLinear), the
+# index of a merged projection (MergedColumnParallelLinear), or None for the whole parameter.
+ShardId = str | int | None
+
 
 def _copy_checked(target: torch.Tensor, tensor: torch.Tensor, what: str) -> None:
     if tuple(target.shape) != tuple(tensor.shape):
@@ -43,7 +47,7 @@ class ParallelLinearBase(nn.Linear):
 
     reduce_output = False  # RowParallelLinear: the output is a partial sum to all-reduce
 
-    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
         _copy_checked(getattr(self, param_name).data, tensor, param_name)
 
 
@@ -51,7 +55,7 @@ class ColumnParallelLinear(ParallelLinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__(in_features, divide(out_features, get_tp_size(), "output features"), bias=bias)
 
-    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
         local = self.out_features
         _copy_checked(getattr(self, param_name).data, tensor.narrow(0, get_tp_rank() * local, local), param_name)
 
@@ -66,11 +70,11 @@ class MergedColumnParallelLinear(ParallelLinearBase):
         self.local_sizes = [divide(size, tp, "output features") for size in output_sizes]
         super().__init__(in_features, sum(self.local_sizes), bias=bias)
 
-    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
         target = getattr(self, param_name).data
         pieces = tensor.split(self.full_sizes) if shard_id is None else None
         offset, rank = 0, get_tp_rank()
-        for index, (full, local) in enumerate(zip(self.full_sizes, self.local_sizes)):
+        for index, local in enumerate(self.local_sizes):
             if shard_id is None or shard_id == index:
                 piece = pieces[index] if pieces is not None else tensor
                 _copy_checked(target.narrow(0, offset, local), piece.narrow(0, rank * local, local), param_name)
@@ -90,14 +94,14 @@ class QKVParallelLinear(ParallelLinearBase):
         self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
         super().__init__(hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
 
-    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
         target = getattr(self, param_name).data
         hd = self.head_dim
         full_q, full_kv = self.full_num_heads * hd, self.full_num_kv_heads * hd
         if shard_id is None:
             pieces = dict(zip("qkv", tensor.split([full_q, full_kv, full_kv])))
         else:
-            pieces = {shard_id: tensor}
+            pieces = {str(shard_id): tensor}
         layout = {  # piece -> (offset in the local fused tensor, first row in the full piece, rows)
             "q": (0, get_tp_rank() * self.q_size, self.q_size),
             "k": (self.q_size, self.first_kv_head * hd, self.kv_size),
@@ -107,7 +111,8 @@ class QKVParallelLinear(ParallelLinearBase):
             offset, first, rows = layout[name]
             expected = full_q if name == "q" else full_kv
             if piece.shape[0] != expected:
-                raise ValueError(f"checkpoint tensor {param_name!r} ({name}) has {piece.shape[0]} rows, expected {expected}")
+                raise ValueError(f"checkpoint tensor {param_name!r} ({name}) has {piece.shape[0]} rows, "
+                                 f"expected {expected}")
             _copy_checked(target.narrow(0, offset, rows), piece.narrow(0, first, rows), param_name)
 
 
@@ -123,7 +128,7 @@ class RowParallelLinear(ParallelLinearBase):
         out = all_reduce(F.linear(x, self.weight))
         return out if self.bias is None else out + self.bias
 
-    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
         if param_name == "bias":  # added once, after the all-reduce: every rank keeps all of it
             return super().load_weight(param_name, tensor)
         local = self.in_features
@@ -151,7 +156,7 @@ class VocabParallelEmbedding(nn.Embedding):
         local_ids = torch.where(mine, input_ids - self.vocab_start, 0)
         return all_reduce(F.embedding(local_ids, self.weight) * mine.unsqueeze(-1).to(self.weight.dtype))
 
-    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
         _load_vocab_rows(self.weight.data, tensor, self.vocab_size, param_name)
 
 
@@ -163,7 +168,7 @@ class ParallelLMHead(ParallelLinearBase):
         self.vocab_size = vocab_size
         super().__init__(hidden_size, padded_shard(vocab_size)[2], bias=bias)
 
-    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+    def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
         _load_vocab_rows(getattr(self, param_name).data, tensor, self.vocab_size, param_name)
 
 
@@ -178,3 +183,13 @@ def slice_heads(per_head: torch.Tensor, num_heads: int) -> torch.Tensor:
     """This rank's entries of a per-attention-head tensor (MPT's ALiBi slopes)."""
     local = divide(num_heads, get_tp_size(), "the number of attention heads")
     return per_head[get_tp_rank() * local:(get_tp_rank() + 1) * local]
+
+
+def ungroup_qkv(fused: torch.Tensor, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """Reorder a fused QKV weight/bias stored per KV group, [kv, (q heads of the group, k, v), head_dim]
+    (GPT-NeoX: one head per group; Falcon: any grouping), into [all q; all k; all v], the layout
+    QKVParallelLinear loads."""
+    rest = fused.shape[1:]
+    grouped = fused.reshape(num_kv_heads, -1, head_dim, *rest)
+    q, k, v = grouped[:, :-2], grouped[:, -2], grouped[:, -1]
+    return torch.cat([q.reshape(-1, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)])

@@ -1,36 +1,36 @@
-"""Model registry: config.json `architectures` -> our implementation."""
+"""The model registry, the one list of native implementations: config.json `architectures` -> our class
+(imported when asked for), else transformers' own modeling code through the fallback."""
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
-# architecture name -> (module, class)
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "LlamaForCausalLM": ("llama", "LlamaForCausalLM"),
-    "MistralForCausalLM": ("llama", "MistralForCausalLM"),
-    "Qwen2ForCausalLM": ("llama", "Qwen2ForCausalLM"),
-    "MptForCausalLM": ("mpt", "MptForCausalLM"),
-    "MPTForCausalLM": ("mpt", "MptForCausalLM"),  # the spelling in mosaicml's config.json
-    "GPT2LMHeadModel": ("gpt2", "GPT2LMHeadModel"),
-    "GPTNeoXForCausalLM": ("gpt_neox", "GPTNeoXForCausalLM"),
-    "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM"),
-    "FalconForCausalLM": ("falcon", "FalconForCausalLM"),
-    "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM"),
+from vllm_cli.config import MODEL_IMPLS
+from vllm_cli.model_executor.models.base import CausalLM
+
+# architecture (config.json `architectures`) -> (module, class, the model_type that stands for it
+# in configs without `architectures`, e.g. from GGUF metadata)
+_MODELS: dict[str, tuple[str, str, str | None]] = {
+    "LlamaForCausalLM": ("llama", "LlamaForCausalLM", "llama"),
+    "MistralForCausalLM": ("llama", "MistralForCausalLM", "mistral"),
+    "Qwen2ForCausalLM": ("llama", "Qwen2ForCausalLM", "qwen2"),
+    "MptForCausalLM": ("mpt", "MptForCausalLM", "mpt"),
+    "MPTForCausalLM": ("mpt", "MptForCausalLM", None),  # the spelling in mosaicml's config.json
+    "GPT2LMHeadModel": ("gpt2", "GPT2LMHeadModel", "gpt2"),
+    "GPTNeoXForCausalLM": ("gpt_neox", "GPTNeoXForCausalLM", "gpt_neox"),
+    "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM", "phi3"),
+    "FalconForCausalLM": ("falcon", "FalconForCausalLM", "falcon"),
+    "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM", "qwen3"),
 }
-# model_type -> architecture, for configs without `architectures` (e.g. from GGUF metadata)
-_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                "mpt": "MptForCausalLM", "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM",
-                "phi3": "Phi3ForCausalLM", "falcon": "FalconForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+_MODEL_TYPES = {model_type: arch for arch, (_, _, model_type) in _MODELS.items() if model_type}
 
 
 def supported_architectures() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_MODELS)
 
 
-MODEL_IMPLS = ("auto", "native", "transformers")
-
-
-def get_model_class(hf_config, model_impl: str = "auto"):
+def get_model_class(hf_config: Any, model_impl: str = "auto") -> type[CausalLM]:
     """The class that runs this config. model_impl: "auto" (our native class when the registry
     has one, else transformers' modeling code through the fallback), "native" (error if there
     is none) or "transformers" (always the fallback)."""
@@ -43,8 +43,8 @@ def get_model_class(hf_config, model_impl: str = "auto"):
     name = ", ".join(archs) or model_type or "unknown"
     if model_impl != "transformers":
         for arch in archs:
-            if arch in _REGISTRY:
-                module_name, class_name = _REGISTRY[arch]
+            if arch in _MODELS:
+                module_name, class_name, _ = _MODELS[arch]
                 module = importlib.import_module(f"vllm_cli.model_executor.models.{module_name}")
                 return getattr(module, class_name)
     if model_impl == "native":
@@ -53,6 +53,7 @@ def get_model_class(hf_config, model_impl: str = "auto"):
             f"native: {', '.join(supported_architectures())}. Use --model-impl auto or transformers "
             "to run it with transformers' own modeling code"
         )
+    # Imported here: the fallback imports transformers' modeling code, which native models never need.
     from vllm_cli.model_executor.models.transformers_fallback import TransformersForCausalLM, transformers_model_class
 
     try:

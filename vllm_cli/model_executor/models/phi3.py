@@ -8,18 +8,23 @@ when max_model_len exceeds `original_max_position_embeddings` (vLLM's rule), sho
 
 from __future__ import annotations
 
-from vllm_cli.model_executor.layers.common import get_rotary_embedding, partial_rotary_dim
+from typing import Any
+
+from vllm_cli.model_executor.layers.rotary import (
+    LongRopeRotaryEmbedding,
+    RotaryEmbedding,
+    get_rotary_embedding,
+    partial_rotary_dim,
+)
 from vllm_cli.model_executor.models.llama import LlamaForCausalLM
 
 
 class Phi3ForCausalLM(LlamaForCausalLM):
-    def __init__(self, config):
-        super().__init__(config)
-        head_dim = self.model.layers[0].self_attn.head_dim
-        self.rotary = get_rotary_embedding(config, head_dim, self.max_position(config),
-                                           partial_rotary_dim(config, head_dim))
+    @staticmethod
+    def rotary_embedding(config: Any, head_dim: int, max_position: int) -> RotaryEmbedding:
+        return get_rotary_embedding(config, head_dim, max_position, partial_rotary_dim(config, head_dim))
 
     def set_max_model_len(self, max_model_len: int) -> None:
         """LongRoPE picks its factors by the longest sequence the engine admits (a no-op otherwise)."""
-        if hasattr(self.rotary, "set_max_model_len"):
+        if isinstance(self.rotary, LongRopeRotaryEmbedding):
             self.rotary.set_max_model_len(max_model_len)

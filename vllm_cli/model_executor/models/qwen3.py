@@ -7,15 +7,18 @@ and a sliding window only on the layers `layer_types` marks "sliding_attention".
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from vllm_cli.model_executor.layers.common import RMSNorm
-from vllm_cli.model_executor.models.base import ForwardContext
+from vllm_cli.attention.backend import ForwardContext
+from vllm_cli.attention.layer import Attention
+from vllm_cli.model_executor.layers.norm import RMSNorm
 from vllm_cli.model_executor.models.llama import LlamaAttention, LlamaForCausalLM
 
 
 class Qwen3Attention(LlamaAttention):
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config: Any, layer_idx: int):
         super().__init__(config, layer_idx, qkv_bias=getattr(config, "attention_bias", False))
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -23,19 +26,15 @@ class Qwen3Attention(LlamaAttention):
         sliding = layer_types is not None and layer_types[layer_idx] == "sliding_attention"
         self.sliding_window = config.sliding_window if sliding else None
 
-    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = ctx.rotary.rotate(self.q_norm(q.view(-1, self.num_heads, self.head_dim)), ctx.cos, ctx.sin)
-        k = ctx.rotary.rotate(self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim)), ctx.cos, ctx.sin)
-        v = v.reshape(-1, self.num_kv_heads, self.head_dim)
-        k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale,
-                                  sliding_window=self.sliding_window)
-        return self.o_proj(out.view(-1, self.q_size))
+    def attend(self, qkv: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        rotary, cos, sin = ctx.rotary, ctx.cos, ctx.sin
+        assert rotary is not None and cos is not None and sin is not None  # set by DecoderForCausalLM.forward
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = rotary.rotate(self.q_norm(q.view(-1, self.num_heads, self.head_dim)), cos, sin)
+        k = rotary.rotate(self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim)), cos, sin)
+        return self.attend_heads(q, k, v.reshape(-1, self.num_kv_heads, self.head_dim), ctx)
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
-    def __init__(self, config):
-        super().__init__(config)
-        for i, layer in enumerate(self.model.layers):
-            layer.self_attn = Qwen3Attention(config, i)
+    def attention(self, config: Any, layer_idx: int) -> Attention:
+        return Qwen3Attention(config, layer_idx)

@@ -22,22 +22,39 @@ from __future__ import annotations
 import contextvars
 import copy
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from vllm_cli.attention.backend import ForwardContext
 from vllm_cli.logger import init_logger
-from vllm_cli.model_executor.layers.common import CpuLinear, log_cpu_linear_kinds, replace_linears
-from vllm_cli.model_executor.models.base import CausalLM, ForwardContext
+from vllm_cli.model_executor.layers.cpu_linear import CpuLinear, log_cpu_linear_kinds, replace_linears
+from vllm_cli.model_executor.models.base import CausalLM
+
+if TYPE_CHECKING:  # annotations only: see _register_attention
+    from transformers import PreTrainedModel
 
 logger = init_logger(__name__)
 
 ATTN_IMPLEMENTATION = "vllm_cli_paged"
 
-# The step's ForwardContext, set by TransformersForCausalLM.forward for the duration of the
-# transformers forward pass (a contextvar: the async engine steps on its own thread).
-_FORWARD_CONTEXT: contextvars.ContextVar[ForwardContext | None] = contextvars.ContextVar(
-    "vllm_cli_forward_context", default=None)
+
+
+@dataclass
+class _Step:
+    ctx: ForwardContext
+    attention_layers: set[int] = field(default_factory=set)  # layers whose attention called ours
+
+
+# The step, set by TransformersForCausalLM.forward for the duration of the transformers forward
+# pass (a contextvar: the async engine steps on its own thread).
+_STEP: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("vllm_cli_forward_step", default=None)
 # Config attributes that change attention in ways our backend does not implement.
 _UNSUPPORTED_CONFIG = {
     "attn_logit_softcapping": "attention-logit softcapping",
@@ -48,11 +65,12 @@ _UNSUPPORTED_CONFIG = {
 
 def paged_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                             attention_mask: torch.Tensor | None, scaling: float | None = None,
-                            dropout: float = 0.0, **kwargs) -> tuple[torch.Tensor, None]:
+                            dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function interface: query [1, H, T, D], key/value [1, KVH, T, D]
-    -> ([1, T, H, D], None), computed by our backend against the paged KV cache."""
-    ctx = _FORWARD_CONTEXT.get()
-    if ctx is None:
+    -> ([1, T, H, D], None), computed by the step's attention backend (AttentionBackend.forward,
+    as the native models' Attention layer calls it) against the paged KV cache."""
+    step = _STEP.get()
+    if step is None:
         raise RuntimeError(f"attention {ATTN_IMPLEMENTATION!r} runs only inside TransformersForCausalLM.forward")
     for name in ("softcap", "s_aux", "position_bias"):
         if kwargs.get(name) is not None:
@@ -65,12 +83,13 @@ def paged_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
     layer_idx = getattr(module, "layer_idx", None)
     if layer_idx is None:
         raise ValueError(f"{type(module).__name__} has no layer_idx: cannot map it onto a KV-cache layer")
+    ctx = step.ctx
     k_cache, v_cache = ctx.kv_caches[layer_idx]
     if key.shape[1:2] + key.shape[3:] != k_cache.shape[1:] or value.shape[1:2] + value.shape[3:] != v_cache.shape[1:]:
         raise ValueError(f"{type(module).__name__} (layer {layer_idx}) has keys/values of {key.shape[1]} heads x "
                          f"{key.shape[3]}/{value.shape[3]} dims, but the KV cache was sized from the config as "
                          f"{k_cache.shape[1]} x {k_cache.shape[2]}: the transformers fallback cannot run this model")
-    ctx.extras.setdefault("attention_layers", set()).add(layer_idx)
+    step.attention_layers.add(layer_idx)
     q = query[0].transpose(0, 1)  # [T, H, D]
     k = key[0].transpose(0, 1)  # [T, KVH, D]
     v = value[0].transpose(0, 1)
@@ -82,24 +101,25 @@ def paged_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
 
 
 def _register_attention() -> None:
+    # transformers' modeling_utils (AttentionInterface, PreTrainedModel) imports triton when it is
+    # installed: imported only once a fallback model is built, so importing this module neither
+    # costs that nor initializes triton before TRITON_INTERPRET can be set.
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, paged_attention_forward)
 
 
-def _text_config(hf_config):
+def _text_config(hf_config: Any) -> Any:
     get = getattr(hf_config, "get_text_config", None)
     return get() if get is not None else hf_config
 
 
-def transformers_model_class(hf_config):
+def transformers_model_class(hf_config: Any) -> type[PreTrainedModel]:
     """transformers' causal-LM class for this config, or a ValueError saying why the fallback cannot run it."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
     if getattr(hf_config, "is_encoder_decoder", False):
         raise ValueError("encoder-decoder models are not supported")
     try:
-        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
+        cls: type[PreTrainedModel] = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]  # type: ignore[assignment]
     except KeyError:
         raise ValueError(f"transformers has no causal LM for model_type {getattr(hf_config, 'model_type', None)!r}") \
             from None
@@ -126,15 +146,15 @@ class _BaseOutput:
     """The base model's output as the head code reads it: last_hidden_state (also [0]); any
     other field (router_logits, cache, ...) is None."""
 
-    def __init__(self, hidden: torch.Tensor):
+    def __init__(self, hidden: torch.Tensor | None):
         self.last_hidden_state = hidden
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> None:
         if name.startswith("__"):
             raise AttributeError(name)
         return None
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> torch.Tensor | None:
         return (self.last_hidden_state,)[index]
 
 
@@ -142,10 +162,10 @@ class _HiddenPassthrough(nn.Module):
     """Stands in for the base model while compute_logits runs transformers' own head code
     (also for a nested one, as OPT's `self.model.decoder(...)`)."""
 
-    def forward(self, *args, inputs_embeds=None, **kwargs):
+    def forward(self, *args: Any, inputs_embeds: torch.Tensor | None = None, **kwargs: Any) -> _BaseOutput:
         return _BaseOutput(inputs_embeds)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             return super().__getattr__(name)
         return self
@@ -156,10 +176,8 @@ class TransformersForCausalLM(CausalLM):
 
     supports_tensor_parallel = False  # transformers' layers hold whole weights
 
-    def __init__(self, config):
+    def __init__(self, config: Any):
         super().__init__(config)
-        from transformers import AutoModelForCausalLM
-
         cls = transformers_model_class(config)
         _register_attention()
         hf_config = copy.deepcopy(config)  # the engine keeps its own config untouched
@@ -179,30 +197,30 @@ class TransformersForCausalLM(CausalLM):
         logger.info("using the transformers fallback for %s", cls.__name__)
 
     @staticmethod
-    def _materialize_non_persistent_buffers(hf_model) -> None:
+    def _materialize_non_persistent_buffers(hf_model: PreTrainedModel) -> None:
         """Real CPU values for the buffers no checkpoint holds (rotary inv_freq, embedding scales),
         computed by transformers' own _init_weights as from_pretrained does; persistent
         buffers become placeholders the checkpoint fills."""
-        from transformers import PreTrainedModel
+        from transformers import PreTrainedModel  # lazily: see _register_attention
 
-        owner: dict[int, nn.Module] = {}
+        owner: dict[int, PreTrainedModel] = {}
         for sub in hf_model.modules():  # pre-order: the innermost PreTrainedModel wins
             if isinstance(sub, PreTrainedModel):
                 for m in sub.modules():
                     owner[id(m)] = sub
         with torch.device("cpu"):
             for module in hf_model.modules():
-                names = [n for n, b in module._buffers.items() if b is not None and b.is_meta]
-                if not names:
+                meta = {n: b for n, b in module._buffers.items() if b is not None and b.is_meta}
+                if not meta:
                     continue
-                for n in names:
-                    b = module._buffers[n]
+                for n, b in meta.items():
                     fill = float("nan") if b.is_floating_point() else 0
                     module._buffers[n] = torch.full(b.shape, fill, dtype=b.dtype, device="cpu")
                 owner[id(module)]._init_weights(module)  # parameters are still meta: their init is a no-op
-                for n in names:
-                    b = module._buffers[n]
-                    if n in module._non_persistent_buffers_set and b.is_floating_point() and b.isnan().any():
+                for n in meta:
+                    filled = module._buffers[n]
+                    if (n in module._non_persistent_buffers_set and filled is not None and filled.is_floating_point()
+                            and filled.isnan().any()):
                         raise ValueError(f"the transformers fallback cannot compute buffer {n!r} of "
                                          f"{type(module).__name__}")
 
@@ -212,13 +230,14 @@ class TransformersForCausalLM(CausalLM):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         hf = self.hf_model
         base = getattr(hf, hf.base_model_prefix)
-        token = _FORWARD_CONTEXT.set(ctx)
+        step = _Step(ctx)
+        token = _STEP.set(step)
         try:
             out = base(input_ids=input_ids[None], position_ids=positions[None], attention_mask=None, use_cache=False)
         finally:
-            _FORWARD_CONTEXT.reset(token)
+            _STEP.reset(token)
         if not self._checked_attention:
-            if not ctx.extras.get("attention_layers"):
+            if not step.attention_layers:
                 raise RuntimeError(f"{type(hf).__name__} did not call the {ATTN_IMPLEMENTATION!r} attention "
                                    "function: the transformers fallback cannot run it")
             self._checked_attention = True
@@ -246,10 +265,6 @@ class TransformersForCausalLM(CausalLM):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors into transformers' parameters, renamed/converted as
         transformers' from_pretrained does (its conversion mapping for the model class)."""
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import (WeightConverter, WeightRenaming, dot_natural_key,
-                                                     rename_source_key)
-
         hf = self.hf_model
         mapping = get_model_conversion_mapping(hf)
         renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
@@ -287,7 +302,8 @@ class TransformersForCausalLM(CausalLM):
         for first_target, parts in pending.items():
             converter = copy.deepcopy(by_pattern[parts[0][1]])
             for source, pattern, tensor in sorted(parts, key=lambda p: dot_natural_key(p[0])):  # expert order
-                converter.add_tensor(first_target, source, pattern, lambda t=tensor: t)
+                # transformers calls the loader it is given (annotated as a Future)
+                converter.add_tensor(first_target, source, pattern, lambda t=tensor: t)  # type: ignore[arg-type]
             for target, value in converter.convert(first_target, model=hf, config=hf.config).items():
                 store(target, value[0] if isinstance(value, list) else value)
         if unexpected:

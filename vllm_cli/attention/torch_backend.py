@@ -1,34 +1,16 @@
-"""Paged attention: the interface every backend implements, and the torch backend (CPU).
+"""The torch attention backend: each sequence's K/V gathered through its block table, then SDPA.
 
-The KV cache of one layer is a pair of tensors shaped [num_blocks * block_size, num_kv_heads,
-head_dim] ("slots"). A token's KV lives at slot = block_table[pos // block_size] * block_size +
-pos % block_size. Each step the model runner builds one AttentionMetadata for the flat batch;
-every layer then (1) writes the step's new K/V into the cache by slot_mapping and (2) attends
-over each sequence's whole context read back through its block table. Writing before reading
-lets a sequence read blocks another sequence computes in the same step (prefix sharing).
-
-A backend is two functions: build_metadata (once per step) and forward (once per layer).
+The reference for every other backend, and the CPU path (`cpu_backend` adds the C kernels to it).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from vllm_cli.config import ATTENTION_BACKENDS
-from vllm_cli.kernels import cpu as cpu_kernels
-
-
-@dataclass
-class SeqBatchInfo:
-    """What the model runner knows about each scheduled sequence in a step (plain Python)."""
-
-    query_lens: list[int]  # tokens computed this step, per sequence (flat batch order)
-    context_lens: list[int]  # tokens in the cache after this step (computed before + query)
-    block_tables: list[list[int]]
+from vllm_cli.attention.backend import SeqBatchInfo
 
 
 @dataclass
@@ -44,13 +26,13 @@ class _Group:
     valid: torch.Tensor  # [G, Qmax, Lmax] bool: causal and within the context
     is_decode: bool
     no_cached_context: bool  # every sequence's query is its whole context (fresh prompts)
-    # decode groups on the CPU kernel: the int32 block tables [G, blocks] and context lengths [G]
+    # decode groups on the CPU kernel (cpu_backend): the int32 block tables [G, blocks] and context lengths [G]
     block_tables: torch.Tensor | None = None
     context_lens: torch.Tensor | None = None
     # Additive float masks ([G, 1|H, Qmax, Lmax]) built on first use and shared by every
     # layer with the same (sliding window, ALiBi slopes): SDPA is much faster with a float
     # mask than with a bool one, and building it per layer would cost as much again.
-    masks: dict = field(default_factory=dict)
+    masks: dict[tuple[torch.dtype, int | None, int | None], torch.Tensor] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -78,7 +60,7 @@ class _Group:
 
 
 @dataclass
-class AttentionMetadata:
+class TorchAttentionMetadata:
     slot_mapping: torch.Tensor  # [T] where each new token's K/V goes
     num_tokens: int
     groups: list[_Group]
@@ -90,9 +72,7 @@ class TorchAttentionBackend:
     Decode sequences (one query token) form one group, everything else (prefills and
     chunks) another, so a step with one long prompt does not pad every decode to its
     length. The per-step index building is vectorized; per layer it is one gather and
-    one SDPA call per group, independent of the number of sequences. On the CPU, with the C
-    kernels built, the decode group is one call of their paged decode attention instead,
-    which reads K/V in place through the block tables (no gather, no mask).
+    one SDPA call per group, independent of the number of sequences.
     """
 
     name = "torch"
@@ -101,7 +81,7 @@ class TorchAttentionBackend:
         self.block_size = block_size
         self.device = device
 
-    def build_metadata(self, info: SeqBatchInfo, slot_mapping: torch.Tensor) -> AttentionMetadata:
+    def build_metadata(self, info: SeqBatchInfo, slot_mapping: torch.Tensor) -> TorchAttentionMetadata:
         decode = [i for i, q in enumerate(info.query_lens) if q == 1]
         prefill = [i for i, q in enumerate(info.query_lens) if q != 1]
         starts = [0] * len(info.query_lens)
@@ -111,7 +91,7 @@ class TorchAttentionBackend:
             total += q
         groups = [self._build_group(info, idx, starts, total, is_decode=(idx is decode))
                   for idx in (decode, prefill) if idx]
-        return AttentionMetadata(slot_mapping=slot_mapping, num_tokens=total, groups=groups)
+        return TorchAttentionMetadata(slot_mapping=slot_mapping, num_tokens=total, groups=groups)
 
     def _build_group(self, info: SeqBatchInfo, seqs: list[int], starts: list[int], total: int,
                      is_decode: bool) -> _Group:
@@ -133,7 +113,8 @@ class TorchAttentionBackend:
 
         q_offsets = torch.arange(qmax)
         q_valid = q_offsets[None, :] < qlens[:, None]  # [G, Qmax]
-        query_index = torch.where(q_valid, q_start[:, None] + q_offsets, torch.full_like(q_valid, total, dtype=torch.long))
+        query_index = torch.where(q_valid, q_start[:, None] + q_offsets,
+                                  torch.full_like(q_valid, total, dtype=torch.long))
         query_pos = ctxs[:, None] - qlens[:, None] + q_offsets[None, :]  # absolute positions
         valid = (key_pos[:, None, :] <= query_pos[:, :, None]) & (key_pos[:, None, :] < ctxs[:, None, None])
         # Padded query rows attend to key 0 so SDPA never sees an all-masked row (no NaNs).
@@ -145,40 +126,36 @@ class TorchAttentionBackend:
             kv_slots=kv_slots.reshape(-1).to(dev), key_pos=key_pos.to(dev), query_pos=query_pos.to(dev),
             valid=valid.to(dev), is_decode=is_decode, no_cached_context=bool(torch.equal(qlens, ctxs)),
         )
-        if is_decode and dev.type == "cpu" and cpu_kernels.load() is not None:
-            group.block_tables = tables.to(torch.int32)
-            group.context_lens = ctxs.to(torch.int32)
+        if is_decode:
+            self._prepare_decode_group(group, tables, ctxs)
         return group
 
+    def _prepare_decode_group(self, group: _Group, tables: torch.Tensor, context_lens: torch.Tensor) -> None:
+        """A hook for a backend with its own decode path (cpu_backend); nothing here."""
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+                v_cache: torch.Tensor, meta: TorchAttentionMetadata, scale: float,
                 alibi_slopes: torch.Tensor | None = None, sliding_window: int | None = None) -> torch.Tensor:
         """q [T, H, D], k/v [T, KVH, D]; caches [num_slots, KVH, D]. Returns [T, H, D]."""
-        if (cpu_kernels.load() is not None and cpu_kernels.supports(k, v, k_cache, v_cache)
-                and k.stride(2) == 1 and k.stride(1) == k.shape[2] and v.stride(2) == 1 and v.stride(1) == v.shape[2]
-                and k_cache.is_contiguous() and v_cache.is_contiguous()):
-            cpu_kernels.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
-        else:
-            k_cache.index_copy_(0, meta.slot_mapping, k)
-            v_cache.index_copy_(0, meta.slot_mapping, v)
+        self._write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         if len(meta.groups) == 1 and meta.groups[0].token_index.numel() == q.shape[0]:
             return self._attend_group(q, k_cache, v_cache, meta.groups[0], scale, alibi_slopes, sliding_window)
         out = torch.empty_like(q)
         for group in meta.groups:
-            out[group.token_index] = self._attend_group(q, k_cache, v_cache, group, scale, alibi_slopes, sliding_window)
+            out[group.token_index] = self._attend_group(q, k_cache, v_cache, group, scale, alibi_slopes,
+                                                        sliding_window)
         return out
 
-    def _attend_group(self, q, k_cache, v_cache, g: _Group, scale, alibi_slopes, sliding_window) -> torch.Tensor:
+    def _write_kv_cache(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        slot_mapping: torch.Tensor) -> None:
+        k_cache.index_copy_(0, slot_mapping, k)
+        v_cache.index_copy_(0, slot_mapping, v)
+
+    def _attend_group(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g: _Group, scale: float,
+                      alibi_slopes: torch.Tensor | None, sliding_window: int | None) -> torch.Tensor:
         num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[1]
         num_seqs, qmax, lmax = g.shape
-        if g.block_tables is not None and cpu_kernels.supports(q, k_cache, v_cache):
-            # The CPU kernel reads K/V in place through the block tables: no gather, no mask.
-            queries = q if g.token_index.numel() == q.shape[0] else q.index_select(0, g.token_index)
-            if queries.stride(2) == 1 and queries.stride(1) == head_dim:
-                return cpu_kernels.paged_decode_attention(
-                    queries, k_cache, v_cache, g.block_tables, g.context_lens, self.block_size, scale,
-                    alibi_slopes, sliding_window)
         # index_select on the flat slot list is several times faster than advanced indexing.
         keys = k_cache.index_select(0, g.kv_slots).view(num_seqs, lmax, num_kv_heads, head_dim).transpose(1, 2)
         values = v_cache.index_select(0, g.kv_slots).view(num_seqs, lmax, num_kv_heads, head_dim).transpose(1, 2)
@@ -207,27 +184,3 @@ class TorchAttentionBackend:
             return out.transpose(1, 2).reshape(qmax, num_heads, head_dim)
         out = out.transpose(1, 2).reshape(num_seqs * qmax, num_heads, head_dim)
         return out.index_select(0, g.out_index)
-
-
-ATTENTION_BACKEND_ENV = "VLLM_CLI_ATTENTION_BACKEND"
-
-
-def get_attention_backend(name: str, block_size: int, device: torch.device):
-    """torch | triton | auto: the environment variable VLLM_CLI_ATTENTION_BACKEND if set, else torch."""
-    if name == "auto":
-        name = os.environ.get(ATTENTION_BACKEND_ENV, "").strip().lower() or "auto"
-        if name not in ATTENTION_BACKENDS:
-            raise ValueError(f"{ATTENTION_BACKEND_ENV} must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}")
-    if name == "auto":
-        # torch everywhere until the Triton kernels have been verified on a real GPU (they are
-        # proven under TRITON_INTERPRET=1 and compiled for sm_90, never yet run on one):
-        # --attention-backend triton opts in.
-        name = "torch"
-    if name == "torch":
-        return TorchAttentionBackend(block_size, device)
-    if name == "triton":
-        from vllm_cli.model_executor.layers.triton_attention import TritonAttentionBackend
-
-        return TritonAttentionBackend(block_size, torch.device(device))
-    raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(ATTENTION_BACKENDS)}")
-

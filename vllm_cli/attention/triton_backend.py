@@ -1,4 +1,4 @@
-"""The Triton attention backend: the same two methods as TorchAttentionBackend, on the kernels
+"""The Triton attention backend: the AttentionBackend protocol (attention/backend.py) on the kernels
 of vllm_cli.kernels (the CUDA path; on the CPU only under TRITON_INTERPRET=1, slow but exact,
 which is how the tests prove it).
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_cli.model_executor.layers.attention import SeqBatchInfo
+from vllm_cli.attention.backend import SeqBatchInfo
 
 
 @dataclass
@@ -36,16 +36,21 @@ class TritonAttentionMetadata:
 
 
 class TritonAttentionBackend:
+    """Paged attention on the Triton kernels: one KV write, one prefill and one decode launch per layer."""
+
     name = "triton"
 
     def __init__(self, block_size: int, device: torch.device):
+        # Imported here, not at the top: triton is an optional dependency, and its kernels read
+        # TRITON_INTERPRET when they are imported, so only a backend that is built imports them.
         try:
             import triton  # noqa: F401
         except ImportError as e:
             raise ValueError("the triton attention backend needs triton (pip install 'vllm-cli[triton]')") from e
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes"):
             raise ValueError("the triton attention backend runs on the CPU only under the Triton interpreter "
-                             "(TRITON_INTERPRET=1, set before start-up; slow, for tests); use --attention-backend torch")
+                             "(TRITON_INTERPRET=1, set before start-up; slow, for tests); "
+                             "use --attention-backend torch")
         from vllm_cli.kernels import kv_cache, paged_attention
 
         self._kv_cache = kv_cache
