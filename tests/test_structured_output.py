@@ -10,12 +10,15 @@ import asyncio
 import json
 import os
 import re
+from collections.abc import Iterator
 from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
-from vllm_cli import LLM, SamplingParams
-from vllm_cli.sampling_params import StructuredOutputsParams
+from vllm_cli.engine.llm import LLM
+from vllm_cli.outputs import CompletionOutput
+from vllm_cli.sampling_params import SamplingParams, StructuredOutputsParams
 from vllm_cli.structured_output import StructuredOutputManager
 
 SCHEMA = {
@@ -32,12 +35,12 @@ GRAMMAR = 'root ::= "The answer is " ("A" | "B" | "C") "."'
 
 
 @pytest.fixture(scope="module")
-def llm(smollm2_gguf_path) -> LLM:
+def llm(smollm2_gguf_path: str) -> LLM:
     return LLM(smollm2_gguf_path, dtype="float32", max_model_len=512, kv_cache_memory="64MiB")
 
 
 @pytest.fixture(params=["xgrammar", "guidance"])
-def backend_llm(request, llm: LLM):
+def backend_llm(request: pytest.FixtureRequest, llm: LLM) -> Iterator[LLM]:
     """The shared engine with a fresh manager on the given backend (restored afterwards)."""
     engine = llm.engine
     saved = engine.structured_output
@@ -69,7 +72,7 @@ def _check_person(text: str) -> None:
         assert value["city"] in ("Paris", "Rome", "Oslo")
 
 
-def _gen(llm: LLM, prompt, max_tokens: int = 48, **so) -> object:
+def _gen(llm: LLM, prompt: str | dict, max_tokens: int = 48, **so: Any) -> CompletionOutput:
     params = SamplingParams(temperature=0, max_tokens=max_tokens, structured_outputs=StructuredOutputsParams(**so))
     return llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
 
@@ -103,9 +106,10 @@ def test_batch_mixes_constrained_unconstrained_n2_and_logprobs(llm: LLM) -> None
                             structured_outputs=StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True))
     digits = SamplingParams(temperature=0, max_tokens=4, logprobs=5,
                             structured_outputs=StructuredOutputsParams(regex=r"[0-9]{4}"))
-    prompts = [person, person, _chat(llm, "Pick a year."), "The capital of France is"]
+    prompts: list[str | dict] = [person, person, _chat(llm, "Pick a year."), "The capital of France is"]
     outs = llm.generate(prompts, [free, seeded, digits, free], use_tqdm=False)
-    alone = llm.generate([person, "The capital of France is"], free, use_tqdm=False)
+    pair: list[str | dict] = [person, "The capital of France is"]
+    alone = llm.generate(pair, free, use_tqdm=False)
     # Unconstrained rows are untouched by their constrained neighbours.
     assert outs[0].outputs[0].token_ids == alone[0].outputs[0].token_ids
     assert outs[3].outputs[0].token_ids == alone[1].outputs[0].token_ids
@@ -118,6 +122,7 @@ def test_batch_mixes_constrained_unconstrained_n2_and_logprobs(llm: LLM) -> None
     assert [c.token_ids for c in again.outputs] == [c.token_ids for c in outs[1].outputs]
     # Logprobs are those of the constrained distribution: every finite entry is a digit.
     out = outs[2].outputs[0]
+    assert out.logprobs is not None
     assert re.fullmatch(r"[0-9]{4}", out.text) and len(out.logprobs) == len(out.token_ids)
     tok = llm.get_tokenizer()
     for token, entry in zip(out.token_ids, out.logprobs):
@@ -129,8 +134,9 @@ def test_batch_mixes_constrained_unconstrained_n2_and_logprobs(llm: LLM) -> None
 
 
 def test_invalid_specs_raise_clear_errors_and_engine_keeps_serving(llm: LLM) -> None:
-    cases = [({"json": {"type": "objekt"}}, "invalid JSON schema"), ({"json": "{not json"}, "invalid JSON schema"),
-             ({"regex": "a(b"}, "invalid regex"), ({"grammar": 'root ::= "a" ('}, "invalid grammar")]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"json": {"type": "objekt"}}, "invalid JSON schema"), ({"json": "{not json"}, "invalid JSON schema"),
+        ({"regex": "a(b"}, "invalid regex"), ({"grammar": 'root ::= "a" ('}, "invalid grammar")]
     for so, message in cases:
         with pytest.raises(ValueError, match=message):
             llm.generate(["Hi"], SamplingParams(max_tokens=4, structured_outputs=StructuredOutputsParams(**so)),
@@ -154,7 +160,7 @@ def test_compile_cache_and_auto_fallback(llm: LLM) -> None:
     assert compiled.backend == "guidance"
 
 
-def test_grammar_still_compiling_waits_without_blocking(llm: LLM, monkeypatch) -> None:
+def test_grammar_still_compiling_waits_without_blocking(llm: LLM, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = llm.engine
     manager = engine.structured_output
     pending: Future = Future()
@@ -181,7 +187,7 @@ def test_grammar_still_compiling_waits_without_blocking(llm: LLM, monkeypatch) -
     assert finished["slow"].outputs[0].text in ("yes", "no")
 
 
-def test_preemption_keeps_the_grammar_valid(smollm2_gguf_path) -> None:
+def test_preemption_keeps_the_grammar_valid(smollm2_gguf_path: str) -> None:
     # 5 blocks of 16 tokens for four short prompts whose JSON grows past 16 tokens: preemption is certain.
     llm = LLM(smollm2_gguf_path, dtype="float32", max_model_len=80, num_kv_blocks=6, enable_prefix_caching=False)
     person = "A person as JSON:"
