@@ -56,8 +56,9 @@ class SequenceGrammar:
         self._matcher: GrammarMatcher | None = None
 
     def is_ready(self) -> bool:
-        """The grammar has compiled (or failed to): the scheduler may admit the sequence."""
-        return self.future.done()
+        """The grammar has compiled: the scheduler may admit the sequence. (One that failed stays
+        queued until the engine's next take_failed ends its request.)"""
+        return self.future.done() and self.future.exception() is None
 
     @property
     def matcher(self) -> GrammarMatcher:
