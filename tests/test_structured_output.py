@@ -233,3 +233,15 @@ def test_cli_flag_and_lazy_import() -> None:
     code = ("import sys, vllm_cli.structured_output, vllm_cli.engine.llm_engine; "
             "assert 'xgrammar' not in sys.modules and 'llguidance' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_min_tokens_and_ignore_eos_yield_to_the_grammar(llm: LLM) -> None:
+    """min_tokens holds while the grammar allows more than its end; when only the end (EOS) is
+    left the grammar wins. ignore_eos does not run past a complete grammar. EOS is never text."""
+    so = StructuredOutputsParams(choice=["yes", "no"])
+    prompt = _chat(llm, "Yes or no?")
+    for params in (SamplingParams(temperature=0, min_tokens=6, max_tokens=10, structured_outputs=so),
+                   SamplingParams(temperature=0, ignore_eos=True, max_tokens=10, structured_outputs=so,
+                                  skip_special_tokens=False)):
+        out = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
+        assert out.text in ("yes", "no") and out.finish_reason == "stop", out
