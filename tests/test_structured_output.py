@@ -187,9 +187,11 @@ def test_grammar_still_compiling_waits_without_blocking(llm: LLM, monkeypatch: p
     assert finished["slow"].outputs[0].text in ("yes", "no")
 
 
-def test_preemption_keeps_the_grammar_valid(smollm2_gguf_path: str) -> None:
+def test_preemption_and_chunked_prefill_keep_the_grammar_valid(smollm2_gguf_path: str) -> None:
     # 5 blocks of 16 tokens for four short prompts whose JSON grows past 16 tokens: preemption is certain.
-    llm = LLM(smollm2_gguf_path, dtype="float32", max_model_len=80, num_kv_blocks=6, enable_prefix_caching=False)
+    # A 6-token step budget also chunks the prefills (a row mid-prompt is never sampled nor masked).
+    llm = LLM(smollm2_gguf_path, dtype="float32", max_model_len=80, num_kv_blocks=6, enable_prefix_caching=False,
+              max_num_batched_tokens=6)
     person = "A person as JSON:"
     params = SamplingParams(temperature=0, max_tokens=70,
                             structured_outputs=StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True))
