@@ -136,7 +136,8 @@ def main() -> None:
     args = parser.parse_args()
 
     engine = LLMEngine(EngineArgs(model=args.model or default_model(), dtype=args.dtype, max_model_len=512,
-                                  kv_cache_memory="1GiB", structured_outputs_backend=args.backend))
+                                  kv_cache_memory="1GiB", structured_outputs_backend=args.backend,
+                                  enable_prefix_caching=False))  # both sides prefill the same prompts
     tok: Any = engine.tokenizer
     prompts: list[list[int]] = [
         tok.apply_chat_template([{"role": "user", "content": f"List people #{i} as JSON: name, age, city, email."}],
