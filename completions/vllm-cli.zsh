@@ -62,6 +62,7 @@ _vllm_cli_bench_latency() {
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
+        '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -124,6 +125,7 @@ _vllm_cli_bench_throughput() {
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
+        '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -172,6 +174,7 @@ _vllm_cli_chat() {
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
+        '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -211,6 +214,7 @@ _vllm_cli_generate() {
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
+        '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -251,6 +255,7 @@ _vllm_cli_serve() {
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
+        '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \

@@ -17,6 +17,7 @@ from vllm_cli.engine.sampler import Sampler, SampleResult, SamplingRow, compute_
 from vllm_cli.engine.scheduler import Scheduler
 from vllm_cli.engine.sequence import Sequence
 from vllm_cli.outputs import PositionLogprobs
+from vllm_cli.structured_output import StructuredOutputManager
 from vllm_cli.worker.model_runner import StepInput
 from vllm_cli.worker.worker import Worker
 
@@ -81,8 +82,9 @@ class EngineCore:
     """The KV-block pool, the scheduler, the worker and the sampler."""
 
     def __init__(self, args: EngineArgs, worker: Worker, num_blocks: int, max_model_len: int, vocab_size: int,
-                 eos_token_ids: set[int]):
+                 eos_token_ids: set[int], structured_output: StructuredOutputManager):
         self.worker = worker
+        self.structured_output = structured_output
         self.block_size = args.block_size
         self.block_manager = BlockManager(num_blocks, args.block_size, args.enable_prefix_caching)
         max_batched = args.max_num_batched_tokens or (2048 if args.enable_chunked_prefill else max(2048, max_model_len))
@@ -125,6 +127,9 @@ class EngineCore:
             assert logits is not None
             rows = [SamplingRow(seq.request.params, seq.request.prompt_token_ids, seq.output_token_ids, seq.generator)
                     for seq in sample_seqs]
-            # Structured outputs go here: mask logits[:num_sampled] by each row's seq.grammar.
-            results = self.sampler(logits[:num_sampled], rows)
+            sample_logits = logits[:num_sampled]
+            # Structured outputs: each constrained row's forbidden tokens -> -inf before sampling (and logprobs).
+            for i in self.structured_output.apply_bitmask(sample_logits, sample_seqs):
+                rows[i].params = rows[i].params.clone(min_tokens=0)  # the grammar allows only its end
+            results = self.sampler(sample_logits, rows)
         return StepOutput(sample_seqs, results, prompt_logprobs)

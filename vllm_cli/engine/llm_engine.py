@@ -18,7 +18,7 @@ import torch
 from vllm_cli.config import EngineArgs
 from vllm_cli.engine import processor
 from vllm_cli.engine.core import EngineCore
-from vllm_cli.engine.output_processor import OutputProcessor
+from vllm_cli.engine.output_processor import OutputProcessor, make_output
 from vllm_cli.engine.processor import PromptInput
 from vllm_cli.engine.sequence import Request
 from vllm_cli.logger import init_logger
@@ -26,6 +26,7 @@ from vllm_cli.model_executor.loader import resolve_device
 from vllm_cli.model_executor.model_source import load_hf_config, resolve_model_source
 from vllm_cli.outputs import RequestOutput
 from vllm_cli.sampling_params import SamplingParams
+from vllm_cli.structured_output import StructuredOutputManager
 from vllm_cli.worker.worker import Worker, start_tensor_parallel
 
 if TYPE_CHECKING:
@@ -83,11 +84,14 @@ class LLMEngine:
         num_blocks = self.worker.determine_num_kv_blocks(self.max_model_len)
         self.worker.init_kv_cache(num_blocks, self.max_model_len)
 
+        # Imports no grammar backend until a request needs one.
+        self.structured_output = StructuredOutputManager(self.tokenizer, self.vocab_size,
+                                                         args.structured_outputs_backend, self.eos_token_ids)
         self.core = EngineCore(args, self.worker, num_blocks, self.max_model_len, self.vocab_size,
-                               self.eos_token_ids)
+                               self.eos_token_ids, self.structured_output)
         self.scheduler, self.block_manager = self.core.scheduler, self.core.block_manager
         self.output_processor = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len,
-                                                self.scheduler.finish)
+                                                self.scheduler.finish, self.structured_output)
         self.requests: dict[str, Request] = {}
         self.prompt_tokens_total = 0
         self.kv_cache_tokens = self.block_manager.num_usable_blocks * args.block_size
@@ -107,7 +111,9 @@ class LLMEngine:
             self.tp_group.check()
 
     def shutdown(self) -> None:
-        """Stop the tensor-parallel workers (nothing to do for a single-process engine)."""
+        """Stop the grammar compiler's threads and the tensor-parallel workers."""
+        if getattr(self, "structured_output", None) is not None:  # None when the start failed before it
+            self.structured_output.shutdown()
         if self.tp_group is not None:
             self.tp_group.shutdown()
 
@@ -132,6 +138,7 @@ class LLMEngine:
         else:
             text = prompt if isinstance(prompt, str) else None
         request = Request(request_id, text, prompt_token_ids, params)
+        self.structured_output.add_request(request)  # grammar compiling in the background; ValueError if bad
         self.prompt_tokens_total += len(prompt_token_ids)  # as vLLM counts: cache hits included
         for seq in request.seqs:
             self.output_processor.init_sequence(seq)
@@ -146,10 +153,13 @@ class LLMEngine:
             request = self.requests.pop(request_id, None)
             if request is None:
                 continue
-            for seq in request.seqs:
-                if not seq.is_finished:
-                    seq.finish_reason = "abort"
-                    self.scheduler.finish(seq)
+            self._finish_request(request, "abort")
+
+    def _finish_request(self, request: Request, reason: str) -> None:
+        for seq in request.seqs:
+            if not seq.is_finished:
+                seq.finish_reason = reason
+                self.scheduler.finish(seq)
 
     def abort_all(self) -> list[str]:
         """Abort every request in flight; returns their ids."""
@@ -167,10 +177,15 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run and sample one step; the outputs of the requests it advanced."""
         self.check_health()  # a dead worker stops the engine before a step can hang on it
+        failed = []
+        for request, error in self.structured_output.take_failed():  # a queued request's grammar failed
+            logger.error("request %s: %s", request.request_id, error)
+            self._finish_request(request, "abort")
+            failed.append(request)
         step = self.core.step()
-        if step is None:
-            return []
-        outputs = self.output_processor.process(step)
+        outputs = [out for out in map(make_output, failed) if out is not None]
+        if step is not None:
+            outputs += self.output_processor.process(step)
         for out in outputs:
             if out.finished:
                 self.requests.pop(out.request_id, None)

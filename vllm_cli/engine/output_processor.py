@@ -17,15 +17,17 @@ from vllm_cli.engine.detokenizer import IncrementalDetokenizer
 from vllm_cli.engine.sampler import SampleResult
 from vllm_cli.engine.sequence import Request, Sequence
 from vllm_cli.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from vllm_cli.structured_output import StructuredOutputManager
 
 
 class OutputProcessor:
     def __init__(self, tokenizer: Any, eos_token_ids: set[int], max_model_len: int,
-                 finish_sequence: Callable[[Sequence], None]):
+                 finish_sequence: Callable[[Sequence], None], structured_output: StructuredOutputManager):
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self.finish_sequence = finish_sequence  # the scheduler's: frees the blocks of a stopped sequence
+        self.structured_output = structured_output
         self.generation_tokens_total = 0
 
     def init_sequence(self, seq: Sequence) -> None:
@@ -53,7 +55,7 @@ class OutputProcessor:
         params = seq.request.params
         token = result.token_id
         seq.token_ids.append(token)
-        # Structured outputs: the token is accepted here (advance seq.grammar; a finished grammar stops).
+        grammar_done = self.structured_output.accept_token(seq, token)  # the grammar is complete
         self.generation_tokens_total += 1
         if seq.logprobs is not None:
             logprob = cast("float", result.logprob)  # set: the request asked for logprobs
@@ -68,11 +70,15 @@ class OutputProcessor:
             finish, stop_reason = "stop", token
         elif may_stop and not params.ignore_eos and token in self.eos_token_ids:
             finish = "stop"
+        elif grammar_done and token in self.eos_token_ids:  # the grammar's end (ignore_eos, min_tokens)
+            finish = "stop"
         detokenize = seq.detokenizer is not None and (finish is None or params.include_stop_str_in_output)
         if detokenize:
             matched = seq.detokenizer.add_token(token)
             if matched is not None and finish is None and may_stop:
                 finish, stop_reason = "stop", matched
+        if finish is None and grammar_done:  # complete after a text token (llguidance stops there)
+            finish = "stop"
         if finish is None and ((params.max_tokens is not None and num_out >= params.max_tokens)
                                or seq.num_tokens >= self.max_model_len):
             finish = "length"

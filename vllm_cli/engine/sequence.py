@@ -43,10 +43,10 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admission
         self.detokenizer: Any = None
         self.generator: Any = None
-        # Structured outputs: this sequence's grammar state (None: unconstrained), advanced by each
-        # accepted token (OutputProcessor.append_token) and masking the logits before the sampler
-        # (EngineCore.step).
-        self.grammar: Any = None
+        # Structured outputs: this sequence's grammar state (a SequenceGrammar; None: unconstrained),
+        # advanced by each accepted token (OutputProcessor.append_token), masking the logits before
+        # the sampler (EngineCore.step).
+        self.structured_output: Any = None
         self.num_preemptions = 0
         # What delta outputs have already carried (output_kind="delta").
         self.emitted_tokens = 0
