@@ -57,11 +57,42 @@ class ServerState:
 STATE = web.AppKey("state", ServerState)
 
 
+@dataclass
+class ParserOptions:
+    """vLLM's --enable-auto-tool-choice, --tool-call-parser, --tool-parser-plugin, --reasoning-parser."""
+
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    tool_parser_plugin: str | None = None
+    reasoning_parser: str | None = None
+
+    def resolve(self) -> tuple[type | None, type | None]:
+        """(tool parser class, reasoning parser class); ValueError with one readable line for a bad name."""
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
+        tool_parser = reasoning_parser = None
+        if self.tool_parser_plugin or self.tool_call_parser:
+            from vllm_cli.entrypoints.openai.tool_parsers import ToolParserManager
+
+            if self.tool_parser_plugin:
+                ToolParserManager.import_tool_parser(self.tool_parser_plugin)
+            if self.tool_call_parser:
+                tool_parser = ToolParserManager.get_tool_parser(self.tool_call_parser)
+        if self.reasoning_parser:
+            from vllm_cli.entrypoints.openai.reasoning_parsers import ReasoningParserManager
+
+            reasoning_parser = ReasoningParserManager.get_reasoning_parser(self.reasoning_parser)
+        return tool_parser, reasoning_parser
+
+
 def build_app(async_engine: AsyncEngine, *, api_key: str | None = None, allowed_origins: Sequence[str] = (),
-              served_model_names: Sequence[str] | None = None,
-              max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
+              served_model_names: Sequence[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+              parsers: ParserOptions | None = None) -> web.Application:
     """The app for one engine. api_key: required as `Authorization: Bearer KEY` on every path but
-    /health, /metrics and /version. allowed_origins: CORS origins ("*" for any; none: CORS off)."""
+    /health, /metrics and /version. allowed_origins: CORS origins ("*" for any; none: CORS off).
+    parsers: tool-call and reasoning parsing (none by default)."""
+    parsers = parsers or ParserOptions()
+    tool_parser, reasoning_parser = parsers.resolve()
     engine = async_engine.engine
     names = list(served_model_names or engine.served_model_names)
     if engine.tokenizer is not None:
@@ -70,8 +101,10 @@ def build_app(async_engine: AsyncEngine, *, api_key: str | None = None, allowed_
         template, desc = "", "none (no tokenizer: chat is unavailable)"
     metrics = Metrics(async_engine, names[0])
     common = dict(metrics=metrics, served_model_names=names)
-    state = ServerState(async_engine, names, desc, metrics, ServingChat(async_engine, chat_template=template, **common),
-                        ServingCompletion(async_engine, **common), p.now(), openapi_schema(bool(api_key)))
+    chat = ServingChat(async_engine, chat_template=template, enable_auto_tools=parsers.enable_auto_tool_choice,
+                       tool_parser=tool_parser, reasoning_parser=reasoning_parser, **common)
+    state = ServerState(async_engine, names, desc, metrics, chat, ServingCompletion(async_engine, **common), p.now(),
+                        openapi_schema(bool(api_key)))
 
     app = web.Application(middlewares=[_preflight(list(allowed_origins)), _errors, _auth(api_key)],
                           client_max_size=max_body_bytes)
@@ -216,10 +249,11 @@ async def _tokenize(request: web.Request) -> web.Response:
     if tokenizer is None:
         raise APIError("this server was started without a tokenizer")
     if req.messages is not None:
+        tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools] if req.tools else None
         ids = state.chat.render([m.to_template_dict() for m in req.messages], req.add_generation_prompt,
-                                req.continue_final_message, req.chat_template_kwargs)
+                                req.continue_final_message, req.chat_template_kwargs, tools)
     else:
-        ids = list(tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens))
+        ids = list(tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens))
     engine = state.async_engine.engine
     return web.json_response(p.TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len,
                                                 tokens=ids).model_dump())
@@ -306,12 +340,15 @@ def _url(sockname: tuple) -> str:
 
 
 async def run_server(engine_args: EngineArgs, *, host: str | None, port: int, api_key: str | None = None,
-                     allowed_origins: Sequence[str] = (), shutdown_timeout: float = 30.0) -> None:
+                     allowed_origins: Sequence[str] = (), shutdown_timeout: float = 30.0,
+                     parsers: ParserOptions | None = None) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, give in-flight requests up to
     shutdown_timeout seconds to finish, abort the rest and return."""
+    parsers = parsers or ParserOptions()
+    parsers.resolve()  # a bad parser name fails before the model loads
     async_engine = AsyncEngine.from_engine_args(engine_args)
     try:
-        app = build_app(async_engine, api_key=api_key, allowed_origins=allowed_origins)
+        app = build_app(async_engine, api_key=api_key, allowed_origins=allowed_origins, parsers=parsers)
         state = app[STATE]
         access_log = logging.getLogger("vllm_cli.access")
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=shutdown_timeout,

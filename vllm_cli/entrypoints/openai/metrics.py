@@ -69,7 +69,7 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def track(self, n: int) -> "RequestTimer":
+    def track(self, n: int) -> RequestTimer:
         return RequestTimer(self, n)
 
     def count_finished(self, reason: str) -> None:

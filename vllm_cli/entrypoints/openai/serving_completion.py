@@ -10,9 +10,16 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from vllm_cli.entrypoints.openai.protocol import (
-    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo, now, parse_request,
-    random_id)
-from vllm_cli.entrypoints.openai.serving_engine import OpenAIServing, merge_streams, stream_sse
+    APIError,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    UsageInfo,
+    now,
+    random_id,
+)
+from vllm_cli.entrypoints.openai.serving_engine import OpenAIServing, checked_start, merge_streams, stream_sse
 from vllm_cli.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 
 
@@ -30,16 +37,26 @@ class _Choice:
 
 class ServingCompletion(OpenAIServing):
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        req = parse_request(CompletionRequest, await request.read())
+        req = await self.parse(CompletionRequest, request)
         model = self.model_name(req.model)
         prompts = [self.process_prompt(p, "prompt") for p in req.prompts()]
         response_id, created = random_id("cmpl"), now()
         echo_logprobs = req.logprobs if req.echo else None
+        constraint, constraint_param = self.structured_outputs(req)
         streams = []
         for i, (text, ids) in enumerate(prompts):
             params = self.sampling_params(req, self.max_tokens(req.max_tokens, len(ids), "max_tokens"),
-                                          logprobs=req.logprobs, prompt_logprobs=echo_logprobs)
-            streams.append(self.generate(text, ids, params, f"{response_id}-{i}"))
+                                          logprobs=req.logprobs, prompt_logprobs=echo_logprobs,
+                                          structured_outputs=constraint)
+            stream = self.generate(text, ids, params, f"{response_id}-{i}")
+            if constraint is not None:  # a schema that does not compile: a 400 before anything is sent
+                try:
+                    stream = await checked_start(stream, constraint_param)
+                except APIError:
+                    for started in streams:
+                        await started.aclose()
+                    raise
+            streams.append(stream)
         outputs = merge_streams(streams)
         n = req.n or 1
         prompt_texts = [self._prompt_text(text, ids) if req.echo else "" for text, ids in prompts]

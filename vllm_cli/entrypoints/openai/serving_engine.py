@@ -1,5 +1,6 @@
 """What chat and text completions share: the model check, prompt and max_tokens validation,
-request -> SamplingParams, the engine call (with metrics), merging several engine streams,
+request -> SamplingParams (response_format / structured_outputs / guided_* -> one
+StructuredOutputsParams), the engine call (with metrics), merging several engine streams,
 and the SSE writer.
 
 Every engine stream is closed with `aclosing`: a client that goes away (a failed write, or
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -20,10 +21,10 @@ from pydantic import BaseModel
 
 from vllm_cli.engine.async_engine import AsyncEngine, EngineDeadError
 from vllm_cli.entrypoints.openai.metrics import Metrics
-from vllm_cli.entrypoints.openai.protocol import APIError, SamplingRequest
+from vllm_cli.entrypoints.openai.protocol import APIError, ModelT, SamplingRequest, ignored_fields, parse_request
 from vllm_cli.logger import init_logger
 from vllm_cli.outputs import RequestOutput
-from vllm_cli.sampling_params import SamplingParams
+from vllm_cli.sampling_params import SamplingParams, StructuredOutputsParams
 
 logger = init_logger(__name__)
 
@@ -37,6 +38,41 @@ class OpenAIServing:
         self.tokenizer = self.engine.tokenizer
         self.metrics = metrics
         self.served_model_names = served_model_names
+
+    @staticmethod
+    async def parse(model: type[ModelT], request: web.Request) -> ModelT:
+        """The request body as `model`; its unknown fields are ignored with one warning line, as vLLM does."""
+        req = parse_request(model, await request.read())
+        if ignored := ignored_fields(req):
+            logger.warning("The following fields were present in the request but ignored: %s", ", ".join(ignored))
+        return req
+
+    @staticmethod
+    def structured_outputs(request: SamplingRequest) -> tuple[StructuredOutputsParams | None, str | None]:
+        """The output constraint the request asks for, and the field that asked (for errors).
+        response_format, vLLM's structured_outputs and its older guided_* fields each can; at most one may."""
+        found: list[tuple[str, dict[str, Any]]] = []
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_object":
+            found.append(("response_format", {"json_object": True}))
+        elif fmt is not None and fmt.type == "json_schema" and fmt.json_schema is not None:
+            found.append(("response_format", {"json": fmt.json_schema.json_schema}))
+        if request.structured_outputs is not None:
+            found.append(("structured_outputs", request.structured_outputs.model_dump(by_alias=True)))
+        for kind in ("json", "regex", "choice", "grammar"):
+            value = getattr(request, f"guided_{kind}")
+            if value is not None:
+                found.append((f"guided_{kind}", {kind: value}))
+        if not found:
+            return None, None
+        if len(found) > 1:
+            raise APIError(f"give at most one output constraint, got {' and '.join(name for name, _ in found)}",
+                           param=found[1][0])
+        param, kwargs = found[0]
+        try:
+            return StructuredOutputsParams(**kwargs), param
+        except ValueError as e:
+            raise APIError(str(e).replace("structured_outputs", param), param=param) from None
 
     def model_name(self, requested: str | None) -> str:
         """The name to answer with: the requested one, which must be served, or the first."""
@@ -92,7 +128,7 @@ class OpenAIServing:
         return out
 
     async def generate(self, prompt_text: str | None, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
+                       request_id: str) -> AsyncGenerator[RequestOutput, None]:
         """The engine's delta outputs for one prompt, timed for /metrics."""
         timer = self.metrics.track(params.n)
         finished = False
@@ -107,6 +143,29 @@ class OpenAIServing:
             finally:
                 if not finished:
                     timer.aborted()
+
+
+async def checked_start(stream: AsyncGenerator[RequestOutput, None],
+                        param: str | None) -> AsyncGenerator[RequestOutput, None]:
+    """`stream`, once its first output has come: the engine rejects a schema, regex or grammar that does
+    not compile (ValueError) before the first output, and that must be a 400 naming `param`, not an
+    error event inside a stream that has already answered 200."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = None
+    except ValueError as e:
+        await stream.aclose()
+        raise APIError(str(e), param=param) from None
+
+    async def rest() -> AsyncGenerator[RequestOutput, None]:
+        async with aclosing(stream):
+            if first is not None:
+                yield first
+                async for output in stream:
+                    yield output
+
+    return rest()
 
 
 async def merge_streams(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]:
