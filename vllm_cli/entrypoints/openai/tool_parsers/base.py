@@ -89,7 +89,7 @@ class ToolParser:
     def __init__(self, tokenizer: Any = None) -> None:
         self.tokenizer = tokenizer
         self._sent_content = 0  # characters of content streamed so far
-        self._sent_calls: list[list[Any]] = []  # per streamed index: [id, characters of arguments sent]
+        self._sent_calls: list[list[Any]] = []  # per streamed index: [id, name, characters of arguments sent]
 
     # -- what a parser implements -------------------------------------------------------------
     def scan(self, text: str, final: bool) -> list[Segment]:
@@ -117,8 +117,16 @@ class ToolParser:
                                      delta_text: str) -> DeltaMessage | None:
         """What to send for the text generated so far (`current_text`, of which `delta_text` is new):
         None when there is nothing to send yet. Never raises."""
+        return self._stream(current_text, delta_text, final=False)
+
+    def finish_streaming(self, current_text: str) -> DeltaMessage | None:
+        """Optional, once the stream has ended: what was held back and never resolved, such as a tail
+        that looked like the start of a marker ("<tool_c") and is content after all. Never raises."""
+        return self._stream(current_text, "", final=True)
+
+    def _stream(self, current_text: str, delta_text: str, final: bool) -> DeltaMessage | None:
         try:
-            segments = self.scan(current_text, final=False)
+            segments = self.scan(current_text, final=final)
         except Exception:
             logger.exception("%s tool parser failed while streaming; sending the text as content", self.name)
             return DeltaMessage(content=delta_text) if delta_text else None
@@ -132,14 +140,14 @@ class ToolParser:
                 break
             if index >= len(self._sent_calls):
                 call_id = call.id or self.new_call_id()
-                self._sent_calls.append([call_id, len(call.arguments)])
+                self._sent_calls.append([call_id, call.name, len(call.arguments)])
                 deltas.append(ToolCallDelta(index=index, id=call_id, name=call.name,
                                             arguments=call.arguments or None))
-            else:
-                sent = self._sent_calls[index][1]
-                if len(call.arguments) > sent:
-                    deltas.append(ToolCallDelta(index=index, arguments=call.arguments[sent:]))
-                    self._sent_calls[index][1] = len(call.arguments)
+                continue
+            _, sent_name, sent = self._sent_calls[index]
+            if sent_name == call.name and len(call.arguments) > sent:
+                deltas.append(ToolCallDelta(index=index, arguments=call.arguments[sent:]))
+                self._sent_calls[index][2] = len(call.arguments)
         if not new_content and not deltas:
             return None
         return DeltaMessage(content=new_content or None, tool_calls=deltas)

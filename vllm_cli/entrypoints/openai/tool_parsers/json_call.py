@@ -12,8 +12,9 @@ def call_from_object(node: Node, *, args_keys: tuple[str, ...] = ("arguments", "
                      allowed_keys: Collection[str] | None = None, require_args: bool = False) -> PartialCall | None:
     """`{"name": ..., "arguments": {...}}` as a (partial) call; None when the object is not a call and
     cannot become one. `allowed_keys`: any other key makes it not a call. `require_args`: a call must
-    have an arguments member, and its name is held back until the arguments begin (for formats with
-    no marker, where a JSON answer could otherwise pass for a call)."""
+    have an arguments member (for formats with no marker, where a JSON answer could otherwise pass for
+    a call). The name is held back until the arguments have begun as an object or the whole object is
+    there, so that arguments of the wrong type are found out before anything is streamed."""
     if node.kind != "object":
         return None
     if allowed_keys is not None and any(k not in allowed_keys for k in node.keys()):
@@ -47,8 +48,6 @@ def call_from_object(node: Node, *, args_keys: tuple[str, ...] = ("arguments", "
             return None
         return PartialCall(name_node.value, arguments, complete=True)
     name = name_node.value if name_node is not None and name_node.complete else None
-    if name is None or (args_node is None and require_args):
-        return PartialCall(None)
-    if args_node is not None and args_node.kind == "object":
-        return PartialCall(name, args_node.canon)
-    return PartialCall(name)  # a string or null is sent whole once complete
+    if name is None or args_node is None or args_node.kind != "object":
+        return PartialCall(None)  # arguments written as a string or null are sent whole once complete
+    return PartialCall(name, args_node.canon)

@@ -21,6 +21,8 @@ class Llama3JsonToolParser(ToolParser):
         i = skip_ws(text, 0)
         if text.startswith(PYTHON_TAG, i):
             i = skip_ws(text, i + len(PYTHON_TAG))
+            if i >= n and not final:
+                return []  # the tag: what follows it decides
         elif not final and i < n and PYTHON_TAG.startswith(text[i:]):
             return [text[:i]]  # the tag may be arriving
         if i >= n or text[i] != "{":

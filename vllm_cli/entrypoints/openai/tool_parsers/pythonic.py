@@ -72,6 +72,8 @@ class PythonicToolParser(ToolParser):
         i = skip_ws(text, 0)
         if text.startswith(START, i):
             i = skip_ws(text, i + len(START))
+            if i >= n and not final:
+                return []  # the tag: what follows it decides
         elif not final and i < n and START.startswith(text[i:]):
             return [text[:i]]
         if i >= n or text[i] != "[":
@@ -114,7 +116,7 @@ class PythonicToolParser(ToolParser):
             k = ws(m.end())
             if text[k] != "(":
                 raise _NotACall
-            call = PartialCall(m.group(), "{")
+            call = PartialCall(None, "{")  # named once its first argument (or its ')') shows it is a call
             calls.append(call)
             parts: list[str] = []
             seen: set[str] = set()
@@ -132,6 +134,7 @@ class PythonicToolParser(ToolParser):
                 v = ws(e + 1)
                 if text[v] == "=":
                     raise _NotACall
+                call.name = m.group()
                 stop = literal_end(text, v)
                 try:
                     value = json.dumps(ast.literal_eval(text[v:stop].strip()), ensure_ascii=False)
@@ -143,6 +146,7 @@ class PythonicToolParser(ToolParser):
                 k = stop
                 if text[k] == ",":
                     k = ws(k + 1)
+            call.name = m.group()
             call.arguments += "}"
             call.complete = True
             k = ws(k + 1)
