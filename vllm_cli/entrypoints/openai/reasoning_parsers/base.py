@@ -34,6 +34,7 @@ class ReasoningParser:
         self.tokenizer = tokenizer
         self._sent_reasoning = 0
         self._sent_content = 0
+        self._streaming = False  # set by the streaming methods: the split must agree with what was sent
 
     def split(self, text: str, final: bool) -> tuple[str, str]:
         raise NotImplementedError
@@ -65,6 +66,7 @@ class ReasoningParser:
         return self._stream(current_text, "", final=True)
 
     def _stream(self, current_text: str, delta_text: str, final: bool) -> DeltaMessage | None:
+        self._streaming = True
         try:
             reasoning, content = self.split(current_text, final=final)
         except Exception:
@@ -112,7 +114,7 @@ class ThinkTagReasoningParser(ReasoningParser):
         end = text.find(self.end_tag, start)
         if end >= 0:
             reasoning, content = text[start:end], text[end + len(self.end_tag):]
-            if not in_reasoning and not final:
+            if not in_reasoning and (self._streaming or not final):
                 # The output did not open the tag and nothing said the prompt did: its first part was
                 # streamed as content before the end tag showed it was reasoning.
                 return "", (reasoning + content).lstrip()
