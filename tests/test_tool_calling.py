@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from vllm_cli.entrypoints.openai.api_server import ParserOptions, build_app
+from vllm_cli.entrypoints.openai.api_server import STATE, ParserOptions, build_app
 from vllm_cli.entrypoints.openai.choice_output import ChoiceOutput, required_tools_schema
-from vllm_cli.entrypoints.openai.parser_types import DeltaMessage as ParserDelta
-from vllm_cli.entrypoints.openai.parser_types import ExtractedToolCalls, ToolCallDelta
-from vllm_cli.entrypoints.openai.parser_types import ToolCall as ParsedCall
+from vllm_cli.entrypoints.openai.reasoning_parsers import ReasoningParserManager
+from vllm_cli.entrypoints.openai.tool_parsers import ToolParserManager
 from vllm_cli.outputs import CompletionOutput, RequestOutput
 from vllm_cli.sampling_params import SamplingParams, StructuredOutputsParams
 from vllm_cli.tokenizer import render_chat_prompt, resolve_chat_template
@@ -81,67 +81,13 @@ class ScriptedEngine:
         return EngineStats(0, 0, 0.0, 4, 0, 0, 0, 0, 0)
 
 
-# A Hermes-style parser and a <think> reasoning parser with the parsers' interface, so these tests
-# do not depend on the real parsers (tested with them in tests/test_tools_server.py).
-class FakeToolParser:
-    needs_special_tokens = False
-
-    def __init__(self, tokenizer: Any = None):
-        self.sent = 0
-
-    def extract_tool_calls(self, model_output: str, tools: Any = None) -> ExtractedToolCalls:
-        if "<tool_call>" not in model_output:
-            return ExtractedToolCalls(False, [], model_output or None)
-        before, _, rest = model_output.partition("<tool_call>")
-        body = json.loads(rest.partition("</tool_call>")[0])
-        call = ParsedCall(body["name"], json.dumps(body["arguments"]), "call-1")
-        return ExtractedToolCalls(True, [call], before.strip() or None)
-
-    def extract_tool_calls_streaming(self, previous_text: str, current_text: str,
-                                     delta_text: str) -> ParserDelta | None:
-        # Content until the marker; the call whole once its closing tag is there.
-        if "<tool_call>" not in current_text:
-            safe = len(current_text) - (1 if current_text.endswith("<") else 0)
-            new, self.sent = current_text[self.sent:safe], max(self.sent, safe)
-            return ParserDelta(content=new) if new else None
-        if "</tool_call>" in current_text and self.sent >= 0:
-            extracted = self.extract_tool_calls(current_text)
-            self.sent = -1
-            call = extracted.tool_calls[0]
-            return ParserDelta(tool_calls=[ToolCallDelta(0, call.id, call.name, call.arguments)])
-        return None
-
-
-class FakeReasoningParser:
-    def __init__(self, tokenizer: Any = None):
-        pass
-
-    def extract_reasoning(self, text: str) -> tuple[str | None, str | None]:
-        if "</think>" not in text:
-            return text.removeprefix("<think>") or None, None
-        reasoning, _, answer = text.partition("</think>")
-        return reasoning.removeprefix("<think>") or None, answer or None
-
-    def extract_reasoning_streaming(self, previous_text: str, current_text: str,
-                                    delta_text: str) -> ParserDelta | None:
-        if "</think>" in previous_text:
-            return ParserDelta(content=delta_text)
-        reasoning, answer = self.extract_reasoning(current_text)
-        before, _ = self.extract_reasoning(previous_text)
-        new_reasoning = (reasoning or "")[len(before or ""):]
-        return ParserDelta(reasoning_content=new_reasoning or None, content=answer)
-
-    def is_reasoning_end(self, text: str) -> bool:
-        return "</think>" in text
-
-
 def _call(engine: ScriptedEngine, requests: list[tuple[str, dict]], parsers: ParserOptions | None = None,
           tool_parser: type | None = None, reasoning_parser: type | None = None) -> list[tuple[int, Any]]:
     """Send each (path, body); returns (status, JSON body or SSE events) for each."""
 
     async def main() -> list[tuple[int, Any]]:
         app = build_app(engine, parsers=parsers)  # type: ignore[arg-type]
-        chat = app[next(k for k in app if k.name == "state")].chat
+        chat = app[STATE].chat
         if tool_parser is not None:
             chat.tool_parser, chat.enable_auto_tools = tool_parser, True
         chat.reasoning_parser = reasoning_parser
@@ -150,7 +96,7 @@ def _call(engine: ScriptedEngine, requests: list[tuple[str, dict]], parsers: Par
             for path, body in requests:
                 response = await http.post(path, json=body)
                 text = await response.text()
-                if body.get("stream"):
+                if body.get("stream") and response.status == 200:
                     assert text.endswith("data: [DONE]\n\n"), text
                     events = [json.loads(e[6:]) for e in text.split("\n\n") if e and e != "data: [DONE]"]
                     out.append((response.status, events))
@@ -309,11 +255,11 @@ def test_auto_tool_choice_with_a_parser(engine, script):
     engine.script = script
     body = {"messages": USER, "tools": [WEATHER], "max_tokens": 50}
     [(_, reply), (_, events)] = _call(engine, [(CHAT, body), (CHAT, {**body, "stream": True})],
-                                      tool_parser=FakeToolParser)
+                                      tool_parser=ToolParserManager.get_tool_parser("hermes"))
     assert engine.params[0].structured_outputs is None
     message, streamed = reply["choices"][0]["message"], _aggregate(events)
     if "<tool_call>\n" in script:
-        assert message["content"] == "Let me check." and reply["choices"][0]["finish_reason"] == "tool_calls"
+        assert message["content"].strip() == "Let me check." and reply["choices"][0]["finish_reason"] == "tool_calls"
         assert [c["function"] for c in message["tool_calls"]] == [
             {"name": "get_weather", "arguments": '{"city": "Paris"}'}]
         assert streamed["finish"] == "tool_calls"
@@ -322,7 +268,7 @@ def test_auto_tool_choice_with_a_parser(engine, script):
                            "tool_calls": []}
         assert reply["choices"][0]["finish_reason"] == "stop" and streamed["finish"] == "stop"
     # content and calls never mixed up; the text held back by the parser ("<") comes at the end
-    assert streamed["content"].strip() == (message["content"] or "")
+    assert streamed["content"] == (message["content"] or "")
     assert [(c["name"], c["arguments"]) for c in streamed["calls"]] == [
         (c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]]
 
@@ -346,7 +292,7 @@ def test_reasoning_split(engine):
     body = {"messages": USER, "max_tokens": 50}
     [(_, reply), (_, events), (_, constrained)] = _call(engine, [
         (CHAT, body), (CHAT, {**body, "stream": True}),
-        (CHAT, {**body, "response_format": {"type": "json_object"}})], reasoning_parser=FakeReasoningParser)
+        (CHAT, {**body, "response_format": {"type": "json_object"}})], reasoning_parser=ReasoningParserManager.get_reasoning_parser("deepseek_r1"))
     message = reply["choices"][0]["message"]
     assert message["reasoning_content"] == "Paris is in France." and message["content"] == "It is sunny."
     streamed = _aggregate(events)
@@ -385,10 +331,10 @@ def test_tool_messages_reach_smollm2_template(engine, smollm2_tokenizer):
 
 
 def test_template_that_renders_tools_gets_them(smollm2_tokenizer):
-    template = ("{% for t in tools or [] %}TOOL {{ t.function.name }}\n{% endfor %}"
+    template = ("{% for t in tools or [] %}{{ 'TOOL ' + t.function.name + '\n' }}{% endfor %}"
                 "{% for m in messages %}{{ m.role }}: {{ m.content }}"
                 "{% for c in m.tool_calls or [] %}CALL {{ c.function.name }} {{ c.function.arguments | tojson }}"
-                "{% endfor %}\n{% endfor %}")
+                "{% endfor %}{{ '\n' }}{% endfor %}")
     text = render_chat_prompt(smollm2_tokenizer, TOOL_TURN, template, tools=[WEATHER], add_generation_prompt=False)
     assert text == ('TOOL get_weather\nuser: Weather in Paris?\nassistant: CALL get_weather {"city": "Paris"}\n'
                     "tool: 22 C and sunny\n")
@@ -420,8 +366,12 @@ def test_ignored_fields_are_accepted_and_logged(engine, caplog):
             "store": False, "metadata": {"k": "v"}, "service_tier": "auto", "parallel_tool_calls": True,
             "prompt_cache_key": "abc", "safety_identifier": "s", "verbosity": "low", "guided_decoding_backend": "x"}
     completion = {"prompt": "Hi", "max_tokens": 3, "user": "u1", "store": True, "metadata": {}, "newer_field": 1}
-    with caplog.at_level("WARNING"):
+    logger = logging.getLogger("vllm_cli")  # does not propagate to the root logger caplog listens on
+    logger.addHandler(caplog.handler)
+    try:
         replies = _call(engine, [(CHAT, body), (COMPLETIONS, completion)])
+    finally:
+        logger.removeHandler(caplog.handler)
     assert [s for s, _ in replies] == [200, 200]
     warnings = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
     assert warnings == ["The following fields were present in the request but ignored: verbosity, "

@@ -146,8 +146,24 @@ def _normalize_messages(messages: list[dict]) -> list[dict]:
             content = "\n".join(texts)
         elif not isinstance(content, str):
             raise ValueError(f"messages[{i}].content must be a string or a list of content parts")
-        out.append({**message, "content": content})
+        message = {**message, "content": content}
+        if message.get("tool_calls"):
+            message["tool_calls"] = [_with_arguments_object(c) for c in message["tool_calls"]]
+        out.append(message)
     return out
+
+
+def _with_arguments_object(call: dict) -> dict:
+    """Templates read a call's arguments as an object (`arguments | tojson`); OpenAI sends JSON text.
+    vLLM hands templates the object too. Text that is not JSON stays as it is."""
+    function = call.get("function")
+    if not (isinstance(function, dict) and isinstance(function.get("arguments"), str)):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except ValueError:
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
 
 
 # How tools, calls and results are written into the messages for a template that cannot render them

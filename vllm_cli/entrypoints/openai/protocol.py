@@ -10,7 +10,6 @@ ignored, as vLLM does: `ignored_fields` lists them for one warning line in the s
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -179,23 +178,12 @@ class ChatMessage(_Lenient):
         if self.name is not None:
             message["name"] = self.name
         if self.tool_calls:
-            # Templates read the arguments as an object (`arguments | tojson`), as vLLM hands them over.
             message["tool_calls"] = [{"id": c.id, "type": "function",
-                                      "function": {"name": c.function.name,
-                                                   "arguments": _arguments_object(c.function.arguments)}}
+                                      "function": {"name": c.function.name, "arguments": c.function.arguments}}
                                      for c in self.tool_calls]
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
         return message
-
-
-def _arguments_object(arguments: str | dict[str, Any]) -> Any:
-    if isinstance(arguments, dict):
-        return arguments
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments  # not JSON: the template gets the text as it came
 
 
 # ----- tools, tool_choice, response_format, structured outputs -----

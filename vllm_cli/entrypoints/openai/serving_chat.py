@@ -126,18 +126,19 @@ class ServingChat(OpenAIServing):
         overrides: dict[str, Any] = {"logprobs": top_logprobs}
         if constraint is not None:
             overrides["structured_outputs"] = constraint
-        if mode == "auto" and getattr(self.tool_parser, "needs_special_tokens", False):
-            overrides["skip_special_tokens"] = False  # the parser reads the call markers
+        tool_parser = self.tool_parser if mode == "auto" else None
+        reasoning_parser = self.reasoning_parser if constraint is None else None
+        if any(getattr(cls, "needs_special_tokens", False) for cls in (tool_parser, reasoning_parser)):
+            overrides["skip_special_tokens"] = False  # the parser reads markers that are special tokens
         params = self.sampling_params(req, self.max_tokens(asked, len(ids), param), self.extra_stop, **overrides)
         response_id, created = random_id("chatcmpl"), now()
         outputs = self.generate(None, ids, params, response_id)
         if constraint is not None:
             outputs = await checked_start(outputs, constraint_param)
-        tool_parser = self.tool_parser if mode == "auto" else None
-        reasoning_parser = self.reasoning_parser if constraint is None else None
+        prompt_text = self.tokenizer.decode(ids) if reasoning_parser is not None else ""
         choices = [ChoiceOutput(mode, name=name, tools=tools, parallel=parallel,
                                 tool_parser=tool_parser(self.tokenizer) if tool_parser else None,
-                                reasoning_parser=reasoning_parser(self.tokenizer) if reasoning_parser else None)
+                                reasoning_parser=self._reasoning_parser(reasoning_parser, prompt_text))
                    for _ in range(params.n)]
         if req.stream:
             chunks = self._chunks(outputs, response_id, created, model, choices, len(ids), top_logprobs,
@@ -145,6 +146,13 @@ class ServingChat(OpenAIServing):
             return await stream_sse(request, chunks)
         return web.json_response((await self._collect(outputs, response_id, created, model, choices, len(ids),
                                                       top_logprobs)).model_dump())
+
+    def _reasoning_parser(self, cls: type | None, prompt: str) -> Any:
+        if cls is None:
+            return None
+        parser = cls(self.tokenizer)
+        parser.observe_prompt(prompt)  # e.g. a template that opened <think> (or closed it: thinking off)
+        return parser
 
     async def _collect(self, outputs: AsyncGenerator[RequestOutput, None], response_id: str, created: int,
                        model: str, parsers: list[ChoiceOutput], prompt_len: int,
