@@ -22,7 +22,7 @@ from vllm_cli.entrypoints.openai.reasoning_parsers import ReasoningParserManager
 from vllm_cli.entrypoints.openai.tool_parsers import ToolParserManager
 from vllm_cli.outputs import CompletionOutput, RequestOutput
 from vllm_cli.sampling_params import SamplingParams, StructuredOutputsParams
-from vllm_cli.tokenizer import render_chat_prompt, resolve_chat_template
+from vllm_cli.tokenizer import render_chat_prompt
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",

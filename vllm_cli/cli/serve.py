@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
@@ -22,13 +22,13 @@ class _ServeCommand(TyperCommand):
     """Lets `--served-model-name a b c` take several values after one flag, as vLLM's argparse
     nargs='+' does (Click options take one value each; repeating the flag works too)."""
 
-    def make_parser(self, ctx):
+    def make_parser(self, ctx: Any) -> Any:
         parser = super().make_parser(ctx)
         option = getattr(parser, "_long_opt", {}).get("--served-model-name")
         if option is not None:  # Click internals; without them only the repeated form works
             store = option.process
 
-            def greedy(value, state) -> None:
+            def greedy(value: Any, state: Any) -> None:
                 store(value, state)
                 while state.rargs and not state.rargs[0].startswith("-"):
                     store(state.rargs.pop(0), state)

@@ -45,7 +45,8 @@ def required_tools_schema(tools: list[dict], parallel: bool = True) -> dict:
 def _array_items(text: str) -> tuple[list[Any], bool]:
     """The complete items at the start of a JSON array being generated, and whether it is closed."""
     decoder = json.JSONDecoder()
-    i, n, items = 0, len(text), []
+    i, n = 0, len(text)
+    items: list[Any] = []
 
     def skip(i: int) -> int:
         while i < n and text[i] in " \t\r\n,":
@@ -151,11 +152,12 @@ class ChoiceOutput:
         if self.plain:
             self.sent_content += delta_text
             return DeltaMessage(content=delta_text) if delta_text else None
-        reasoning_delta, answer_delta = None, delta_text
+        reasoning_delta: str | None = None
+        answer_delta = delta_text
         if self.reasoning_parser is not None:
             d = self.reasoning_parser.extract_reasoning_streaming(previous, self.text, delta_text)
-            reasoning_delta, answer_delta = (d.reasoning_content, d.content) if d is not None else (None, None)
-            answer_delta = answer_delta or ""
+            reasoning_delta = d.reasoning_content if d is not None else None
+            answer_delta = (d.content if d is not None else None) or ""
         out = DeltaMessage()
         if reasoning_delta:
             out.reasoning_content = reasoning_delta

@@ -383,7 +383,7 @@ class CompletionRequest(SamplingRequest):
         p = self.prompt
         if isinstance(p, str) or (p and isinstance(p[0], int)):
             return [p]
-        return list(p)
+        return list(p)  # type: ignore[arg-type]  # list[str] or list[list[int]] here
 
 
 class TokenizeRequest(_Request):

@@ -18,7 +18,7 @@ first token, so there is no thinking to split off, and all of the output is the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -135,7 +135,7 @@ class ServingChat(OpenAIServing):
         outputs = self.generate(None, ids, params, response_id)
         if constraint is not None:
             outputs = await checked_start(outputs, constraint_param)
-        prompt_text = self.tokenizer.decode(ids) if reasoning_parser is not None else ""
+        prompt_text = str(self.tokenizer.decode(ids)) if reasoning_parser is not None and self.tokenizer else ""
         choices = [ChoiceOutput(mode, name=name, tools=tools, parallel=parallel,
                                 tool_parser=tool_parser(self.tokenizer) if tool_parser else None,
                                 reasoning_parser=self._reasoning_parser(reasoning_parser, prompt_text))
@@ -185,7 +185,7 @@ class ServingChat(OpenAIServing):
 
     async def _chunks(self, outputs: AsyncGenerator[RequestOutput, None], response_id: str, created: int,
                       model: str, parsers: list[ChoiceOutput], prompt_len: int, top_logprobs: int | None,
-                      include_usage: bool) -> AsyncIterator[ChatCompletionChunk]:
+                      include_usage: bool) -> AsyncGenerator[ChatCompletionChunk, None]:
         """A role chunk per choice, content (reasoning, tool call) deltas as tokens arrive, one
         finish_reason chunk per choice, then the usage chunk if asked for. One choice per chunk,
         as OpenAI does."""

@@ -3,7 +3,7 @@ side; choice index = prompt index * n + choice index, as OpenAI numbers them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -43,7 +43,7 @@ class ServingCompletion(OpenAIServing):
         response_id, created = random_id("cmpl"), now()
         echo_logprobs = req.logprobs if req.echo else None
         constraint, constraint_param = self.structured_outputs(req)
-        streams = []
+        streams: list[AsyncGenerator[RequestOutput, None]] = []
         for i, (text, ids) in enumerate(prompts):
             params = self.sampling_params(req, self.max_tokens(req.max_tokens, len(ids), "max_tokens"),
                                           logprobs=req.logprobs, prompt_logprobs=echo_logprobs,
@@ -66,7 +66,8 @@ class ServingCompletion(OpenAIServing):
         def update(i: int, out: RequestOutput, c: CompletionOutput) -> CompletionChoice:
             """Fold one delta into its choice; returns the delta as a choice (echo on its first)."""
             choice = choices[i * n + c.index]
-            delta_text, token_ids, entries = c.text, c.token_ids, list(c.logprobs or [])
+            delta_text, token_ids = c.text, c.token_ids
+            entries: list[PositionLogprobs | None] = list(c.logprobs or [])
             if not choice.started:
                 choice.started = True
                 delta_text = prompt_texts[i] + delta_text
@@ -85,7 +86,7 @@ class ServingCompletion(OpenAIServing):
                                     finish_reason=c.finish_reason, stop_reason=c.stop_reason)
 
         if req.stream:
-            async def chunks() -> AsyncIterator[CompletionResponse]:
+            async def chunks() -> AsyncGenerator[CompletionResponse, None]:
                 done: set[int] = set()
                 async with aclosing(outputs):
                     async for i, out in outputs:
@@ -112,7 +113,8 @@ class ServingCompletion(OpenAIServing):
         response = CompletionResponse(
             id=response_id, created=created, model=model,
             choices=[CompletionChoice(index=k, text="".join(ch.text), logprobs=ch.logprobs,
-                                      finish_reason=ch.last.finish_reason, stop_reason=ch.last.stop_reason)
+                                      finish_reason=ch.last.finish_reason if ch.last else None,
+                                      stop_reason=ch.last.stop_reason if ch.last else None)
                      for k, ch in enumerate(choices)],
             usage=UsageInfo.of(prompt_tokens, sum(ch.num_tokens for ch in choices)))
         return web.json_response(response.model_dump())
@@ -120,7 +122,7 @@ class ServingCompletion(OpenAIServing):
     def _prompt_text(self, text: str | None, ids: list[int]) -> str:
         if text is not None:
             return text
-        return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
+        return str(self.tokenizer.decode(ids)) if self.tokenizer is not None else ""
 
     def _logprobs(self, token_ids: list[int], entries: list[PositionLogprobs | None],
                   offset: int) -> CompletionLogprobs:

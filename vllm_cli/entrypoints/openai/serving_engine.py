@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from vllm_cli.engine.async_engine import AsyncEngine, EngineDeadError
+from vllm_cli.engine.llm_engine import LLMEngine
 from vllm_cli.entrypoints.openai.metrics import Metrics
 from vllm_cli.entrypoints.openai.protocol import APIError, ModelT, SamplingRequest, ignored_fields, parse_request
 from vllm_cli.logger import init_logger
@@ -34,7 +35,9 @@ _SAMPLING_FIELDS = frozenset(SamplingParams.__dataclass_fields__)
 class OpenAIServing:
     def __init__(self, async_engine: AsyncEngine, metrics: Metrics, served_model_names: list[str]):
         self.async_engine = async_engine
-        self.engine = async_engine.engine
+        if async_engine.engine is None:
+            raise ValueError("the engine has not been built")
+        self.engine: LLMEngine = async_engine.engine
         self.tokenizer = self.engine.tokenizer
         self.metrics = metrics
         self.served_model_names = served_model_names
@@ -99,7 +102,7 @@ class OpenAIServing:
                            "completion). Please reduce the length of the messages or completion.", param=param)
         return requested
 
-    def sampling_params(self, request: SamplingRequest, max_tokens: int, extra_stop: list[str] = (),
+    def sampling_params(self, request: SamplingRequest, max_tokens: int, extra_stop: Sequence[str] = (),
                         **overrides: Any) -> SamplingParams:
         kwargs = request.sampling_kwargs()
         if "logit_bias" in kwargs:
@@ -133,7 +136,8 @@ class OpenAIServing:
         timer = self.metrics.track(params.n)
         finished = False
         prompt = prompt_text if prompt_text is not None else prompt_ids
-        stream = self.async_engine.generate(prompt, params, request_id, prompt_token_ids=prompt_ids)
+        stream = cast(AsyncGenerator[RequestOutput, None],
+                      self.async_engine.generate(prompt, params, request_id, prompt_token_ids=prompt_ids))
         async with aclosing(stream):
             try:
                 async for output in stream:
@@ -168,7 +172,7 @@ async def checked_start(stream: AsyncGenerator[RequestOutput, None],
     return rest()
 
 
-async def merge_streams(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]:
+async def merge_streams(streams: Sequence[AsyncGenerator[Any, None]]) -> AsyncGenerator[tuple[int, Any], None]:
     """Items of several async generators as they come, tagged with the generator's index.
     Closing the merged stream closes (aborts) every generator that is still running."""
     if len(streams) == 1:
@@ -179,7 +183,7 @@ async def merge_streams(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
-    async def pump(i: int, stream) -> None:
+    async def pump(i: int, stream: AsyncGenerator[Any, None]) -> None:
         try:
             async with aclosing(stream):
                 async for item in stream:
@@ -209,7 +213,7 @@ def _sse(payload: str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-async def stream_sse(request: web.Request, events: AsyncIterator[BaseModel]) -> web.StreamResponse:
+async def stream_sse(request: web.Request, events: AsyncGenerator[BaseModel, None]) -> web.StreamResponse:
     """Send each event as `data: {json}`, then `data: [DONE]`. An engine failure mid-stream
     becomes an error event (the status line is long gone); a client that went away ends it."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
