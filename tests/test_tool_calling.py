@@ -108,7 +108,7 @@ def _call(engine: ScriptedEngine, requests: list[tuple[str, dict]], parsers: Par
 
 
 @pytest.fixture
-def engine(smollm2_tokenizer) -> ScriptedEngine:
+def engine(smollm2_tokenizer: Any) -> ScriptedEngine:
     return ScriptedEngine(_Engine(smollm2_tokenizer))
 
 
@@ -152,7 +152,8 @@ SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "requi
     ({"guided_grammar": 'root ::= "b"'}, StructuredOutputsParams(grammar='root ::= "b"')),
 ])
 @pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
-def test_constraint_mapping(engine, path, extra, expected):
+def test_constraint_mapping(engine: ScriptedEngine, path: str, extra: dict,
+                            expected: StructuredOutputsParams | None) -> None:
     body = {"messages": USER} if path == CHAT else {"prompt": "Hi"}
     [(status, reply)] = _call(engine, [(path, {**body, "max_tokens": 5, **extra})])
     assert status == 200, reply
@@ -172,7 +173,8 @@ def test_constraint_mapping(engine, path, extra, expected):
 ])
 @pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
 @pytest.mark.parametrize("stream", [False, True])
-def test_constraint_errors_are_400_naming_the_field(engine, path, extra, param, match, stream):
+def test_constraint_errors_are_400_naming_the_field(engine: ScriptedEngine, path: str, extra: dict, param: str,
+                                                    match: str, stream: bool) -> None:
     body = {"messages": USER} if path == CHAT else {"prompt": "Hi"}
     ok = {**body, "max_tokens": 5}
     (status, reply), (ok_status, _) = _call(engine, [(path, {**ok, "stream": stream, **extra}), (path, ok)])
@@ -183,7 +185,7 @@ def test_constraint_errors_are_400_naming_the_field(engine, path, extra, param, 
 
 # ----- tool_choice -----
 
-def test_named_tool_choice(engine):
+def test_named_tool_choice(engine: ScriptedEngine) -> None:
     engine.script = ['{"city": ', '"Paris"}']
     named = {"type": "function", "function": {"name": "get_weather"}}
     body = {"messages": USER, "tools": [WEATHER, TIME], "tool_choice": named, "max_tokens": 20}
@@ -206,7 +208,7 @@ def test_named_tool_choice(engine):
 
 
 @pytest.mark.parametrize("parallel", [None, False])
-def test_required_tool_choice(engine, parallel):
+def test_required_tool_choice(engine: ScriptedEngine, parallel: bool | None) -> None:
     engine.script = ['[{"name": "get_weather", "parameters": {"city": "Paris"}}', ', {"name": "get_time", ',
                      '"parameters": {}}]']
     body = {"messages": USER, "tools": [WEATHER, TIME], "tool_choice": "required", "max_tokens": 50}
@@ -225,7 +227,7 @@ def test_required_tool_choice(engine, parallel):
     assert streamed["finish"] == "tool_calls"
 
 
-def test_required_output_cut_short_is_content(engine):
+def test_required_output_cut_short_is_content(engine: ScriptedEngine) -> None:
     engine.script = ['[{"name": "get_weather", "para']
     body = {"messages": USER, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 5}
     [(_, reply), (_, events)] = _call(engine, [(CHAT, body), (CHAT, {**body, "stream": True})])
@@ -234,7 +236,7 @@ def test_required_output_cut_short_is_content(engine):
     assert _aggregate(events)["content"] == message["content"]
 
 
-def test_auto_without_the_flags(engine):
+def test_auto_without_the_flags(engine: ScriptedEngine) -> None:
     engine.script = ["I cannot check the weather."]
     body = {"messages": USER, "tools": [WEATHER], "max_tokens": 5}
     [(implicit_status, implicit), (explicit_status, explicit)] = _call(
@@ -251,7 +253,7 @@ def test_auto_without_the_flags(engine):
     ["Let me check. ", "<tool_call>\n", '{"name": "get_weather", "arguments": {"city": "Paris"}}', "\n</tool_call>"],
     ["It is ", "sunny <", "3"],
 ])
-def test_auto_tool_choice_with_a_parser(engine, script):
+def test_auto_tool_choice_with_a_parser(engine: ScriptedEngine, script: list[str]) -> None:
     engine.script = script
     body = {"messages": USER, "tools": [WEATHER], "max_tokens": 50}
     [(_, reply), (_, events)] = _call(engine, [(CHAT, body), (CHAT, {**body, "stream": True})],
@@ -273,7 +275,7 @@ def test_auto_tool_choice_with_a_parser(engine, script):
         (c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]]
 
 
-def test_tool_choice_errors(engine):
+def test_tool_choice_errors(engine: ScriptedEngine) -> None:
     named = {"type": "function", "function": {"name": "nope"}}
     replies = _call(engine, [
         (CHAT, {"messages": USER, "tool_choice": "required"}),
@@ -287,12 +289,13 @@ def test_tool_choice_errors(engine):
         (400, "tool_choice"), (400, "tool_choice"), (400, "response_format"), (400, "tools"), (200, None)]
 
 
-def test_reasoning_split(engine):
+def test_reasoning_split(engine: ScriptedEngine) -> None:
     engine.script = ["<think>Paris is in ", "France.</think>", "It is ", "sunny."]
     body = {"messages": USER, "max_tokens": 50}
     [(_, reply), (_, events), (_, constrained)] = _call(engine, [
         (CHAT, body), (CHAT, {**body, "stream": True}),
-        (CHAT, {**body, "response_format": {"type": "json_object"}})], reasoning_parser=ReasoningParserManager.get_reasoning_parser("deepseek_r1"))
+        (CHAT, {**body, "response_format": {"type": "json_object"}})],
+        reasoning_parser=ReasoningParserManager.get_reasoning_parser("deepseek_r1"))
     message = reply["choices"][0]["message"]
     assert message["reasoning_content"] == "Paris is in France." and message["content"] == "It is sunny."
     streamed = _aggregate(events)
@@ -301,7 +304,17 @@ def test_reasoning_split(engine):
     assert constrained["choices"][0]["message"]["reasoning_content"] is None
 
 
-def test_choice_output_n_and_parallel():
+def test_enable_thinking_reaches_the_template(engine: ScriptedEngine, smollm2_tokenizer: Any) -> None:
+    engine.engine.args.chat_template = ("{% for m in messages %}{{ m.content }}{% endfor %}"
+                                        "{% if enable_thinking is defined and not enable_thinking %}"
+                                        "<think></think>{% endif %}")
+    body = {"messages": USER, "max_tokens": 3}
+    _call(engine, [(CHAT, {**body, "chat_template_kwargs": {"enable_thinking": False}}), (CHAT, body)])
+    prompts = [smollm2_tokenizer.decode(ids) for ids in engine.prompts]
+    assert prompts == ["Weather in Paris?<think></think>", "Weather in Paris?"]
+
+
+def test_choice_output_named_stream() -> None:
     out = ChoiceOutput("named", name="f")
     assert out.feed("  ") is None
     first = out.feed('{"a"')
@@ -320,7 +333,7 @@ TOOL_TURN = [
 ]
 
 
-def test_tool_messages_reach_smollm2_template(engine, smollm2_tokenizer):
+def test_tool_messages_reach_smollm2_template(engine: ScriptedEngine, smollm2_tokenizer: Any) -> None:
     [(status, reply)] = _call(engine, [(CHAT, {"messages": TOOL_TURN, "tools": [WEATHER], "max_tokens": 5})])
     assert status == 200, reply
     prompt = smollm2_tokenizer.decode(engine.prompts[0])
@@ -330,7 +343,7 @@ def test_tool_messages_reach_smollm2_template(engine, smollm2_tokenizer):
     assert "22 C and sunny" in prompt and prompt.endswith("<|im_start|>assistant\n")
 
 
-def test_template_that_renders_tools_gets_them(smollm2_tokenizer):
+def test_template_that_renders_tools_gets_them(smollm2_tokenizer: Any) -> None:
     template = ("{% for t in tools or [] %}{{ 'TOOL ' + t.function.name + '\n' }}{% endfor %}"
                 "{% for m in messages %}{{ m.role }}: {{ m.content }}"
                 "{% for c in m.tool_calls or [] %}CALL {{ c.function.name }} {{ c.function.arguments | tojson }}"
@@ -340,7 +353,7 @@ def test_template_that_renders_tools_gets_them(smollm2_tokenizer):
                     "tool: 22 C and sunny\n")
 
 
-def test_template_that_drops_tool_results_gets_them_as_text(smollm2_tokenizer):
+def test_template_that_drops_tool_results_gets_them_as_text(smollm2_tokenizer: Any) -> None:
     template = "{% for m in messages %}{% if m.role in ('user', 'assistant') %}{{ m.role }}: {{ m.content }}\n" \
                "{% endif %}{% endfor %}"
     text = render_chat_prompt(smollm2_tokenizer, [USER[0], TOOL_TURN[1], TOOL_TURN[2]], template,
@@ -352,7 +365,7 @@ def test_template_that_drops_tool_results_gets_them_as_text(smollm2_tokenizer):
     assert "<tool_response>" in render_chat_prompt(smollm2_tokenizer, [USER[0], TOOL_TURN[2]], strict)
 
 
-def test_tokenize_takes_tools(engine, smollm2_tokenizer):
+def test_tokenize_takes_tools(engine: ScriptedEngine, smollm2_tokenizer: Any) -> None:
     async def main() -> dict:
         async with TestClient(TestServer(build_app(engine))) as http:  # type: ignore[arg-type]
             response = await http.post("/tokenize", json={"messages": USER, "tools": [WEATHER]})
@@ -361,7 +374,7 @@ def test_tokenize_takes_tools(engine, smollm2_tokenizer):
     assert "get_weather" in smollm2_tokenizer.decode(asyncio.run(main())["tokens"])
 
 
-def test_ignored_fields_are_accepted_and_logged(engine, caplog):
+def test_ignored_fields_are_accepted_and_logged(engine: ScriptedEngine, caplog: pytest.LogCaptureFixture) -> None:
     body = {"messages": [{**USER[0], "refusal": None, "annotations": []}], "max_tokens": 3, "user": "u1",
             "store": False, "metadata": {"k": "v"}, "service_tier": "auto", "parallel_tool_calls": True,
             "prompt_cache_key": "abc", "safety_identifier": "s", "verbosity": "low", "guided_decoding_backend": "x"}
@@ -392,13 +405,13 @@ def test_ignored_fields_are_accepted_and_logged(engine, caplog):
     (COMPLETIONS, {"best_of": 2}, "best_of"),
     (COMPLETIONS, {"use_beam_search": True}, "use_beam_search"),
 ])
-def test_refused_fields_stay_400(engine, path, extra, param):
+def test_refused_fields_stay_400(engine: ScriptedEngine, path: str, extra: dict, param: str) -> None:
     body = {"messages": USER} if path == CHAT else {"prompt": "Hi"}
     [(status, reply)] = _call(engine, [(path, {**body, "max_tokens": 3, **extra})])
     assert status == 400 and reply["error"]["param"] == param, reply
 
 
-def test_parser_options_errors():
+def test_parser_options_errors() -> None:
     with pytest.raises(ValueError, match="requires --tool-call-parser"):
         ParserOptions(enable_auto_tool_choice=True).resolve()
     with pytest.raises(ValueError, match="nope"):

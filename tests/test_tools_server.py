@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from functools import reduce
 from operator import add
+from typing import Any
 
 import httpx
 import openai
 import pytest
-from pydantic import BaseModel
-
 from conftest import ServerProcess, launch_server
+from pydantic import BaseModel
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, 
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_gguf_path, tmp_path_factory) -> ServerProcess:
+def server(smollm2_gguf_path: str, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     s = launch_server(smollm2_gguf_path, tmp_path_factory.mktemp("tools") / "log", "--max-model-len", "2048",
                       "--served-model-name", "smollm2", "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
     yield s
@@ -42,18 +43,18 @@ def server(smollm2_gguf_path, tmp_path_factory) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
+def client(server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="EMPTY", max_retries=0, timeout=120)
 
 
-def _chat(server, **kwargs):
+def _chat(server: ServerProcess, **kwargs) -> None:
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(base_url=f"{server.url}/v1", api_key="EMPTY", model="smollm2", temperature=0, max_retries=0,
                       **{"max_tokens": 60, **kwargs})
 
 
-def _tools():
+def _tools() -> None:
     from langchain_core.tools import tool
 
     @tool
@@ -81,7 +82,7 @@ def _check_call(call: dict, names: set[str]) -> None:
 
 # ----- LangChain bind_tools -----
 
-def test_named_tool_choice(server):
+def test_named_tool_choice(server: ServerProcess) -> None:
     ai = _chat(server).bind_tools(_tools(), tool_choice="get_weather").invoke(ASK)
     assert ai.response_metadata["finish_reason"] == "tool_calls", ai
     [call] = ai.tool_calls
@@ -89,7 +90,7 @@ def test_named_tool_choice(server):
     assert call["id"] and not ai.invalid_tool_calls
 
 
-def test_required_tool_choice(server):
+def test_required_tool_choice(server: ServerProcess) -> None:
     ai = _chat(server, max_tokens=100).bind_tools(_tools(), tool_choice="any").invoke(ASK)
     assert ai.response_metadata["finish_reason"] == "tool_calls", ai
     assert ai.tool_calls and not ai.invalid_tool_calls
@@ -97,7 +98,7 @@ def test_required_tool_choice(server):
         _check_call(call, {"get_weather", "get_time"})
 
 
-def test_auto_tool_choice_is_well_formed(server):
+def test_auto_tool_choice_is_well_formed(server: ServerProcess) -> None:
     ai = _chat(server).bind_tools(_tools()).invoke(ASK)
     finish = ai.response_metadata["finish_reason"]
     if ai.tool_calls:
@@ -109,7 +110,7 @@ def test_auto_tool_choice_is_well_formed(server):
     assert not ai.invalid_tool_calls
 
 
-def test_streamed_forced_call_aggregates_to_the_same_call(server):
+def test_streamed_forced_call_aggregates_to_the_same_call(server: ServerProcess) -> None:
     llm = _chat(server).bind_tools(_tools(), tool_choice="get_weather")
     whole = llm.invoke(ASK)
     chunks = list(llm.stream(ASK))
@@ -119,7 +120,7 @@ def test_streamed_forced_call_aggregates_to_the_same_call(server):
     assert not streamed.content
 
 
-def test_tool_result_round_trip(server):
+def test_tool_result_round_trip(server: ServerProcess) -> None:
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
     llm = _chat(server, max_tokens=30).bind_tools(_tools())
@@ -132,7 +133,8 @@ def test_tool_result_round_trip(server):
     ids = httpx.post(f"{server.url}/tokenize", json={"messages": [
         {"role": "user", "content": ASK},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "22 C and sunny"}]}).json()["tokens"]
     prompt = httpx.post(f"{server.url}/detokenize", json={"tokens": ids}).json()["prompt"]
     assert '"name": "get_weather"' in prompt and "22 C and sunny" in prompt
@@ -140,18 +142,18 @@ def test_tool_result_round_trip(server):
 
 # ----- structured output -----
 
-def test_with_structured_output_json_schema(server):
+def test_with_structured_output_json_schema(server: ServerProcess) -> None:
     city = _chat(server, max_tokens=100).with_structured_output(City).invoke("Name a city in France.")
     assert isinstance(city, City) and city.name and city.country
 
 
-def test_with_structured_output_json_mode(server):
+def test_with_structured_output_json_mode(server: ServerProcess) -> None:
     result = _chat(server, max_tokens=100).with_structured_output(None, method="json_mode").invoke(
         "Name a city in France, as JSON with the keys name and country.")
     assert isinstance(result, dict)
 
 
-def test_openai_parse(client):
+def test_openai_parse(client: openai.OpenAI) -> None:
     completion = client.chat.completions.parse(model="smollm2", messages=[{"role": "user", "content": "Name a city."}],
                                                response_format=City, max_tokens=100, temperature=0)
     message = completion.choices[0].message
@@ -159,7 +161,7 @@ def test_openai_parse(client):
     assert City.model_validate_json(message.content) == message.parsed
 
 
-def test_response_format_json_object(client):
+def test_response_format_json_object(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Give me JSON."}],
                                            response_format={"type": "json_object"}, max_tokens=100, temperature=0)
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
@@ -171,7 +173,8 @@ def test_response_format_json_object(client):
     ({"grammar": 'root ::= "red" | "green" | "blue"'}, lambda text: text in ("red", "green", "blue")),
     ({"json": WEATHER_SCHEMA}, lambda text: isinstance(json.loads(text)["city"], str)),
 ])
-def test_structured_outputs_extra(client, constraint, check):
+def test_structured_outputs_extra(client: openai.OpenAI, constraint: dict,
+                                  check: Callable[[str], Any]) -> None:
     chat = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Answer me."}],
                                           max_tokens=40, temperature=0, extra_body={"structured_outputs": constraint})
     assert check(chat.choices[0].message.content), chat
@@ -180,7 +183,7 @@ def test_structured_outputs_extra(client, constraint, check):
     assert check(completion.choices[0].text), completion
 
 
-def test_streamed_structured_output(client):
+def test_streamed_structured_output(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Answer me."}],
                                             max_tokens=40, temperature=0, stream=True,
                                             extra_body={"guided_choice": ["yes", "no"]})
@@ -194,7 +197,8 @@ def test_streamed_structured_output(client):
     ({"structured_outputs": {"grammar": "this is not a grammar"}}, "structured_outputs"),
 ])
 @pytest.mark.parametrize("stream", [False, True])
-def test_bad_constraints_are_400_and_serving_goes_on(server, client, extra, param, stream):
+def test_bad_constraints_are_400_and_serving_goes_on(server: ServerProcess, client: openai.OpenAI, extra: dict,
+                                                    param: str, stream: bool) -> None:
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": stream,
             **extra}
     response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
@@ -204,7 +208,7 @@ def test_bad_constraints_are_400_and_serving_goes_on(server, client, extra, para
     assert ok.choices[0].message.content is not None
 
 
-def test_default_fields_clients_send(client):
+def test_default_fields_clients_send(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=3, user="u", store=False,
         metadata={"k": "v"}, service_tier="auto", parallel_tool_calls=True, prompt_cache_key="p",
