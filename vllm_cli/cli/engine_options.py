@@ -31,6 +31,8 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
                          "transformers' modeling code on the paged KV cache)."),
     "attention_backend": (str, "auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable "
                                "if set, else torch; triton kernels are opt-in until verified on a GPU, and need TRITON_INTERPRET=1 on CPU)."),
+    "structured_outputs_backend": (str, "auto | xgrammar | guidance: the constrained-decoding backend (auto: "
+                                        "xgrammar, llguidance for what xgrammar cannot compile)."),
     "seed": (int, "Random seed."),
     "max_model_len": (Optional[int], "Context length (default: the model's)."),
     "block_size": (int, "Tokens per KV-cache block."),

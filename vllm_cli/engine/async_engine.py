@@ -91,6 +91,8 @@ class AsyncEngine:
             raise EngineDeadError(f"the engine has stopped: {self._dead}")
         request_id = request_id or uuid.uuid4().hex
         self.engine.validate_params(params)
+        if params.structured_outputs is not None:  # compiled off the loop; a bad spec raises here (400)
+            await self.engine.structured_output.compile_async(params.structured_outputs)
         if prompt_token_ids is None:
             text, prompt_token_ids = self.engine.process_prompt(prompt)
         else:

@@ -56,6 +56,8 @@ class LLM:
         processed = [self.engine.process_prompt(p) for p in prompts]
         for params in params_list:
             self.engine.validate_params(params)
+            if params.structured_outputs is not None:  # a bad schema/regex/grammar: ValueError here
+                self.engine.structured_output.compile(params.structured_outputs)
         ids = []
         for (text, token_ids), params in zip(processed, params_list):
             request_id = str(next(self._counter))

@@ -102,6 +102,10 @@ class LLMEngine:
                              "raise --max-num-batched-tokens, lower --max-model-len or enable chunked prefill")
         self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, max_batched, args.enable_chunked_prefill)
         self.sampler = Sampler(self.vocab_size, self.eos_token_ids)
+        from vllm_cli.structured_output import StructuredOutputManager  # imports no backend yet
+
+        self.structured_output = StructuredOutputManager(self.tokenizer, self.vocab_size,
+                                                         args.structured_outputs_backend, self.eos_token_ids)
         self.requests: dict[str, Request] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -145,6 +149,8 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers (nothing to do for a single-process engine)."""
+        if getattr(self, "structured_output", None) is not None:
+            self.structured_output.shutdown()
         if self.tp_group is not None:
             self.tp_group.shutdown()
 
@@ -240,6 +246,7 @@ class LLMEngine:
         else:
             text = prompt if isinstance(prompt, str) else None
         request = Request(request_id, text, prompt_token_ids, params)
+        self.structured_output.add_request(request)  # grammar compiling in the background; ValueError if bad
         self.prompt_tokens_total += len(prompt_token_ids)  # as vLLM counts: cache hits included
         for seq in request.seqs:
             self._init_sequence(seq)
@@ -258,6 +265,12 @@ class LLMEngine:
             from vllm_cli.engine.detokenizer import IncrementalDetokenizer
 
             seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.request.prompt_token_ids, params)
+
+    def _finish_request(self, request: Request, reason: str) -> None:
+        for seq in request.seqs:
+            if not seq.is_finished:
+                seq.finish_reason = reason
+                self.scheduler.finish(seq)
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
         if isinstance(request_ids, str):
@@ -281,21 +294,28 @@ class LLMEngine:
     # ----- the step -----
     def step(self) -> list[RequestOutput]:
         self.check_health()  # a dead worker stops the engine before a step can hang on it
+        touched: dict[str, Request] = {}
+        for request, error in self.structured_output.take_failed():  # a queued request's grammar failed
+            logger.error("request %s: %s", request.request_id, error)
+            self._finish_request(request, "abort")
+            touched[request.request_id] = request
         sched = self.scheduler.schedule()
         if not sched:
-            return []
+            return [out for out in map(self._make_output, touched.values()) if out is not None]
         step_logits = self.runner.execute(sched.scheduled)
         for seq, n in sched.scheduled:
             seq.num_computed_tokens += n
         for chunk in step_logits.prompt_chunks:
             self._add_prompt_logprobs(chunk)
 
-        touched: dict[str, Request] = {}
         if step_logits.sample_seqs:
             from vllm_cli.engine.sampler import SamplingRow
 
             rows = [SamplingRow(seq.request.params, seq.request.prompt_token_ids, seq.output_token_ids, seq.generator)
                     for seq in step_logits.sample_seqs]
+            # Structured outputs: forbidden tokens -> -inf before sampling (and logprobs).
+            for i in self.structured_output.apply_bitmask(step_logits.sample_logits, step_logits.sample_seqs):
+                rows[i].params = rows[i].params.clone(min_tokens=0)  # the grammar allows only its end
             results = self.sampler(step_logits.sample_logits, rows)
             now = time.monotonic()
             for seq, result in zip(step_logits.sample_seqs, results):
@@ -328,6 +348,7 @@ class LLMEngine:
         token = result.token_id
         seq.token_ids.append(token)
         self.generation_tokens_total += 1
+        grammar_done = self.structured_output.accept_token(seq, token)  # the grammar is complete
         if seq.logprobs is not None:
             entry = result.top_logprobs or {token: Logprob(result.logprob)}
             self._decode_logprob_tokens(seq, [entry])
@@ -340,11 +361,15 @@ class LLMEngine:
             finish, stop_reason = "stop", token
         elif may_stop and not params.ignore_eos and token in self.eos_token_ids:
             finish = "stop"
+        elif grammar_done and token in self.eos_token_ids:  # the grammar's end (ignore_eos, min_tokens)
+            finish = "stop"
         detokenize = seq.detokenizer is not None and (finish is None or params.include_stop_str_in_output)
         if detokenize:
             matched = seq.detokenizer.add_token(token)
             if matched is not None and finish is None and may_stop:
                 finish, stop_reason = "stop", matched
+        if finish is None and grammar_done:  # complete after a text token (llguidance stops there)
+            finish = "stop"
         if finish is None and ((params.max_tokens is not None and num_out >= params.max_tokens)
                                or seq.num_tokens >= self.max_model_len):
             finish = "length"

@@ -73,7 +73,10 @@ class Scheduler:
 
         # Admit waiting sequences only when nothing was preempted (the pool is not short).
         while self.waiting and not out.preempted and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+            ready = self._first_ready_waiting()
+            if ready is None:
+                break
+            seq = ready
             cached = self.block_manager.find_cached_prefix(seq) if not seq.block_table else None
             start = cached.num_tokens(self.block_manager.block_size) if cached else seq.num_computed_tokens
             remaining = seq.num_tokens - start
@@ -82,7 +85,10 @@ class Scheduler:
                 break
             if not self.block_manager.allocate(seq, num_new, cached):
                 break
-            self.waiting.popleft()
+            if seq is self.waiting[0]:
+                self.waiting.popleft()
+            else:
+                self.waiting.remove(seq)
             if seq.num_preemptions == 0 and seq.num_output_tokens == 0:
                 seq.num_cached_tokens = seq.num_computed_tokens
                 self.block_manager.prefix_queries += seq.num_prompt_tokens
@@ -92,6 +98,14 @@ class Scheduler:
             out.scheduled.append((seq, num_new))
             budget -= num_new
         return out
+
+    def _first_ready_waiting(self) -> Sequence | None:
+        """The first waiting sequence that may run: one whose grammar is still compiling is
+        skipped (it keeps its place; structured outputs)."""
+        for seq in self.waiting:
+            if seq.structured_output is None or seq.structured_output.is_ready():
+                return seq
+        return None
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         """Recompute preemption: drop the KV, keep the tokens, requeue at the front."""

@@ -43,6 +43,7 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admission
         self.detokenizer: Any = None
         self.generator: Any = None
+        self.structured_output: Any = None  # SequenceGrammar (vllm_cli/structured_output) when constrained
         self.num_preemptions = 0
         # What delta outputs have already carried (output_kind="delta").
         self.emitted_tokens = 0
