@@ -5,6 +5,7 @@ transformers is imported lazily so that importing this module stays cheap.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -141,8 +142,66 @@ def _normalize_messages(messages: list[dict]) -> list[dict]:
             content = "\n".join(texts)
         elif not isinstance(content, str):
             raise ValueError(f"messages[{i}].content must be a string or a list of content parts")
-        out.append({**message, "content": content})
+        message = {**message, "content": content}
+        if message.get("tool_calls"):
+            message["tool_calls"] = [_with_arguments_object(c) for c in message["tool_calls"]]
+        out.append(message)
     return out
+
+
+def _with_arguments_object(call: dict) -> dict:
+    """Templates read a call's arguments as an object (`arguments | tojson`); OpenAI sends JSON text.
+    vLLM hands templates the object too. Text that is not JSON stays as it is."""
+    function = call.get("function")
+    if not (isinstance(function, dict) and isinstance(function.get("arguments"), str)):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except ValueError:
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
+# How tools, calls and results are written into the messages for a template that cannot render them
+# itself (Hermes' tags: what the hermes tool parser reads back).
+_TOOLS_TEXT = (
+    "You can call the following tools. Their definitions, as JSON, one per line:\n<tools>\n{tools}\n</tools>\n"
+    "To call a tool, answer with one <tool_call></tool_call> block per call, each holding a JSON object "
+    'with the keys "name" and "arguments":\n<tool_call>\n{{"name": "...", "arguments": {{...}}}}\n</tool_call>'
+)
+
+
+def _tool_call_text(call: dict) -> str:
+    function = call.get("function") or {}
+    body = {"name": function.get("name"), "arguments": function.get("arguments")}
+    return f"<tool_call>\n{json.dumps(body, ensure_ascii=False)}\n</tool_call>"
+
+
+def _tools_as_text(messages: list[dict], tools: list[dict]) -> list[dict]:
+    """The tool definitions as text at the end of the system message (a new one if there is none)."""
+    text = _TOOLS_TEXT.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
+    if messages and messages[0].get("role") == "system":
+        first = messages[0]
+        return [{**first, "content": f"{first['content']}\n\n{text}" if first["content"] else text}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def _tool_calls_as_text(messages: list[dict]) -> list[dict]:
+    """Assistant tool calls as text after the message's content."""
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            calls = "\n".join(_tool_call_text(c) for c in m["tool_calls"])
+            m = {k: v for k, v in m.items() if k != "tool_calls"}
+            m["content"] = f"{m['content']}\n{calls}" if m["content"] else calls
+        out.append(m)
+    return out
+
+
+def _tool_results_as_text(messages: list[dict]) -> list[dict]:
+    """Tool messages as user messages holding <tool_response> blocks."""
+    return [{"role": "user", "content": f"<tool_response>\n{m['content']}\n</tool_response>"}
+            if m.get("role") == "tool" else m for m in messages]
 
 
 def render_chat_prompt(
@@ -153,8 +212,18 @@ def render_chat_prompt(
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
     chat_template_kwargs: dict | None = None,
+    tools: list[dict] | None = None,
 ) -> str:
-    """Render messages to prompt text with `chat_template` (as returned by resolve_chat_template)."""
+    """Render messages to prompt text with `chat_template` (as returned by resolve_chat_template).
+
+    `tools` (OpenAI's function tool definitions) go to the template as `tools=`; assistant messages
+    may carry `tool_calls` and tool messages `tool_call_id`. Many templates (SmolLM2's among them)
+    render none of these, and would drop them without a word: then they are written into the
+    messages as text instead, in Hermes' tags (tools in the system message, calls after the
+    assistant's content, results as <tool_response> user messages), so the model still sees them.
+    Whether the template renders them is judged from its source (it names `tools` / `tool_calls`)
+    and, for tool results, from the rendered prompt (each result's text must appear in it).
+    """
     if not messages:
         raise ValueError("messages must not be empty")
     if continue_final_message:
@@ -164,14 +233,33 @@ def render_chat_prompt(
     extra = dict(chat_template_kwargs or {})
     if clash := _RESERVED_TEMPLATE_KWARGS & extra.keys():
         raise ValueError(f"chat_template_kwargs may not set {', '.join(sorted(clash))}")
-    return tokenizer.apply_chat_template(
-        _normalize_messages(messages),
-        chat_template=chat_template,
-        add_generation_prompt=add_generation_prompt,
-        continue_final_message=continue_final_message,
-        tokenize=False,
-        **extra,
-    )
+    messages = _normalize_messages(messages)
+    if tools and "tools" not in chat_template:
+        messages, tools = _tools_as_text(messages, tools), None
+    if "tool_calls" not in chat_template and any(m.get("tool_calls") for m in messages):
+        messages = _tool_calls_as_text(messages)
+
+    def render(msgs: list[dict]) -> str:
+        return tokenizer.apply_chat_template(
+            msgs,
+            chat_template=chat_template,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tokenize=False,
+            tools=tools or None,
+            **extra,
+        )
+
+    results = [m["content"] for m in messages if m.get("role") == "tool"]
+    if not results:
+        return render(messages)
+    try:
+        text = render(messages)
+    except Exception:  # e.g. a template that allows only user/assistant roles
+        return render(_tool_results_as_text(messages))
+    if all(r in text for r in results):
+        return text
+    return render(_tool_results_as_text(messages))
 
 
 def apply_chat_template(
@@ -182,8 +270,9 @@ def apply_chat_template(
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
     chat_template_kwargs: dict | None = None,
+    tools: list[dict] | None = None,
 ) -> list[int]:
-    """Render messages and tokenize them into prompt token ids."""
+    """Render messages (and tools: see render_chat_prompt) and tokenize them into prompt token ids."""
     text = render_chat_prompt(
         tokenizer,
         messages,
@@ -191,6 +280,7 @@ def apply_chat_template(
         add_generation_prompt=add_generation_prompt,
         continue_final_message=continue_final_message,
         chat_template_kwargs=chat_template_kwargs,
+        tools=tools,
     )
     # The template already emits bos/special tokens as text; adding them again would double them.
     return list(tokenizer.encode(text, add_special_tokens=False))

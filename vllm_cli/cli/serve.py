@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
@@ -15,19 +15,20 @@ from vllm_cli.config import EngineArgs
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SERVER = "Server options"
+_TOOLS = "Tool calling and reasoning"
 
 
 class _ServeCommand(TyperCommand):
     """Lets `--served-model-name a b c` take several values after one flag, as vLLM's argparse
     nargs='+' does (Click options take one value each; repeating the flag works too)."""
 
-    def make_parser(self, ctx):
+    def make_parser(self, ctx: Any) -> Any:
         parser = super().make_parser(ctx)
         option = getattr(parser, "_long_opt", {}).get("--served-model-name")
         if option is not None:  # Click internals; without them only the repeated form works
             store = option.process
 
-            def greedy(value, state) -> None:
+            def greedy(value: Any, state: Any) -> None:
                 store(value, state)
                 while state.rargs and not state.rargs[0].startswith("-"):
                     store(state.rargs.pop(0), state)
@@ -55,28 +56,42 @@ def _origins(values: list[str] | None) -> list[str]:
 @with_engine_options()
 def serve(
     *,
-    model: Annotated[Optional[str], typer.Argument(
+    model: Annotated[str | None, typer.Argument(
         help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")] = None,
-    host: Annotated[Optional[str], typer.Option(
+    host: Annotated[str | None, typer.Option(
         help="Interface to listen on (default: all interfaces).", rich_help_panel=_SERVER)] = None,
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).", rich_help_panel=_SERVER)] = 8000,
-    served_model_name: Annotated[Optional[list[str]], typer.Option(
+    served_model_name: Annotated[list[str] | None, typer.Option(
         "--served-model-name", metavar="NAME...", rich_help_panel=_SERVER,
         help="Name(s) clients use in `model` (default: the model's). The first is used in responses "
              "that do not name one.")] = None,
-    api_key: Annotated[Optional[str], typer.Option(
+    api_key: Annotated[str | None, typer.Option(
         envvar="VLLM_API_KEY", show_default=False, rich_help_panel=_SERVER,
         help="Require `Authorization: Bearer KEY` (all paths but /health, /metrics, /version).")] = None,
-    chat_template: Annotated[Optional[str], typer.Option(
+    chat_template: Annotated[str | None, typer.Option(
         help="Jinja chat template (a file or inline); default: the tokenizer's, else ChatML.",
         rich_help_panel=_SERVER)] = None,
-    allowed_origins: Annotated[Optional[list[str]], typer.Option(
+    allowed_origins: Annotated[list[str] | None, typer.Option(
         metavar="ORIGINS", help="CORS origins allowed to call the API: '*', a list like '[\"https://a.example\"]' or "
              "comma-separated (default: none, CORS off).", rich_help_panel=_SERVER)] = None,
     log_level: Annotated[str, typer.Option(help=" | ".join(_LOG_LEVELS) + ".", rich_help_panel=_SERVER)] = "info",
     shutdown_timeout: Annotated[float, typer.Option(
         help="On SIGINT/SIGTERM, seconds in-flight requests get to finish before they are aborted.",
         rich_help_panel=_SERVER)] = 30.0,
+    enable_auto_tool_choice: Annotated[bool, typer.Option(
+        "--enable-auto-tool-choice", rich_help_panel=_TOOLS,
+        help="Serve tool_choice 'auto' (and tools without tool_choice) by parsing calls out of the model's text "
+             "with --tool-call-parser.")] = False,
+    tool_call_parser: Annotated[str | None, typer.Option(
+        metavar="NAME", rich_help_panel=_TOOLS,
+        help="How the model writes tool calls: hermes, llama3_json, mistral, pythonic, or one a "
+             "--tool-parser-plugin registers.")] = None,
+    tool_parser_plugin: Annotated[str | None, typer.Option(
+        metavar="PATH", rich_help_panel=_TOOLS,
+        help="A Python file that registers a tool parser (ToolParserManager.register_module).")] = None,
+    reasoning_parser: Annotated[str | None, typer.Option(
+        metavar="NAME", rich_help_panel=_TOOLS,
+        help="Split the model's thinking into reasoning_content: deepseek_r1, qwen3.")] = None,
     engine_args: EngineArgs,
 ) -> None:
     """Serve a model over OpenAI's HTTP API (/v1/chat/completions, /v1/completions, /v1/models, ...)."""
@@ -86,14 +101,16 @@ def serve(
     with user_errors():
         import asyncio
 
-        from vllm_cli.entrypoints.openai.api_server import run_server
+        from vllm_cli.entrypoints.openai.api_server import ParserOptions, run_server
         from vllm_cli.logger import set_log_level
 
+        parsers = ParserOptions(enable_auto_tool_choice, tool_call_parser, tool_parser_plugin, reasoning_parser)
+        parsers.resolve()  # an unknown parser name: one line, before the model loads
         set_log_level(log_level)
         engine_args = dataclasses.replace(engine_args, served_model_name=list(served_model_name or []),
                                           chat_template=chat_template)
         asyncio.run(run_server(engine_args, host=host, port=port, api_key=api_key or None,
-                               allowed_origins=origins, shutdown_timeout=shutdown_timeout))
+                               allowed_origins=origins, shutdown_timeout=shutdown_timeout, parsers=parsers))
 
 
 def register(app: typer.Typer) -> None:

@@ -15,11 +15,12 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from vllm_cli.config import EngineArgs
 from vllm_cli.distributed import WorkerFailedError
@@ -57,21 +58,56 @@ class ServerState:
 STATE = web.AppKey("state", ServerState)
 
 
+@dataclass
+class ParserOptions:
+    """vLLM's --enable-auto-tool-choice, --tool-call-parser, --tool-parser-plugin, --reasoning-parser."""
+
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    tool_parser_plugin: str | None = None
+    reasoning_parser: str | None = None
+
+    def resolve(self) -> tuple[type | None, type | None]:
+        """(tool parser class, reasoning parser class); ValueError with one readable line for a bad name."""
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
+        tool_parser = reasoning_parser = None
+        if self.tool_parser_plugin or self.tool_call_parser:
+            from vllm_cli.entrypoints.openai.tool_parsers import ToolParserManager
+
+            if self.tool_parser_plugin:
+                ToolParserManager.import_tool_parser(self.tool_parser_plugin)
+            if self.tool_call_parser:
+                tool_parser = ToolParserManager.get_tool_parser(self.tool_call_parser)
+        if self.reasoning_parser:
+            from vllm_cli.entrypoints.openai.reasoning_parsers import ReasoningParserManager
+
+            reasoning_parser = ReasoningParserManager.get_reasoning_parser(self.reasoning_parser)
+        return tool_parser, reasoning_parser
+
+
 def build_app(async_engine: AsyncEngine, *, api_key: str | None = None, allowed_origins: Sequence[str] = (),
-              served_model_names: Sequence[str] | None = None,
-              max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
+              served_model_names: Sequence[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+              parsers: ParserOptions | None = None) -> web.Application:
     """The app for one engine. api_key: required as `Authorization: Bearer KEY` on every path but
-    /health, /metrics and /version. allowed_origins: CORS origins ("*" for any; none: CORS off)."""
+    /health, /metrics and /version. allowed_origins: CORS origins ("*" for any; none: CORS off).
+    parsers: tool-call and reasoning parsing (none by default)."""
+    parsers = parsers or ParserOptions()
+    tool_parser, reasoning_parser = parsers.resolve()
     engine = async_engine.engine
+    if engine is None:
+        raise ValueError("the engine has not been built")
     names = list(served_model_names or engine.served_model_names)
     if engine.tokenizer is not None:
         template, desc = resolve_chat_template(engine.tokenizer, engine.args.chat_template)
     else:
         template, desc = "", "none (no tokenizer: chat is unavailable)"
     metrics = Metrics(async_engine, names[0])
-    common = dict(metrics=metrics, served_model_names=names)
-    state = ServerState(async_engine, names, desc, metrics, ServingChat(async_engine, chat_template=template, **common),
-                        ServingCompletion(async_engine, **common), p.now(), openapi_schema(bool(api_key)))
+    chat = ServingChat(async_engine, chat_template=template, enable_auto_tools=parsers.enable_auto_tool_choice,
+                       tool_parser=tool_parser, reasoning_parser=reasoning_parser, metrics=metrics,
+                       served_model_names=names)
+    completion = ServingCompletion(async_engine, metrics=metrics, served_model_names=names)
+    state = ServerState(async_engine, names, desc, metrics, chat, completion, p.now(), openapi_schema(bool(api_key)))
 
     app = web.Application(middlewares=[_preflight(list(allowed_origins)), _errors, _auth(api_key)],
                           client_max_size=max_body_bytes)
@@ -185,7 +221,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 def _model_card(state: ServerState, name: str) -> p.ModelCard:
-    engine = state.async_engine.engine
+    engine = state.chat.engine
     return p.ModelCard(id=name, created=state.created, root=engine.model_name, max_model_len=engine.max_model_len)
 
 
@@ -216,11 +252,12 @@ async def _tokenize(request: web.Request) -> web.Response:
     if tokenizer is None:
         raise APIError("this server was started without a tokenizer")
     if req.messages is not None:
+        tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools] if req.tools else None
         ids = state.chat.render([m.to_template_dict() for m in req.messages], req.add_generation_prompt,
-                                req.continue_final_message, req.chat_template_kwargs)
+                                req.continue_final_message, req.chat_template_kwargs, tools)
     else:
-        ids = list(tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens))
-    engine = state.async_engine.engine
+        ids = list(tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens))
+    engine = state.chat.engine
     return web.json_response(p.TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len,
                                                 tokens=ids).model_dump())
 
@@ -235,7 +272,7 @@ async def _detokenize(request: web.Request) -> web.Response:
     vocab = len(tokenizer)
     if any(not 0 <= t < vocab for t in req.tokens):
         raise APIError(f"token ids must be in [0, {vocab})", param="tokens")
-    return web.json_response(p.DetokenizeResponse(prompt=tokenizer.decode(req.tokens)).model_dump())
+    return web.json_response(p.DetokenizeResponse(prompt=str(tokenizer.decode(req.tokens))).model_dump())
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -244,13 +281,16 @@ async def _openapi(request: web.Request) -> web.Response:
 
 def openapi_schema(api_key_required: bool) -> dict:
     """OpenAPI 3.1 description of every route, from the pydantic models themselves."""
-    requests = [p.ChatCompletionRequest, p.CompletionRequest, p.TokenizeRequest, p.DetokenizeRequest]
-    responses = [p.ChatCompletionResponse, p.ChatCompletionChunk, p.CompletionResponse, p.ModelList, p.ModelCard,
-                 p.TokenizeResponse, p.DetokenizeResponse, p.VersionResponse, p.ErrorResponse]
-    refs, top = models_json_schema([(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
-                                   ref_template="#/components/schemas/{model}")
+    requests: list[type[BaseModel]] = [p.ChatCompletionRequest, p.CompletionRequest, p.TokenizeRequest,
+                                       p.DetokenizeRequest]
+    responses: list[type[BaseModel]] = [p.ChatCompletionResponse, p.ChatCompletionChunk, p.CompletionResponse,
+                                        p.ModelList, p.ModelCard, p.TokenizeResponse, p.DetokenizeResponse,
+                                        p.VersionResponse, p.ErrorResponse]
+    modes: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in requests]
+    modes += [(m, "serialization") for m in responses]
+    refs, top = models_json_schema(modes, ref_template="#/components/schemas/{model}")
 
-    def ref(model: type[BaseModel], mode: str = "serialization") -> dict:
+    def ref(model: type[BaseModel], mode: JsonSchemaMode = "serialization") -> dict:
         return refs[(model, mode)]
 
     def json_body(schema: dict) -> dict:
@@ -286,8 +326,9 @@ def openapi_schema(api_key_required: bool) -> dict:
         "/metrics": get("Prometheus metrics", {"content": {"text/plain": {"schema": {"type": "string"}}}}, open_=True),
         "/openapi.json": get("This document", {"content": {"application/json": {"schema": {"type": "object"}}}}),
     }
-    doc = {"openapi": "3.1.0", "info": {"title": "vllm-cli OpenAI-compatible API", "version": __version__},
-           "paths": paths, "components": {"schemas": top.get("$defs", {})}}
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0", "info": {"title": "vllm-cli OpenAI-compatible API", "version": __version__},
+        "paths": paths, "components": {"schemas": top.get("$defs", {})}}
     if api_key_required:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearer": []}]
@@ -306,12 +347,15 @@ def _url(sockname: tuple) -> str:
 
 
 async def run_server(engine_args: EngineArgs, *, host: str | None, port: int, api_key: str | None = None,
-                     allowed_origins: Sequence[str] = (), shutdown_timeout: float = 30.0) -> None:
+                     allowed_origins: Sequence[str] = (), shutdown_timeout: float = 30.0,
+                     parsers: ParserOptions | None = None) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, give in-flight requests up to
     shutdown_timeout seconds to finish, abort the rest and return."""
+    parsers = parsers or ParserOptions()
+    parsers.resolve()  # a bad parser name fails before the model loads
     async_engine = AsyncEngine.from_engine_args(engine_args)
     try:
-        app = build_app(async_engine, api_key=api_key, allowed_origins=allowed_origins)
+        app = build_app(async_engine, api_key=api_key, allowed_origins=allowed_origins, parsers=parsers)
         state = app[STATE]
         access_log = logging.getLogger("vllm_cli.access")
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=shutdown_timeout,
@@ -320,7 +364,7 @@ async def run_server(engine_args: EngineArgs, *, host: str | None, port: int, ap
         try:
             site = web.TCPSite(runner, host, port)
             await site.start()
-            engine = async_engine.engine
+            engine = state.chat.engine
             names = state.served_model_names
             alias = "" if names == [engine.model_name] else " as " + ", ".join(map(repr, names))
             logger.info("Serving %s%s on %s (OpenAI API under /v1); chat template: %s; KV cache: %d tokens; "

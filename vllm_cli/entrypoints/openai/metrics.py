@@ -8,11 +8,16 @@ server as outputs arrive.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from vllm_cli.outputs import RequestOutput
+
+if TYPE_CHECKING:
+    from vllm_cli.engine.async_engine import AsyncEngine
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                     20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -23,11 +28,11 @@ _TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 
 class _EngineCollector:
     """Gauges and counters the engine keeps itself, sampled when /metrics is scraped."""
 
-    def __init__(self, async_engine, model_name: str):
+    def __init__(self, async_engine: AsyncEngine, model_name: str):
         self.async_engine = async_engine
         self.model_name = model_name
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         s = self.async_engine.stats()
         labels = ["model_name"]
         for name, doc, value in (
@@ -51,11 +56,11 @@ class _EngineCollector:
 
 
 class Metrics:
-    def __init__(self, async_engine, model_name: str):
+    def __init__(self, async_engine: AsyncEngine, model_name: str):
         disable_created_metrics()  # no *_created series, as vLLM (process-wide setting)
         self.registry = CollectorRegistry()
         self.registry.register(_EngineCollector(async_engine, model_name))
-        kw = dict(labelnames=["model_name"], registry=self.registry)
+        kw: dict[str, Any] = dict(labelnames=["model_name"], registry=self.registry)
         self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token.",
                               buckets=_LATENCY_BUCKETS, **kw).labels(model_name)
         self.tpot = Histogram("vllm:time_per_output_token_seconds", "Mean time per output token after the first.",
@@ -69,7 +74,7 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def track(self, n: int) -> "RequestTimer":
+    def track(self, n: int) -> RequestTimer:
         return RequestTimer(self, n)
 
     def count_finished(self, reason: str) -> None:

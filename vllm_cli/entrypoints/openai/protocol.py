@@ -1,18 +1,22 @@
 """Pydantic models of the OpenAI HTTP API: requests (OpenAI's field names plus vLLM's
 sampling extras), responses, and OpenAI-shaped errors.
 
-Requests are strict: an unknown field, a wrong JSON type or an out-of-range value is a 400
-that names the field, never silently ignored.
+Requests are strict about what they mean: a wrong JSON type or an out-of-range value is a 400
+that names the field, and so is a field that would change the output but is not implemented
+(REFUSED_FIELDS: audio, legacy function calling, ...). Fields that do not change the output
+(user, store, metadata, ...) are accepted, and unknown fields a newer client may add are
+ignored, as vLLM does: `ignored_fields` lists them for one warning line in the server log.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from collections.abc import Container
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 # torch.Generator.manual_seed accepts exactly this range.
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
@@ -52,11 +56,12 @@ def parse_request(model: type[ModelT], body: bytes) -> ModelT:
     try:
         return model.model_validate_json(body)
     except ValidationError as e:
-        raise _validation_error(e) from None
+        raise _validation_error(e, model.model_fields) from None
 
 
-def _validation_error(error: ValidationError) -> APIError:
-    problems, param = [], None
+def _validation_error(error: ValidationError, fields: Container[str] = ()) -> APIError:
+    problems: list[str] = []
+    param: str | None = None
     # Our own checks (value_error) explain themselves best; put them first.
     errors = sorted(error.errors(include_url=False), key=lambda err: err["type"] != "value_error")
     for err in errors:
@@ -69,10 +74,17 @@ def _validation_error(error: ValidationError) -> APIError:
             return APIError(f"malformed JSON body: {err['ctx'].get('error', msg)}")
         if kind == "extra_forbidden":
             problems.append(f"unsupported parameter: {where!r}")
+        elif kind == "value_error" and (m := re.match(r"unsupported parameter: '(\w+)'", msg)):
+            problems.append(msg)
+            param = param or m.group(1)
         elif where:
             problems.append(f"{where}: {msg}")
         else:
             problems.append(msg)
+            # A check of the whole request names its field first ("tool_choice needs tools").
+            first = msg.split(" ", 1)[0]
+            if param is None and first in fields:
+                param = first
     unique = list(dict.fromkeys(problems))
     more = f" (and {len(unique) - 3} more)" if len(unique) > 3 else ""
     return APIError("; ".join(unique[:3]) + more, param=param)
@@ -81,10 +93,28 @@ def _validation_error(error: ValidationError) -> APIError:
 # ----- requests -----
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, populate_by_name=True)
 
 
-class StreamOptions(_Request):
+class _Lenient(_Request):
+    """A request object whose unknown fields are kept aside (model_extra) and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def ignored_fields(model: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted names of the unknown fields of `model` and of the request objects inside it."""
+    out = [prefix + name for name, value in (model.model_extra or {}).items() if value is not None]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, _Request):
+                out += ignored_fields(item, f"{prefix}{name}{'' if i is None else f'[{i}]'}.")
+    return out
+
+
+class StreamOptions(_Lenient):
     include_usage: bool | None = False
 
 
@@ -100,34 +130,138 @@ class TextContentPart(_Request):
         return value
 
 
-_ROLES = ("system", "developer", "user", "assistant")
+_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
-class ChatMessage(_Request):
-    # A str checked by _known_role rather than a Literal: "tool" gets a message that says why.
+class FunctionCallParam(_Lenient):
+    name: str
+    # OpenAI sends the arguments as JSON text; some clients send the object itself.
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCallParam(_Lenient):
+    """A call in an earlier assistant message."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCallParam
+
+
+class ChatMessage(_Lenient):
+    # A str checked by _known_role rather than a Literal: "function" gets a message that says why.
     role: str = Field(json_schema_extra={"enum": list(_ROLES)})
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallParam] | None = None  # assistant messages: the calls it made
+    tool_call_id: str | None = None  # tool messages: the call this is the result of
 
     @field_validator("role")
     @classmethod
     def _known_role(cls, role: str) -> str:
-        if role in ("tool", "function"):
-            raise ValueError(f"{role!r} messages are not supported: this server does not implement tool calling")
+        if role == "function":
+            raise ValueError("'function' messages (OpenAI's legacy function calling) are not supported: "
+                             "send the result as a 'tool' message with tool_call_id")
         if role not in _ROLES:
-            raise ValueError(f"unknown role {role!r}: expected system, developer, user or assistant")
+            raise ValueError(f"unknown role {role!r}: expected system, developer, user, assistant or tool")
         return role
+
+    @model_validator(mode="after")
+    def _tool_calls_from_assistant(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only assistant messages carry tool_calls, not {self.role!r} ones")
+        return self
 
     def to_template_dict(self) -> dict:
         content = self.content if not isinstance(self.content, list) else [p.model_dump() for p in self.content]
         # "developer" is OpenAI's new name for "system"; chat templates only know the latter.
-        message = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content}
         if self.name is not None:
             message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [{"id": c.id, "type": "function",
+                                      "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                                     for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
         return message
 
 
-class SamplingRequest(_Request):
+# ----- tools, tool_choice, response_format, structured outputs -----
+
+class FunctionDefinition(_Lenient):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class ChatCompletionToolParam(_Lenient):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class JsonSchemaFormat(_Lenient):
+    name: str = "response"
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.json_schema is None):
+            raise ValueError("response_format of type 'json_schema' needs json_schema.schema")
+        return self
+
+
+class StructuredOutputsRequest(_Request):
+    """vLLM's `structured_outputs` extra: exactly one constraint."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False
+
+
+# Fields that would change the output and are not implemented: a 400 rather than being ignored.
+REFUSED_FIELDS: dict[str, str] = {
+    "functions": "legacy function calling is not supported: use tools",
+    "function_call": "legacy function calling is not supported: use tool_choice",
+    "audio": "audio output is not supported",
+    "modalities": "only text output is supported",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "reasoning_effort": "reasoning_effort is not supported",
+    "suffix": "suffix (insertion) is not supported",
+    "best_of": "best_of is not supported",
+    "use_beam_search": "beam search is not supported",
+    "truncate_prompt_tokens": "truncate_prompt_tokens is not supported",
+    "allowed_token_ids": "allowed_token_ids is not supported",
+    "bad_words": "bad_words is not supported",
+    "guided_whitespace_pattern": "guided_whitespace_pattern is not supported",
+    "prompt_logprobs": "prompt_logprobs is not supported (use echo with logprobs on completions)",
+}
+
+
+class SamplingRequest(_Lenient):
     """Fields shared by chat and text completions. None means "the default"."""
 
     model: str | None = None
@@ -141,8 +275,21 @@ class SamplingRequest(_Request):
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    # Accepted and ignored: they do not change the output.
     user: str | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
     # vLLM's extras
+    structured_outputs: StructuredOutputsRequest | None = None
+    guided_json: dict[str, Any] | str | None = None  # vLLM's older names for structured_outputs
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None  # accepted and ignored: the server's backend is used
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
@@ -152,6 +299,15 @@ class SamplingRequest(_Request):
     skip_special_tokens: bool | None = True
     spaces_between_special_tokens: bool | None = True
     include_stop_str_in_output: bool | None = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refused(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, why in REFUSED_FIELDS.items():
+                if data.get(name) is not None:
+                    raise ValueError(f"unsupported parameter: {name!r}: {why}")
+        return data
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self):
@@ -184,11 +340,25 @@ class ChatCompletionRequest(SamplingRequest):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[ChatCompletionToolParam] | None = None
+    tool_choice: ToolChoice | None = None  # None: "auto" when there are tools, as OpenAI
+    parallel_tool_calls: bool | None = None  # None: true
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs to be true")
+        return self
+
+    @model_validator(mode="after")
+    def _tool_choice_needs_tools(self) -> ChatCompletionRequest:
+        choice = self.tool_choice
+        if choice is None or choice == "none":
+            return self
+        if not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in self.tools}:
+            raise ValueError(f"tool_choice names the function {choice.function.name!r}, which is not among tools")
         return self
 
 
@@ -213,13 +383,14 @@ class CompletionRequest(SamplingRequest):
         p = self.prompt
         if isinstance(p, str) or (p and isinstance(p[0], int)):
             return [p]
-        return list(p)
+        return list(p)  # type: ignore[arg-type]  # list[str] or list[list[int]] here
 
 
 class TokenizeRequest(_Request):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[ChatCompletionToolParam] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
     continue_final_message: bool = False
@@ -253,7 +424,7 @@ class UsageInfo(BaseModel):
     total_tokens: int = 0
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> "UsageInfo":
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> UsageInfo:
         return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                    total_tokens=prompt_tokens + completion_tokens)
 
@@ -272,9 +443,42 @@ class ChatChoiceLogprobs(BaseModel):
     content: list[ChatLogprobContent] | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text of the arguments object
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatResponseMessage(BaseModel):
     role: str = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+
+
+class _OmitNone(BaseModel):
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: Any) -> dict:  # OpenAI's deltas carry only what changed
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class DeltaFunctionCall(_OmitNone):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(_OmitNone):
+    """A streamed piece of a call: index, id, type and name first, then argument fragments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
 
 
 class ChatChoice(BaseModel):
@@ -295,13 +499,11 @@ class ChatCompletionResponse(BaseModel):
     system_fingerprint: str | None = None
 
 
-class DeltaMessage(BaseModel):
+class DeltaMessage(_OmitNone):
     role: str | None = None
     content: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_none(self, handler):  # OpenAI's deltas carry only what changed
-        return {k: v for k, v in handler(self).items() if v is not None}
+    reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatStreamChoice(BaseModel):

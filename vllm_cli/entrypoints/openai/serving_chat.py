@@ -1,29 +1,72 @@
-"""POST /v1/chat/completions: messages -> chat template -> token ids -> engine -> JSON or SSE."""
+"""POST /v1/chat/completions: messages (and tools) -> chat template -> token ids -> engine -> JSON or SSE.
+
+Tool choice (see choice_output.py for how the reply is read):
+- named and "required" are constrained decoding: the tool's parameters schema, or vLLM's array of
+  {"name", "parameters"} (choice_output.required_tools_schema), so the arguments always parse;
+- "auto" (given, or implied by tools without tool_choice, as OpenAI does) needs the server started
+  with --enable-auto-tool-choice --tool-call-parser NAME. Without them an explicit "auto" is vLLM's
+  400; tools without a tool_choice (LangChain's bind_tools default) are answered as "none" (tools
+  still shown to the template, the reply is text) with a warning in the server log, so a chat
+  that merely has tools bound keeps working;
+- "none": text; the tools still go to the template, as vLLM does by default.
+
+Reasoning (--reasoning-parser): the thinking goes to reasoning_content, the rest is the answer that
+tool parsing reads. With an output constraint (response_format, structured_outputs, named or
+required tool choice) the reasoning parser is not used: the engine constrains the output from its
+first token, so there is no thinking to split off, and all of the output is the answer.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from typing import Any
 
 from aiohttp import web
 
+from vllm_cli.entrypoints.openai.choice_output import ChoiceOutput, required_tools_schema
 from vllm_cli.entrypoints.openai.protocol import (
-    APIError, ChatChoice, ChatChoiceLogprobs, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
-    ChatLogprobContent, ChatResponseMessage, ChatStreamChoice, ChatTokenLogprob, DeltaMessage, UsageInfo, now,
-    parse_request, random_id)
-from vllm_cli.entrypoints.openai.serving_engine import OpenAIServing, stream_sse
+    APIError,
+    ChatChoice,
+    ChatChoiceLogprobs,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobContent,
+    ChatResponseMessage,
+    ChatStreamChoice,
+    ChatTokenLogprob,
+    DeltaMessage,
+    NamedToolChoice,
+    UsageInfo,
+    now,
+    random_id,
+)
+from vllm_cli.entrypoints.openai.serving_engine import OpenAIServing, checked_start, stream_sse
+from vllm_cli.logger import init_logger
 from vllm_cli.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from vllm_cli.sampling_params import StructuredOutputsParams
 from vllm_cli.tokenizer import apply_chat_template, chat_stop_strings
+
+logger = init_logger(__name__)
+
+AUTO_NEEDS_FLAGS = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
 
 
 class ServingChat(OpenAIServing):
-    def __init__(self, *args, chat_template: str, **kwargs):
+    def __init__(self, *args: Any, chat_template: str, enable_auto_tools: bool = False,
+                 tool_parser: type | None = None, reasoning_parser: type | None = None, **kwargs: Any):
+        """tool_parser / reasoning_parser: the classes (a fresh instance serves each choice)."""
         super().__init__(*args, **kwargs)
         self.chat_template = chat_template
         self.extra_stop = chat_stop_strings(chat_template)  # the fallback template's end marker
+        self.enable_auto_tools = enable_auto_tools
+        self.tool_parser = tool_parser
+        self.reasoning_parser = reasoning_parser
+        self._warned_implicit_auto = False
 
     def render(self, messages: list[dict], add_generation_prompt: bool, continue_final_message: bool,
-               chat_template_kwargs: dict | None) -> list[int]:
+               chat_template_kwargs: dict | None, tools: list[dict] | None = None) -> list[int]:
         """Messages -> prompt token ids. The template was checked at start-up, so whatever fails
         here fails because of the request (roles out of order, odd chat_template_kwargs): a 400."""
         if self.tokenizer is None:
@@ -32,32 +75,89 @@ class ServingChat(OpenAIServing):
             return apply_chat_template(self.tokenizer, messages, self.chat_template,
                                        add_generation_prompt=add_generation_prompt,
                                        continue_final_message=continue_final_message,
-                                       chat_template_kwargs=chat_template_kwargs)
+                                       chat_template_kwargs=chat_template_kwargs, tools=tools)
         except Exception as e:  # jinja2.TemplateError, ValueError, TypeError, ... from transformers
             raise APIError(f"cannot apply the chat template: {e}", param="messages") from None
 
+    def tool_mode(self, req: ChatCompletionRequest) -> tuple[str | None, str | None]:
+        """(None | "auto" | "required" | "named", the named function) for this request."""
+        choice = req.tool_choice
+        if not req.tools or choice == "none":
+            return None, None
+        if isinstance(choice, NamedToolChoice):
+            return "named", choice.function.name
+        if choice == "required":
+            return "required", None
+        if self.enable_auto_tools and self.tool_parser is not None:
+            return "auto", None
+        if choice == "auto":
+            raise APIError(AUTO_NEEDS_FLAGS, param="tool_choice")
+        if not self._warned_implicit_auto:
+            self._warned_implicit_auto = True
+            logger.warning("A request has tools but no tool_choice (OpenAI's default: auto), and this server "
+                           "parses no tool calls: answering with text, as for tool_choice 'none'. Start it with "
+                           "--enable-auto-tool-choice --tool-call-parser NAME to have calls parsed.")
+        return None, None
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        req = parse_request(ChatCompletionRequest, await request.read())
+        req = await self.parse(ChatCompletionRequest, request)
         model = self.model_name(req.model)
+        mode, name = self.tool_mode(req)
+        tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools] if req.tools else None
         ids = self.render([m.to_template_dict() for m in req.messages], req.add_generation_prompt,
-                          req.continue_final_message, req.chat_template_kwargs)
+                          req.continue_final_message, req.chat_template_kwargs, tools)
         _, ids = self.process_prompt(ids, "messages")
         asked, param = ((req.max_completion_tokens, "max_completion_tokens") if req.max_completion_tokens is not None
                         else (req.max_tokens, "max_tokens"))
         top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        params = self.sampling_params(req, self.max_tokens(asked, len(ids), param), self.extra_stop,
-                                      logprobs=top_logprobs)
+        constraint, constraint_param = self.structured_outputs(req)
+        parallel = req.parallel_tool_calls is not False
+        if mode in ("named", "required"):
+            if constraint is not None:
+                raise APIError(f"{constraint_param} cannot be combined with a named or required tool_choice",
+                               param=constraint_param)
+            assert tools is not None
+            schema = (next(t["function"].get("parameters") for t in tools if t["function"]["name"] == name)
+                      if mode == "named" else required_tools_schema(tools, parallel))
+            # Compact JSON: a small model cannot wander off into whitespace inside the arguments.
+            constraint = StructuredOutputsParams(json=schema or {"type": "object", "properties": {}},
+                                                 disable_any_whitespace=True)
+            constraint_param = "tools"
+        overrides: dict[str, Any] = {"logprobs": top_logprobs}
+        if constraint is not None:
+            overrides["structured_outputs"] = constraint
+        tool_parser = self.tool_parser if mode == "auto" else None
+        reasoning_parser = self.reasoning_parser if constraint is None else None
+        if any(getattr(cls, "needs_special_tokens", False) for cls in (tool_parser, reasoning_parser)):
+            overrides["skip_special_tokens"] = False  # the parser reads markers that are special tokens
+        params = self.sampling_params(req, self.max_tokens(asked, len(ids), param), self.extra_stop, **overrides)
         response_id, created = random_id("chatcmpl"), now()
         outputs = self.generate(None, ids, params, response_id)
+        if constraint is not None:
+            outputs = await checked_start(outputs, constraint_param)
+        prompt_text = str(self.tokenizer.decode(ids)) if reasoning_parser is not None and self.tokenizer else ""
+        choices = [ChoiceOutput(mode, name=name, tools=tools, parallel=parallel,
+                                tool_parser=tool_parser(self.tokenizer) if tool_parser else None,
+                                reasoning_parser=self._reasoning_parser(reasoning_parser, prompt_text))
+                   for _ in range(params.n)]
         if req.stream:
-            chunks = self._chunks(outputs, response_id, created, model, params.n, len(ids), top_logprobs,
+            chunks = self._chunks(outputs, response_id, created, model, choices, len(ids), top_logprobs,
                                   req.include_usage)
             return await stream_sse(request, chunks)
-        return web.json_response((await self._collect(outputs, response_id, created, model, params.n, len(ids),
+        return web.json_response((await self._collect(outputs, response_id, created, model, choices, len(ids),
                                                       top_logprobs)).model_dump())
 
-    async def _collect(self, outputs: AsyncIterator[RequestOutput], response_id: str, created: int, model: str,
-                       n: int, prompt_len: int, top_logprobs: int | None) -> ChatCompletionResponse:
+    def _reasoning_parser(self, cls: type | None, prompt: str) -> Any:
+        if cls is None:
+            return None
+        parser = cls(self.tokenizer)
+        parser.observe_prompt(prompt)  # e.g. a template that opened <think> (or closed it: thinking off)
+        return parser
+
+    async def _collect(self, outputs: AsyncGenerator[RequestOutput, None], response_id: str, created: int,
+                       model: str, parsers: list[ChoiceOutput], prompt_len: int,
+                       top_logprobs: int | None) -> ChatCompletionResponse:
+        n = len(parsers)
         texts: list[list[str]] = [[] for _ in range(n)]
         tokens: list[list[int]] = [[] for _ in range(n)]
         logprobs: list[list[PositionLogprobs]] = [[] for _ in range(n)]
@@ -69,24 +169,32 @@ class ServingChat(OpenAIServing):
                     tokens[c.index].extend(c.token_ids)
                     logprobs[c.index].extend(c.logprobs or [])
                     last[c.index] = c
-        choices = [ChatChoice(index=i, message=ChatResponseMessage(content="".join(texts[i])),
-                              logprobs=_chat_logprobs(tokens[i], logprobs[i], top_logprobs),
-                              finish_reason=last[i].finish_reason, stop_reason=last[i].stop_reason)
-                   for i in range(n)]
+        choices = []
+        for i in range(n):
+            message = parsers[i].final("".join(texts[i]))
+            finish_reason = last[i].finish_reason
+            if message.tool_calls and finish_reason == "stop":
+                finish_reason = "tool_calls"
+            choices.append(ChatChoice(
+                index=i, message=ChatResponseMessage(content=message.content, tool_calls=message.tool_calls,
+                                                     reasoning_content=message.reasoning_content),
+                logprobs=_chat_logprobs(tokens[i], logprobs[i], top_logprobs),
+                finish_reason=finish_reason, stop_reason=last[i].stop_reason))
         usage = UsageInfo.of(prompt_len, sum(map(len, tokens)))
         return ChatCompletionResponse(id=response_id, created=created, model=model, choices=choices, usage=usage)
 
-    async def _chunks(self, outputs: AsyncIterator[RequestOutput], response_id: str, created: int, model: str,
-                      n: int, prompt_len: int, top_logprobs: int | None,
-                      include_usage: bool) -> AsyncIterator[ChatCompletionChunk]:
-        """A role chunk per choice, content deltas as tokens arrive, one finish_reason chunk per
-        choice, then the usage chunk if asked for. One choice per chunk, as OpenAI does."""
+    async def _chunks(self, outputs: AsyncGenerator[RequestOutput, None], response_id: str, created: int,
+                      model: str, parsers: list[ChoiceOutput], prompt_len: int, top_logprobs: int | None,
+                      include_usage: bool) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """A role chunk per choice, content (reasoning, tool call) deltas as tokens arrive, one
+        finish_reason chunk per choice, then the usage chunk if asked for. One choice per chunk,
+        as OpenAI does."""
 
         def chunk(choice: ChatStreamChoice | None, usage: UsageInfo | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(id=response_id, created=created, model=model,
                                        choices=[choice] if choice else [], usage=usage)
 
-        for i in range(n):
+        for i in range(len(parsers)):
             yield chunk(ChatStreamChoice(index=i, delta=DeltaMessage(role="assistant", content="")))
         finished: set[int] = set()
         completion_tokens = 0
@@ -96,15 +204,24 @@ class ServingChat(OpenAIServing):
                     if c.index in finished:
                         continue
                     completion_tokens += len(c.token_ids)
+                    parser = parsers[c.index]
+                    delta = parser.feed(c.text)
+                    choice_logprobs = _chat_logprobs(c.token_ids, c.logprobs or [], top_logprobs)
                     with_logprobs = top_logprobs is not None and bool(c.token_ids)
-                    if not (c.text or c.finish_reason or with_logprobs):
-                        continue  # a token that completes no character yet
-                    if c.finish_reason:
-                        finished.add(c.index)
+                    if not c.finish_reason:
+                        if delta is not None or with_logprobs:
+                            yield chunk(ChatStreamChoice(index=c.index, delta=delta or DeltaMessage(),
+                                                         logprobs=choice_logprobs))
+                        continue  # else a token that completes no character yet
+                    finished.add(c.index)
+                    tail = parser.finish()
+                    if delta is not None and tail is not None:  # two chunks: a call's start, then its rest
+                        yield chunk(ChatStreamChoice(index=c.index, delta=delta, logprobs=choice_logprobs))
+                        delta, choice_logprobs = tail, None
+                    finish_reason = "tool_calls" if parser.called and c.finish_reason == "stop" else c.finish_reason
                     yield chunk(ChatStreamChoice(
-                        index=c.index, delta=DeltaMessage(content=c.text),
-                        logprobs=_chat_logprobs(c.token_ids, c.logprobs or [], top_logprobs),
-                        finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+                        index=c.index, delta=delta or tail or DeltaMessage(), logprobs=choice_logprobs,
+                        finish_reason=finish_reason, stop_reason=c.stop_reason))
         if include_usage:
             yield chunk(None, UsageInfo.of(prompt_len, completion_tokens))
 

@@ -3,16 +3,23 @@ side; choice index = prompt index * n + choice index, as OpenAI numbers them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from vllm_cli.entrypoints.openai.protocol import (
-    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo, now, parse_request,
-    random_id)
-from vllm_cli.entrypoints.openai.serving_engine import OpenAIServing, merge_streams, stream_sse
+    APIError,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    UsageInfo,
+    now,
+    random_id,
+)
+from vllm_cli.entrypoints.openai.serving_engine import OpenAIServing, checked_start, merge_streams, stream_sse
 from vllm_cli.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 
 
@@ -30,16 +37,26 @@ class _Choice:
 
 class ServingCompletion(OpenAIServing):
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        req = parse_request(CompletionRequest, await request.read())
+        req = await self.parse(CompletionRequest, request)
         model = self.model_name(req.model)
         prompts = [self.process_prompt(p, "prompt") for p in req.prompts()]
         response_id, created = random_id("cmpl"), now()
         echo_logprobs = req.logprobs if req.echo else None
-        streams = []
+        constraint, constraint_param = self.structured_outputs(req)
+        streams: list[AsyncGenerator[RequestOutput, None]] = []
         for i, (text, ids) in enumerate(prompts):
             params = self.sampling_params(req, self.max_tokens(req.max_tokens, len(ids), "max_tokens"),
-                                          logprobs=req.logprobs, prompt_logprobs=echo_logprobs)
-            streams.append(self.generate(text, ids, params, f"{response_id}-{i}"))
+                                          logprobs=req.logprobs, prompt_logprobs=echo_logprobs,
+                                          structured_outputs=constraint)
+            stream = self.generate(text, ids, params, f"{response_id}-{i}")
+            if constraint is not None:  # a schema that does not compile: a 400 before anything is sent
+                try:
+                    stream = await checked_start(stream, constraint_param)
+                except APIError:
+                    for started in streams:
+                        await started.aclose()
+                    raise
+            streams.append(stream)
         outputs = merge_streams(streams)
         n = req.n or 1
         prompt_texts = [self._prompt_text(text, ids) if req.echo else "" for text, ids in prompts]
@@ -49,7 +66,8 @@ class ServingCompletion(OpenAIServing):
         def update(i: int, out: RequestOutput, c: CompletionOutput) -> CompletionChoice:
             """Fold one delta into its choice; returns the delta as a choice (echo on its first)."""
             choice = choices[i * n + c.index]
-            delta_text, token_ids, entries = c.text, c.token_ids, list(c.logprobs or [])
+            delta_text, token_ids = c.text, c.token_ids
+            entries: list[PositionLogprobs | None] = list(c.logprobs or [])
             if not choice.started:
                 choice.started = True
                 delta_text = prompt_texts[i] + delta_text
@@ -68,7 +86,7 @@ class ServingCompletion(OpenAIServing):
                                     finish_reason=c.finish_reason, stop_reason=c.stop_reason)
 
         if req.stream:
-            async def chunks() -> AsyncIterator[CompletionResponse]:
+            async def chunks() -> AsyncGenerator[CompletionResponse, None]:
                 done: set[int] = set()
                 async with aclosing(outputs):
                     async for i, out in outputs:
@@ -95,7 +113,8 @@ class ServingCompletion(OpenAIServing):
         response = CompletionResponse(
             id=response_id, created=created, model=model,
             choices=[CompletionChoice(index=k, text="".join(ch.text), logprobs=ch.logprobs,
-                                      finish_reason=ch.last.finish_reason, stop_reason=ch.last.stop_reason)
+                                      finish_reason=ch.last.finish_reason if ch.last else None,
+                                      stop_reason=ch.last.stop_reason if ch.last else None)
                      for k, ch in enumerate(choices)],
             usage=UsageInfo.of(prompt_tokens, sum(ch.num_tokens for ch in choices)))
         return web.json_response(response.model_dump())
@@ -103,7 +122,7 @@ class ServingCompletion(OpenAIServing):
     def _prompt_text(self, text: str | None, ids: list[int]) -> str:
         if text is not None:
             return text
-        return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
+        return str(self.tokenizer.decode(ids)) if self.tokenizer is not None else ""
 
     def _logprobs(self, token_ids: list[int], entries: list[PositionLogprobs | None],
                   offset: int) -> CompletionLogprobs:

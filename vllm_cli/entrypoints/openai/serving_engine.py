@@ -1,5 +1,6 @@
 """What chat and text completions share: the model check, prompt and max_tokens validation,
-request -> SamplingParams, the engine call (with metrics), merging several engine streams,
+request -> SamplingParams (response_format / structured_outputs / guided_* -> one
+StructuredOutputsParams), the engine call (with metrics), merging several engine streams,
 and the SSE writer.
 
 Every engine stream is closed with `aclosing`: a client that goes away (a failed write, or
@@ -11,19 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from vllm_cli.engine.async_engine import AsyncEngine, EngineDeadError
+from vllm_cli.engine.llm_engine import LLMEngine
 from vllm_cli.entrypoints.openai.metrics import Metrics
-from vllm_cli.entrypoints.openai.protocol import APIError, SamplingRequest
+from vllm_cli.entrypoints.openai.protocol import APIError, ModelT, SamplingRequest, ignored_fields, parse_request
 from vllm_cli.logger import init_logger
 from vllm_cli.outputs import RequestOutput
-from vllm_cli.sampling_params import SamplingParams
+from vllm_cli.sampling_params import SamplingParams, StructuredOutputsParams
 
 logger = init_logger(__name__)
 
@@ -33,10 +35,47 @@ _SAMPLING_FIELDS = frozenset(SamplingParams.__dataclass_fields__)
 class OpenAIServing:
     def __init__(self, async_engine: AsyncEngine, metrics: Metrics, served_model_names: list[str]):
         self.async_engine = async_engine
-        self.engine = async_engine.engine
+        if async_engine.engine is None:
+            raise ValueError("the engine has not been built")
+        self.engine: LLMEngine = async_engine.engine
         self.tokenizer = self.engine.tokenizer
         self.metrics = metrics
         self.served_model_names = served_model_names
+
+    @staticmethod
+    async def parse(model: type[ModelT], request: web.Request) -> ModelT:
+        """The request body as `model`; its unknown fields are ignored with one warning line, as vLLM does."""
+        req = parse_request(model, await request.read())
+        if ignored := ignored_fields(req):
+            logger.warning("The following fields were present in the request but ignored: %s", ", ".join(ignored))
+        return req
+
+    @staticmethod
+    def structured_outputs(request: SamplingRequest) -> tuple[StructuredOutputsParams | None, str | None]:
+        """The output constraint the request asks for, and the field that asked (for errors).
+        response_format, vLLM's structured_outputs and its older guided_* fields each can; at most one may."""
+        found: list[tuple[str, dict[str, Any]]] = []
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_object":
+            found.append(("response_format", {"json_object": True}))
+        elif fmt is not None and fmt.type == "json_schema" and fmt.json_schema is not None:
+            found.append(("response_format", {"json": fmt.json_schema.json_schema}))
+        if request.structured_outputs is not None:
+            found.append(("structured_outputs", request.structured_outputs.model_dump(by_alias=True)))
+        for kind in ("json", "regex", "choice", "grammar"):
+            value = getattr(request, f"guided_{kind}")
+            if value is not None:
+                found.append((f"guided_{kind}", {kind: value}))
+        if not found:
+            return None, None
+        if len(found) > 1:
+            raise APIError(f"give at most one output constraint, got {' and '.join(name for name, _ in found)}",
+                           param=found[1][0])
+        param, kwargs = found[0]
+        try:
+            return StructuredOutputsParams(**kwargs), param
+        except ValueError as e:
+            raise APIError(str(e).replace("structured_outputs", param), param=param) from None
 
     def model_name(self, requested: str | None) -> str:
         """The name to answer with: the requested one, which must be served, or the first."""
@@ -63,7 +102,7 @@ class OpenAIServing:
                            "completion). Please reduce the length of the messages or completion.", param=param)
         return requested
 
-    def sampling_params(self, request: SamplingRequest, max_tokens: int, extra_stop: list[str] = (),
+    def sampling_params(self, request: SamplingRequest, max_tokens: int, extra_stop: Sequence[str] = (),
                         **overrides: Any) -> SamplingParams:
         kwargs = request.sampling_kwargs()
         if "logit_bias" in kwargs:
@@ -92,12 +131,13 @@ class OpenAIServing:
         return out
 
     async def generate(self, prompt_text: str | None, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
+                       request_id: str) -> AsyncGenerator[RequestOutput, None]:
         """The engine's delta outputs for one prompt, timed for /metrics."""
         timer = self.metrics.track(params.n)
         finished = False
         prompt = prompt_text if prompt_text is not None else prompt_ids
-        stream = self.async_engine.generate(prompt, params, request_id, prompt_token_ids=prompt_ids)
+        stream = cast(AsyncGenerator[RequestOutput, None],
+                      self.async_engine.generate(prompt, params, request_id, prompt_token_ids=prompt_ids))
         async with aclosing(stream):
             try:
                 async for output in stream:
@@ -109,7 +149,30 @@ class OpenAIServing:
                     timer.aborted()
 
 
-async def merge_streams(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]:
+async def checked_start(stream: AsyncGenerator[RequestOutput, None],
+                        param: str | None) -> AsyncGenerator[RequestOutput, None]:
+    """`stream`, once its first output has come: the engine rejects a schema, regex or grammar that does
+    not compile (ValueError) before the first output, and that must be a 400 naming `param`, not an
+    error event inside a stream that has already answered 200."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = None
+    except ValueError as e:
+        await stream.aclose()
+        raise APIError(str(e), param=param) from None
+
+    async def rest() -> AsyncGenerator[RequestOutput, None]:
+        async with aclosing(stream):
+            if first is not None:
+                yield first
+                async for output in stream:
+                    yield output
+
+    return rest()
+
+
+async def merge_streams(streams: Sequence[AsyncGenerator[Any, None]]) -> AsyncGenerator[tuple[int, Any], None]:
     """Items of several async generators as they come, tagged with the generator's index.
     Closing the merged stream closes (aborts) every generator that is still running."""
     if len(streams) == 1:
@@ -120,7 +183,7 @@ async def merge_streams(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
-    async def pump(i: int, stream) -> None:
+    async def pump(i: int, stream: AsyncGenerator[Any, None]) -> None:
         try:
             async with aclosing(stream):
                 async for item in stream:
@@ -150,7 +213,7 @@ def _sse(payload: str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-async def stream_sse(request: web.Request, events: AsyncIterator[BaseModel]) -> web.StreamResponse:
+async def stream_sse(request: web.Request, events: AsyncGenerator[BaseModel, None]) -> web.StreamResponse:
     """Send each event as `data: {json}`, then `data: [DONE]`. An engine failure mid-stream
     becomes an error event (the status line is long gone); a client that went away ends it."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
