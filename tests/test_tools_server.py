@@ -162,9 +162,11 @@ def test_openai_parse(client: openai.OpenAI) -> None:
 
 
 def test_response_format_json_object(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Give me JSON."}],
+    prompt = "Reply with a JSON object whose keys are name and age, for Alice who is 30."
+    reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": prompt}],
                                            response_format={"type": "json_object"}, max_tokens=100, temperature=0)
-    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    assert reply.choices[0].finish_reason == "stop"  # the grammar's end, not max_tokens
+    assert json.loads(reply.choices[0].message.content) == {"name": "Alice", "age": 30}
 
 
 @pytest.mark.parametrize("constraint, check", [
