@@ -24,6 +24,7 @@ ${XDG_CACHE_HOME:-~/.cache}/vllm-cli/kernels (0.6 s here) and loaded with ctypes
 compiler, a failed build, or VLLM_CLI_CPU_KERNELS=0, `load()` returns None and every caller
 keeps its torch path.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -63,8 +64,26 @@ _i64, _ptr, _f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 _SIGNATURES = {
     "rms_norm": [_i64, _i64, _ptr, _i64, _ptr, _f32, _ptr, _i64],
     "rotary_neox": [_i64, _i64, _i64, _i64, _ptr, _i64, _ptr, _ptr],
-    "paged_decode_attention": [_i64, _i64, _i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64,
-                               _f32, _ptr, _i64, _ptr, _i64],
+    "paged_decode_attention": [
+        _i64,
+        _i64,
+        _i64,
+        _i64,
+        _ptr,
+        _i64,
+        _ptr,
+        _ptr,
+        _ptr,
+        _i64,
+        _ptr,
+        _i64,
+        _i64,
+        _f32,
+        _ptr,
+        _i64,
+        _ptr,
+        _i64,
+    ],
 }
 _WRITE_KV_SIGNATURE = [_i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _ptr]
 
@@ -106,11 +125,14 @@ def _build(cc: str) -> str:
     os.close(fd)
     try:
         start = time.perf_counter()
-        result = subprocess.run([cc, *_CFLAGS, *_OPENMP_FLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True,
-                                text=True)
+        result = subprocess.run(
+            [cc, *_CFLAGS, *_OPENMP_FLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True, text=True
+        )
         if result.returncode != 0:
-            logger.info("Building the CPU kernels without OpenMP (attention single-threaded): %s",
-                        result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
+            logger.info(
+                "Building the CPU kernels without OpenMP (attention single-threaded): %s",
+                result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed",
+            )
             result = subprocess.run([cc, *_CFLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
@@ -175,8 +197,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype)
     out_rows = out.view(-1, n)
-    _kernels[("rms_norm", x.dtype)](rows.shape[0], n, rows.data_ptr(), rows.stride(0), weight.data_ptr(), eps,
-                                      out_rows.data_ptr(), out_rows.stride(0))
+    _kernels[("rms_norm", x.dtype)](
+        rows.shape[0],
+        n,
+        rows.data_ptr(),
+        rows.stride(0),
+        weight.data_ptr(),
+        eps,
+        out_rows.data_ptr(),
+        out_rows.stride(0),
+    )
     return out
 
 
@@ -190,8 +220,9 @@ def rotary_neox_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_d
     tokens, heads, head_dim = x.shape
     assert x.stride(2) == 1 and x.stride(1) == head_dim and cos.is_contiguous() and sin.is_contiguous()
     assert cos.dtype == sin.dtype == x.dtype
-    _kernels[("rotary_neox", x.dtype)](tokens, heads, head_dim, rotary_dim or head_dim, x.data_ptr(), x.stride(0),
-                                         cos.data_ptr(), sin.data_ptr())
+    _kernels[("rotary_neox", x.dtype)](
+        tokens, heads, head_dim, rotary_dim or head_dim, x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr()
+    )
     return x
 
 
@@ -199,8 +230,9 @@ def rotary_neox_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_d
 # KV-cache write
 
 
-def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                   slots: torch.Tensor) -> None:
+def write_kv_cache(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
     """k_cache[slots] = k and v_cache[slots] = v: k/v [T, KVH, D] (rows may be strided, each row
     contiguous), caches [num_slots, KVH, D] contiguous, slots int64 [T] (in range: the caller's
     slot mapping)."""
@@ -211,9 +243,17 @@ def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
     for t in (k, v):
         assert t.stride(2) == 1 and t.stride(1) == head_dim
     element = k.element_size()
-    _kernels[("write_kv_cache", None)](tokens, num_kv_heads * head_dim * element, slots.data_ptr(), k.data_ptr(),
-                                       k.stride(0) * element, v.data_ptr(), v.stride(0) * element,
-                                       k_cache.data_ptr(), v_cache.data_ptr())
+    _kernels[("write_kv_cache", None)](
+        tokens,
+        num_kv_heads * head_dim * element,
+        slots.data_ptr(),
+        k.data_ptr(),
+        k.stride(0) * element,
+        v.data_ptr(),
+        v.stride(0) * element,
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,10 +264,18 @@ def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
 DECODE_CHUNK = 256
 
 
-def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           block_tables: torch.Tensor, context_lens: torch.Tensor, block_size: int,
-                           scale: float, alibi_slopes: torch.Tensor | None = None,
-                           sliding_window: int | None = None, chunk: int = DECODE_CHUNK) -> torch.Tensor:
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+    scale: float,
+    alibi_slopes: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    chunk: int = DECODE_CHUNK,
+) -> torch.Tensor:
     """One query token per sequence: q [S, H, D] (heads contiguous, rows may be strided), caches
     [slots, KVH, D] contiguous, block_tables int32 [S, blocks] (contiguous), context_lens int32 [S]
     (keys per sequence). Returns a new [S, H, D] tensor in q's dtype."""
@@ -243,8 +291,23 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         assert slopes.numel() == num_heads
     out = torch.empty((num_seqs, num_heads, head_dim), dtype=q.dtype)
     _kernels[("paged_decode_attention", q.dtype)](
-        num_seqs, num_heads, num_kv_heads, head_dim, q.data_ptr(), q.stride(0), k_cache.data_ptr(),
-        v_cache.data_ptr(), block_tables.data_ptr(), block_tables.stride(0), context_lens.data_ptr(), block_size,
-        chunk, scale, None if slopes is None else slopes.data_ptr(), sliding_window or 0, out.data_ptr(),
-        out.stride(0))
+        num_seqs,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        q.data_ptr(),
+        q.stride(0),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        block_tables.data_ptr(),
+        block_tables.stride(0),
+        context_lens.data_ptr(),
+        block_size,
+        chunk,
+        scale,
+        None if slopes is None else slopes.data_ptr(),
+        sliding_window or 0,
+        out.data_ptr(),
+        out.stride(0),
+    )
     return out

@@ -30,7 +30,7 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _mm(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # noqa: ANN001 (Triton kernel arguments)
+def _mm(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # UPCAST: the interpreter multiplies the raw bits of bfloat16 dot operands (triton 3.9,
     # triton-lang/triton#11584, unsupported upstream); products of
     # bfloat16 values are exact in float32, so upcasting first is what the tensor cores compute.
@@ -42,15 +42,42 @@ def _mm(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # noqa: ANN001 (T
 
 @triton.jit
 def _paged_decode_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,  # noqa: ANN001 (Triton kernel arguments)
-    seq_ids_ptr, query_rows_ptr, block_tables_ptr, context_lens_ptr, slopes_ptr,  # noqa: ANN001 (Triton kernel arguments)
-    scale_log2, window,  # noqa: ANN001 (Triton kernel arguments)
-    stride_qt, stride_qh, stride_ot, stride_oh,  # noqa: ANN001 (Triton kernel arguments)
-    stride_ks, stride_kh, stride_vs, stride_vh, stride_bt,  # noqa: ANN001 (Triton kernel arguments)
-    stride_pi, stride_ph, stride_ps,  # noqa: ANN001 (Triton kernel arguments)
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,
+    part_out_ptr,
+    part_lse_ptr,
+    seq_ids_ptr,
+    query_rows_ptr,
+    block_tables_ptr,
+    context_lens_ptr,
+    slopes_ptr,
+    scale_log2,
+    window,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_ks,
+    stride_kh,
+    stride_vs,
+    stride_vh,
+    stride_bt,
+    stride_pi,
+    stride_ph,
+    stride_ps,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
@@ -70,8 +97,11 @@ def _paged_decode_kernel(
     gmask = g < GROUP
     dmask = d < HEAD_DIM
     heads = kvh * GROUP + g
-    q = tl.load(q_ptr + row * stride_qt + heads[:, None] * stride_qh + d[None, :],
-                mask=gmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + row * stride_qt + heads[:, None] * stride_qh + d[None, :],
+        mask=gmask[:, None] & dmask[None, :],
+        other=0.0,
+    )
     if HAS_ALIBI:
         slopes = tl.load(slopes_ptr + heads, mask=gmask, other=0.0).to(tl.float32) * 1.4426950408889634
     # A finite floor (not -inf) for the running max: a fully masked tile gives p = 0, not NaN.
@@ -103,8 +133,11 @@ def _paged_decode_kernel(
     out = acc / l_safe[:, None]
     out_mask = gmask[:, None] & dmask[None, :]
     if NUM_SPLITS == 1:
-        tl.store(out_ptr + row * stride_ot + heads[:, None] * stride_oh + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(
+            out_ptr + row * stride_ot + heads[:, None] * stride_oh + d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=out_mask,
+        )
     else:
         base = i * stride_pi + heads * stride_ph + split * stride_ps
         tl.store(part_out_ptr + base[:, None] * D_PAD + d[None, :], out, mask=out_mask)
@@ -114,9 +147,19 @@ def _paged_decode_kernel(
 
 @triton.jit
 def _paged_decode_reduce_kernel(
-    out_ptr, part_out_ptr, part_lse_ptr, query_rows_ptr,  # noqa: ANN001 (Triton kernel arguments)
-    stride_ot, stride_oh, stride_pi, stride_ph, stride_ps,  # noqa: ANN001 (Triton kernel arguments)
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLIT_PAD: tl.constexpr,
+    out_ptr,
+    part_out_ptr,
+    part_lse_ptr,
+    query_rows_ptr,
+    stride_ot,
+    stride_oh,
+    stride_pi,
+    stride_ph,
+    stride_ps,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    SPLIT_PAD: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -127,22 +170,44 @@ def _paged_decode_reduce_kernel(
     base = i * stride_pi + h * stride_ph + sp * stride_ps
     lse = tl.load(part_lse_ptr + base, mask=smask, other=float("-inf"))
     weights = tl.exp2(lse - tl.max(lse, 0))  # split 0 always has keys: the max is finite
-    parts = tl.load(part_out_ptr + base[:, None] * D_PAD + d[None, :], mask=smask[:, None] & (d[None, :] < HEAD_DIM),
-                    other=0.0)
+    parts = tl.load(
+        part_out_ptr + base[:, None] * D_PAD + d[None, :], mask=smask[:, None] & (d[None, :] < HEAD_DIM), other=0.0
+    )
     out = tl.sum(parts * weights[:, None], 0) / tl.sum(weights, 0)
     tl.store(out_ptr + row * stride_ot + h * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
 
 
 @triton.jit
 def _paged_prefill_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,  # noqa: ANN001 (Triton kernel arguments)
-    cu_seqlens_ptr, block_tables_ptr, context_lens_ptr, slopes_ptr,  # noqa: ANN001 (Triton kernel arguments)
-    scale_log2, window,  # noqa: ANN001 (Triton kernel arguments)
-    stride_qt, stride_qh, stride_ot, stride_oh,  # noqa: ANN001 (Triton kernel arguments)
-    stride_ks, stride_kh, stride_vs, stride_vh, stride_bt,  # noqa: ANN001 (Triton kernel arguments)
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr, SKIP_DECODE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,
+    cu_seqlens_ptr,
+    block_tables_ptr,
+    context_lens_ptr,
+    slopes_ptr,
+    scale_log2,
+    window,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_ks,
+    stride_kh,
+    stride_vs,
+    stride_vh,
+    stride_bt,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    SKIP_DECODE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
@@ -162,8 +227,11 @@ def _paged_prefill_kernel(
     mmask = m < q_len
     dmask = d < HEAD_DIM
     q_pos = ctx - q_len + m  # absolute positions of this tile's queries
-    q = tl.load(q_ptr + (q_start + m)[:, None] * stride_qt + h * stride_qh + d[None, :],
-                mask=mmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + (q_start + m)[:, None] * stride_qt + h * stride_qh + d[None, :],
+        mask=mmask[:, None] & dmask[None, :],
+        other=0.0,
+    )
     if HAS_ALIBI:
         slope = tl.load(slopes_ptr + h).to(tl.float32) * 1.4426950408889634
     first_pos = ctx - q_len + mb * BLOCK_M
@@ -198,11 +266,15 @@ def _paged_prefill_kernel(
         acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, DOT_PRECISION, DOT_UPCAST)
         m_i = m_new
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(out_ptr + (q_start + m)[:, None] * stride_ot + h * stride_oh + d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & dmask[None, :])
+    tl.store(
+        out_ptr + (q_start + m)[:, None] * stride_ot + h * stride_oh + d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=mmask[:, None] & dmask[None, :],
+    )
 
 
 # ----- launchers -----
+
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor):
     num_heads, head_dim = q.shape[1], q.shape[2]
@@ -255,11 +327,21 @@ def _default_num_splits(device: torch.device, num_seqs: int, num_kv_heads: int, 
 
 
 def paged_decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-    context_lens: torch.Tensor, block_size: int, scale: float,
-    alibi_slopes: torch.Tensor | None = None, sliding_window: int | None = None,
-    out: torch.Tensor | None = None, seq_ids: torch.Tensor | None = None, query_rows: torch.Tensor | None = None,
-    max_context_len: int | None = None, num_splits: int | None = None, block_n: int | None = None,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+    scale: float,
+    alibi_slopes: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    out: torch.Tensor | None = None,
+    seq_ids: torch.Tensor | None = None,
+    query_rows: torch.Tensor | None = None,
+    max_context_len: int | None = None,
+    num_splits: int | None = None,
+    block_n: int | None = None,
 ) -> torch.Tensor:
     """One query token per sequence.
 
@@ -295,33 +377,79 @@ def paged_decode_attention(
         part_out = part_lse = out  # never written
     stride_pi, stride_ph, stride_ps = num_heads * num_splits, num_splits, 1
     _paged_decode_kernel[(n, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, out, part_out, part_lse,
-        seq_ids, query_rows, block_tables, context_lens, _slopes_arg(alibi_slopes, q),
-        scale * LOG2E, int(sliding_window or 0),
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), block_tables.stride(0),
-        stride_pi, stride_ph, stride_ps,
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, D_PAD=d_pad,
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits,
-        HAS_ALIBI=alibi_slopes is not None, HAS_WINDOW=bool(sliding_window),
-        DOT_PRECISION=_dot_precision(q.dtype), DOT_UPCAST=_dot_upcast(q.dtype),
+        q,
+        k_cache,
+        v_cache,
+        out,
+        part_out,
+        part_lse,
+        seq_ids,
+        query_rows,
+        block_tables,
+        context_lens,
+        _slopes_arg(alibi_slopes, q),
+        scale * LOG2E,
+        int(sliding_window or 0),
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        block_tables.stride(0),
+        stride_pi,
+        stride_ph,
+        stride_ps,
+        GROUP=group,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=head_dim,
+        D_PAD=d_pad,
+        BLOCK_N=block_n,
+        BLOCK_SIZE=block_size,
+        NUM_SPLITS=num_splits,
+        HAS_ALIBI=alibi_slopes is not None,
+        HAS_WINDOW=bool(sliding_window),
+        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_UPCAST=_dot_upcast(q.dtype),
         num_warps=_num_warps(q.dtype, head_dim, prefill=False),
     )
     if num_splits > 1:
         _paged_decode_reduce_kernel[(n, num_heads)](
-            out, part_out, part_lse, query_rows,
-            out.stride(0), out.stride(1), stride_pi, stride_ph, stride_ps,
-            HEAD_DIM=head_dim, D_PAD=d_pad, NUM_SPLITS=num_splits, SPLIT_PAD=triton.next_power_of_2(num_splits),
+            out,
+            part_out,
+            part_lse,
+            query_rows,
+            out.stride(0),
+            out.stride(1),
+            stride_pi,
+            stride_ph,
+            stride_ps,
+            HEAD_DIM=head_dim,
+            D_PAD=d_pad,
+            NUM_SPLITS=num_splits,
+            SPLIT_PAD=triton.next_power_of_2(num_splits),
         )
     return out
 
 
 def paged_prefill_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-    cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor, block_size: int, scale: float,
-    alibi_slopes: torch.Tensor | None = None, sliding_window: int | None = None,
-    out: torch.Tensor | None = None, max_query_len: int | None = None, skip_decode: bool = False,
-    block_m: int | None = None, block_n: int | None = None,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+    scale: float,
+    alibi_slopes: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    out: torch.Tensor | None = None,
+    max_query_len: int | None = None,
+    skip_decode: bool = False,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> torch.Tensor:
     """Causal attention for a flat varlen batch whose K/V (new tokens included) are in the cache.
 
@@ -340,14 +468,36 @@ def paged_prefill_attention(
     block_m = block_m or 64
     block_n = block_n or (64 if head_dim <= 128 else 32)
     _paged_prefill_kernel[(num_seqs, num_heads, triton.cdiv(max_query_len, block_m))](
-        q, k_cache, v_cache, out, cu_seqlens_q, block_tables, context_lens, _slopes_arg(alibi_slopes, q),
-        scale * LOG2E, int(sliding_window or 0),
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), block_tables.stride(0),
-        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, D_PAD=triton.next_power_of_2(head_dim),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=block_size,
-        HAS_ALIBI=alibi_slopes is not None, HAS_WINDOW=bool(sliding_window), SKIP_DECODE=skip_decode,
-        DOT_PRECISION=_dot_precision(q.dtype), DOT_UPCAST=_dot_upcast(q.dtype),
+        q,
+        k_cache,
+        v_cache,
+        out,
+        cu_seqlens_q,
+        block_tables,
+        context_lens,
+        _slopes_arg(alibi_slopes, q),
+        scale * LOG2E,
+        int(sliding_window or 0),
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        block_tables.stride(0),
+        GROUP=num_heads // num_kv_heads,
+        HEAD_DIM=head_dim,
+        D_PAD=triton.next_power_of_2(head_dim),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_SIZE=block_size,
+        HAS_ALIBI=alibi_slopes is not None,
+        HAS_WINDOW=bool(sliding_window),
+        SKIP_DECODE=skip_decode,
+        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_UPCAST=_dot_upcast(q.dtype),
         num_warps=_num_warps(q.dtype, head_dim, prefill=True),
     )
     return out

@@ -14,10 +14,19 @@ import triton.language as tl
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,  # noqa: ANN001 (Triton kernel arguments)
-    stride_x, stride_r, stride_o, stride_ro,  # noqa: ANN001 (Triton kernel arguments)
-    n_cols, eps,  # noqa: ANN001 (Triton kernel arguments)
-    BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    out_ptr,
+    res_out_ptr,
+    stride_x,
+    stride_r,
+    stride_o,
+    stride_ro,
+    n_cols,
+    eps,
+    BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -35,8 +44,9 @@ def _rms_norm_kernel(
     tl.store(out_ptr + row * stride_o + cols, (normed * w).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
-             inplace: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, inplace: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """x [..., N]. Without residual: returns the normed tensor. With residual: returns
     (normed, x + residual). inplace=True writes normed into x and the sum into residual
     (vLLM's fused_add_rms_norm; both must be contiguous); otherwise both are new tensors."""
@@ -58,18 +68,28 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
         res_out = r2 if inplace else torch.empty((rows, n), dtype=residual.dtype, device=x.device)
     if rows:
         _rms_norm_kernel[(rows,)](
-            x2, r2, weight, out, res_out,
-            x2.stride(0), r2.stride(0), out.stride(0), res_out.stride(0),
-            n, float(eps),
-            BLOCK=triton.next_power_of_2(n), HAS_RESIDUAL=residual is not None,
+            x2,
+            r2,
+            weight,
+            out,
+            res_out,
+            x2.stride(0),
+            r2.stride(0),
+            out.stride(0),
+            res_out.stride(0),
+            n,
+            float(eps),
+            BLOCK=triton.next_power_of_2(n),
+            HAS_RESIDUAL=residual is not None,
             num_warps=4 if n <= 2048 else 8 if n <= 8192 else 16,
         )
     normed = out.view(shape)
     return normed if residual is None else (normed, res_out.view(shape))
 
 
-def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                 residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def rms_norm_ref(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Our RMSNorm (vllm_cli.model_executor.layers.norm.RMSNorm), with the residual add first."""
     if residual is not None:
         x = x + residual

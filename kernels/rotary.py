@@ -15,11 +15,24 @@ import triton.language as tl
 
 @triton.jit
 def _rotary_kernel(
-    x_ptr, out_ptr, cos_ptr, sin_ptr,  # noqa: ANN001 (Triton kernel arguments)
-    stride_xt, stride_xh, stride_ot, stride_oh, stride_ct, stride_st,  # noqa: ANN001 (Triton kernel arguments)
-    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, ROT_HALF: tl.constexpr,
-    H_PAD: tl.constexpr, R_PAD: tl.constexpr, P_PAD: tl.constexpr,
-    IS_NEOX: tl.constexpr, COPY_PASS: tl.constexpr,
+    x_ptr,
+    out_ptr,
+    cos_ptr,
+    sin_ptr,
+    stride_xt,
+    stride_xh,
+    stride_ot,
+    stride_oh,
+    stride_ct,
+    stride_st,
+    NUM_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    ROT_HALF: tl.constexpr,
+    H_PAD: tl.constexpr,
+    R_PAD: tl.constexpr,
+    P_PAD: tl.constexpr,
+    IS_NEOX: tl.constexpr,
+    COPY_PASS: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, H_PAD)
@@ -49,8 +62,9 @@ def _rotary_kernel(
         tl.store(o_row + 2 * ROT_HALF + p[None, :], rest.to(out_ptr.dtype.element_ty), mask=pmask)
 
 
-def rotary_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool = True,
-                     inplace: bool = False) -> torch.Tensor:
+def rotary_embedding(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool = True, inplace: bool = False
+) -> torch.Tensor:
     """x [T, H, D]; cos/sin [T, rotary_dim / 2] (rotary_dim <= D). Returns the rotated tensor
     (x itself when inplace)."""
     num_tokens, num_heads, head_dim = x.shape
@@ -67,12 +81,24 @@ def rotary_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_n
     rest = head_dim - 2 * rot_half
     if num_tokens:
         _rotary_kernel[(num_tokens,)](
-            x, out, cos, sin,
-            x.stride(0), x.stride(1), out.stride(0), out.stride(1), cos.stride(0), sin.stride(0),
-            NUM_HEADS=num_heads, HEAD_DIM=head_dim, ROT_HALF=rot_half,
-            H_PAD=triton.next_power_of_2(num_heads), R_PAD=triton.next_power_of_2(rot_half),
+            x,
+            out,
+            cos,
+            sin,
+            x.stride(0),
+            x.stride(1),
+            out.stride(0),
+            out.stride(1),
+            cos.stride(0),
+            sin.stride(0),
+            NUM_HEADS=num_heads,
+            HEAD_DIM=head_dim,
+            ROT_HALF=rot_half,
+            H_PAD=triton.next_power_of_2(num_heads),
+            R_PAD=triton.next_power_of_2(rot_half),
             P_PAD=triton.next_power_of_2(max(rest, 1)),
-            IS_NEOX=is_neox, COPY_PASS=(not inplace) and rest > 0,
+            IS_NEOX=is_neox,
+            COPY_PASS=(not inplace) and rest > 0,
         )
     return out
 

@@ -6,8 +6,15 @@
 
 from vllm_cli.version import __version__
 
-__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput", "EngineArgs",
-           "__version__"]
+__all__ = [
+    "LLM",
+    "SamplingParams",
+    "StructuredOutputsParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "EngineArgs",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+
 def cache_home() -> str:
     """Where vllm-cli keeps what it derives once and reuses (GGUF conversions, built kernels):
     ${XDG_CACHE_HOME:-~/.cache}/vllm-cli."""
@@ -68,11 +69,14 @@ class EngineArgs:
         if self.model_impl not in MODEL_IMPLS:
             raise ValueError(f"model_impl must be one of {', '.join(MODEL_IMPLS)}, got {self.model_impl!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
-                             f"got {self.attention_backend!r}")
+            raise ValueError(
+                f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention_backend!r}"
+            )
         if self.structured_outputs_backend not in STRUCTURED_OUTPUTS_BACKENDS:
-            raise ValueError(f"structured_outputs_backend must be one of {', '.join(STRUCTURED_OUTPUTS_BACKENDS)}, "
-                             f"got {self.structured_outputs_backend!r}")
+            raise ValueError(
+                f"structured_outputs_backend must be one of {', '.join(STRUCTURED_OUTPUTS_BACKENDS)}, "
+                f"got {self.structured_outputs_backend!r}"
+            )
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.tensor_parallel_size < 1:
@@ -97,8 +101,22 @@ class EngineArgs:
         return {f.name for f in fields(cls)}
 
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "t": 1000**4, "tb": 1000**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+    "t": 1000**4,
+    "tb": 1000**4,
+}
 
 
 def parse_bytes(value: int | float | str) -> int:
@@ -109,7 +127,7 @@ def parse_bytes(value: int | float | str) -> int:
         return int(value)
     text = value.strip().lower().replace(" ", "")
     number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = text[len(number):]
+    unit = text[len(number) :]
     try:
         result = int(float(number) * _UNITS[unit])
     except (KeyError, ValueError):

@@ -26,19 +26,25 @@ class StructuredOutputsParams:
     disable_any_whitespace: bool = False  # JSON without free whitespace (compact output)
 
     def __post_init__(self) -> None:
-        kinds = [name for name in ("json", "regex", "choice", "grammar", "json_object")
-                 if getattr(self, name) not in (None, False)]
+        kinds = [
+            name
+            for name in ("json", "regex", "choice", "grammar", "json_object")
+            if getattr(self, name) not in (None, False)
+        ]
         if len(kinds) != 1:
-            raise ValueError("structured_outputs must set exactly one of json, regex, choice, grammar or "
-                             f"json_object, got {', '.join(kinds) if kinds else 'none'}")
+            raise ValueError(
+                "structured_outputs must set exactly one of json, regex, choice, grammar or "
+                f"json_object, got {', '.join(kinds) if kinds else 'none'}"
+            )
         if self.json is not None and not isinstance(self.json, (str, dict)):
             raise ValueError(f"structured_outputs.json must be a JSON schema (object or string), got {self.json!r}")
         if self.regex is not None and not (isinstance(self.regex, str) and self.regex):
             raise ValueError(f"structured_outputs.regex must be a non-empty string, got {self.regex!r}")
         if self.grammar is not None and not (isinstance(self.grammar, str) and self.grammar.strip()):
             raise ValueError(f"structured_outputs.grammar must be a non-empty string, got {self.grammar!r}")
-        if self.choice is not None and (not isinstance(self.choice, list) or not self.choice
-                                        or any(not isinstance(c, str) for c in self.choice)):
+        if self.choice is not None and (
+            not isinstance(self.choice, list) or not self.choice or any(not isinstance(c, str) for c in self.choice)
+        ):
             raise ValueError(f"structured_outputs.choice must be a non-empty list of strings, got {self.choice!r}")
 
     @property
@@ -130,16 +136,16 @@ class SamplingParams:
             raise bad("seed", "an integer")
         if self.output_kind not in ("cumulative", "delta", "final_only"):
             raise bad("output_kind", "'cumulative', 'delta' or 'final_only'")
-        if any(not isinstance(s, str) or not s for s in self.stop):
+        if any(not isinstance(s, str) or not s for s in self.stop or ()):
             raise bad("stop", "a non-empty string or a list of non-empty strings")
-        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids or ()):
             raise bad("stop_token_ids", "a list of non-negative token ids")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < _GREEDY_EPS
 
-    def clone(self, **changes) -> "SamplingParams":
+    def clone(self, **changes: Any) -> SamplingParams:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return SamplingParams(**values)

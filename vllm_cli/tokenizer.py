@@ -35,8 +35,15 @@ def chat_stop_strings(chat_template: str) -> list[str]:
 
 # Arguments apply_chat_template owns; chat_template_kwargs may not override them.
 _RESERVED_TEMPLATE_KWARGS = frozenset(
-    {"conversation", "chat_template", "tokenize", "return_dict", "return_tensors",
-     "add_generation_prompt", "continue_final_message"}
+    {
+        "conversation",
+        "chat_template",
+        "tokenize",
+        "return_dict",
+        "return_tensors",
+        "add_generation_prompt",
+        "continue_final_message",
+    }
 )
 
 
@@ -200,8 +207,12 @@ def _tool_calls_as_text(messages: list[dict]) -> list[dict]:
 
 def _tool_results_as_text(messages: list[dict]) -> list[dict]:
     """Tool messages as user messages holding <tool_response> blocks."""
-    return [{"role": "user", "content": f"<tool_response>\n{m['content']}\n</tool_response>"}
-            if m.get("role") == "tool" else m for m in messages]
+    return [
+        {"role": "user", "content": f"<tool_response>\n{m['content']}\n</tool_response>"}
+        if m.get("role") == "tool"
+        else m
+        for m in messages
+    ]
 
 
 def render_chat_prompt(

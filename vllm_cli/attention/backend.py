@@ -39,9 +39,18 @@ class AttentionBackend(Protocol):
         """The step's batch as the tensors forward needs (slot_mapping: [T] cache slot of each new token)."""
         ...
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, meta: Any, scale: float, alibi_slopes: torch.Tensor | None = None,
-                sliding_window: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: Any,
+        scale: float,
+        alibi_slopes: torch.Tensor | None = None,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
         """Write k/v [T, KVH, D] into the caches [num_slots, KVH, D] at meta's slots, then attend
         q [T, H, D] over each sequence's context. Returns [T, H, D]."""
         ...

@@ -23,24 +23,47 @@ class CpuAttentionBackend(TorchAttentionBackend):
             group.block_tables = tables.to(torch.int32)
             group.context_lens = context_lens.to(torch.int32)
 
-    def _write_kv_cache(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        slot_mapping: torch.Tensor) -> None:
-        if (cpu_kernels.load() is not None and cpu_kernels.supports(k, v, k_cache, v_cache)
-                and k.stride(2) == 1 and k.stride(1) == k.shape[2] and v.stride(2) == 1 and v.stride(1) == v.shape[2]
-                and k_cache.is_contiguous() and v_cache.is_contiguous()):
+    def _write_kv_cache(
+        self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+    ) -> None:
+        if (
+            cpu_kernels.load() is not None
+            and cpu_kernels.supports(k, v, k_cache, v_cache)
+            and k.stride(2) == 1
+            and k.stride(1) == k.shape[2]
+            and v.stride(2) == 1
+            and v.stride(1) == v.shape[2]
+            and k_cache.is_contiguous()
+            and v_cache.is_contiguous()
+        ):
             cpu_kernels.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
         else:
             TorchAttentionBackend._write_kv_cache(self, k, v, k_cache, v_cache, slot_mapping)
 
-    def _attend_group(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g: _Group, scale: float,
-                      alibi_slopes: torch.Tensor | None, sliding_window: int | None) -> torch.Tensor:
-        if (g.block_tables is not None and g.context_lens is not None
-                and cpu_kernels.supports(q, k_cache, v_cache)):
+    def _attend_group(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        g: _Group,
+        scale: float,
+        alibi_slopes: torch.Tensor | None,
+        sliding_window: int | None,
+    ) -> torch.Tensor:
+        if g.block_tables is not None and g.context_lens is not None and cpu_kernels.supports(q, k_cache, v_cache):
             # The CPU kernel reads K/V in place through the block tables: no gather, no mask.
             queries = q if g.token_index.numel() == q.shape[0] else q.index_select(0, g.token_index)
             if queries.stride(2) == 1 and queries.stride(1) == q.shape[2]:
                 return cpu_kernels.paged_decode_attention(
-                    queries, k_cache, v_cache, g.block_tables, g.context_lens, self.block_size, scale,
-                    alibi_slopes, sliding_window)
+                    queries,
+                    k_cache,
+                    v_cache,
+                    g.block_tables,
+                    g.context_lens,
+                    self.block_size,
+                    scale,
+                    alibi_slopes,
+                    sliding_window,
+                )
         # (the base class named, not super(): no super object per layer and group)
         return TorchAttentionBackend._attend_group(self, q, k_cache, v_cache, g, scale, alibi_slopes, sliding_window)

@@ -22,8 +22,15 @@ from vllm_cli.attention.backend import ForwardContext
 class Attention(nn.Module):
     """num_heads / num_kv_heads are this rank's (all of them without tensor parallelism)."""
 
-    def __init__(self, layer_idx: int, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
-                 sliding_window: int | None = None):
+    def __init__(
+        self,
+        layer_idx: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float,
+        sliding_window: int | None = None,
+    ):
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
@@ -38,14 +45,23 @@ class Attention(nn.Module):
             qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
             # q and k rotated together: one call, in place on the CPU
             qk = rotary.rotate(qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)
-            q, k = qk[:, : self.num_heads], qk[:, self.num_heads:]
+            q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         else:
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q, k = q.reshape(-1, self.num_heads, self.head_dim), k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale,
-                                  alibi_slopes=ctx.alibi_slopes, sliding_window=self.sliding_window)
+        out = ctx.backend.forward(
+            q,
+            k,
+            v,
+            k_cache,
+            v_cache,
+            ctx.attn_metadata,
+            self.scale,
+            alibi_slopes=ctx.alibi_slopes,
+            sliding_window=self.sliding_window,
+        )
         return out.view(-1, self.q_size)
 
     def attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -53,6 +69,15 @@ class Attention(nn.Module):
         q [T, num_heads, head_dim], k/v [T, num_kv_heads, head_dim], position encoding applied
         but for ALiBi -> [T, q_size]."""
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, self.scale,
-                                  alibi_slopes=ctx.alibi_slopes, sliding_window=self.sliding_window)
+        out = ctx.backend.forward(
+            q,
+            k,
+            v,
+            k_cache,
+            v_cache,
+            ctx.attn_metadata,
+            self.scale,
+            alibi_slopes=ctx.alibi_slopes,
+            sliding_window=self.sliding_window,
+        )
         return out.view(-1, self.q_size)

@@ -48,9 +48,11 @@ class TritonAttentionBackend:
         except ImportError as e:
             raise ValueError("the triton attention backend needs triton (pip install 'vllm-cli[triton]')") from e
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes"):
-            raise ValueError("the triton attention backend runs on the CPU only under the Triton interpreter "
-                             "(TRITON_INTERPRET=1, set before start-up; slow, for tests); "
-                             "use --attention-backend torch")
+            raise ValueError(
+                "the triton attention backend runs on the CPU only under the Triton interpreter "
+                "(TRITON_INTERPRET=1, set before start-up; slow, for tests); "
+                "use --attention-backend torch"
+            )
         from vllm_cli.kernels import kv_cache, paged_attention
 
         self._kv_cache = kv_cache
@@ -72,21 +74,38 @@ class TritonAttentionBackend:
             starts.append(starts[-1] + q)
         decodes = [i for i, q in enumerate(info.query_lens) if q == 1]
         # One host-to-device copy for everything; the fields are views into it.
-        packed = torch.tensor(flat_tables + info.context_lens + starts + decodes + [starts[i] for i in decodes],
-                              dtype=torch.int32).to(self.device, non_blocking=True)
+        packed = torch.tensor(
+            flat_tables + info.context_lens + starts + decodes + [starts[i] for i in decodes], dtype=torch.int32
+        ).to(self.device, non_blocking=True)
         tables_dev, ctx_dev, starts_dev, decodes_dev, rows_dev = packed.split(
-            [len(flat_tables), num_seqs, num_seqs + 1, len(decodes), len(decodes)])
+            [len(flat_tables), num_seqs, num_seqs + 1, len(decodes), len(decodes)]
+        )
         return TritonAttentionMetadata(
-            slot_mapping=slot_mapping, num_tokens=starts[-1], block_tables=tables_dev.view(num_seqs, max_blocks),
-            context_lens=ctx_dev, query_start_loc=starts_dev,
-            max_query_len=max(info.query_lens, default=0), max_context_len=max_ctx,
+            slot_mapping=slot_mapping,
+            num_tokens=starts[-1],
+            block_tables=tables_dev.view(num_seqs, max_blocks),
+            context_lens=ctx_dev,
+            query_start_loc=starts_dev,
+            max_query_len=max(info.query_lens, default=0),
+            max_context_len=max_ctx,
             num_prefills=num_seqs - len(decodes),
-            decode_seq_ids=decodes_dev, decode_query_rows=rows_dev, num_decodes=len(decodes),
+            decode_seq_ids=decodes_dev,
+            decode_query_rows=rows_dev,
+            num_decodes=len(decodes),
         )
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, meta: TritonAttentionMetadata, scale: float,
-                alibi_slopes: torch.Tensor | None = None, sliding_window: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: TritonAttentionMetadata,
+        scale: float,
+        alibi_slopes: torch.Tensor | None = None,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
         """q [T, H, D], k/v [T, KVH, D]; caches [num_slots, KVH, D]. Returns [T, H, D]."""
         self._kv_cache.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         if q.stride(-1) != 1:
@@ -94,12 +113,34 @@ class TritonAttentionBackend:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if meta.num_prefills:
             self._attn.paged_prefill_attention(
-                q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.context_lens, self.block_size,
-                scale, alibi_slopes, sliding_window, out=out, max_query_len=meta.max_query_len,
-                skip_decode=meta.num_decodes > 0)
+                q,
+                k_cache,
+                v_cache,
+                meta.block_tables,
+                meta.query_start_loc,
+                meta.context_lens,
+                self.block_size,
+                scale,
+                alibi_slopes,
+                sliding_window,
+                out=out,
+                max_query_len=meta.max_query_len,
+                skip_decode=meta.num_decodes > 0,
+            )
         if meta.num_decodes:
             self._attn.paged_decode_attention(
-                q, k_cache, v_cache, meta.block_tables, meta.context_lens, self.block_size, scale,
-                alibi_slopes, sliding_window, out=out, seq_ids=meta.decode_seq_ids,
-                query_rows=meta.decode_query_rows, max_context_len=meta.max_context_len)
+                q,
+                k_cache,
+                v_cache,
+                meta.block_tables,
+                meta.context_lens,
+                self.block_size,
+                scale,
+                alibi_slopes,
+                sliding_window,
+                out=out,
+                seq_ids=meta.decode_seq_ids,
+                query_rows=meta.decode_query_rows,
+                max_context_len=meta.max_context_len,
+            )
         return out

@@ -17,11 +17,13 @@ Encode = Callable[[str], list[int]]  # a tokenizer's encode: text -> token ids
 
 # Chat messages must be text: random prompts for /v1/chat/completions are drawn from these
 # words, which most tokenizers encode as about one token each (with their leading space).
-_WORDS = ("the of and to in is you that it he was for on are as with his they at be this have from or one "
-          "had by word but not what all were we when your can said there use an each which she do how their "
-          "if will up other about out many then them these so some her would make like him into time has look "
-          "two more write go see number no way could people my than first water been call who oil its now find "
-          "long down day did get come made may part").split()
+_WORDS = (
+    "the of and to in is you that it he was for on are as with his they at be this have from or one "
+    "had by word but not what all were we when your can said there use an each which she do how their "
+    "if will up other about out many then them these so some her would make like him into time has look "
+    "two more write go see number no way could people my than first water been call who oil its now find "
+    "long down day did get come made may part"
+).split()
 
 
 @dataclass
@@ -31,28 +33,35 @@ class BenchRequest:
     output_len: int
 
 
-def random_requests(num_prompts: int, input_len: int, output_len: int, vocab_size: int, seed: int = 0,
-                    prefix_len: int = 0) -> list[BenchRequest]:
+def random_requests(
+    num_prompts: int, input_len: int, output_len: int, vocab_size: int, seed: int = 0, prefix_len: int = 0
+) -> list[BenchRequest]:
     """`num_prompts` prompts of `prefix_len` shared + `input_len` random token ids in [0, vocab_size)."""
     if input_len + prefix_len < 1 or output_len < 1:
         raise ValueError("input length and output length must be at least 1")
     rng = random.Random(seed)
     prefix = [rng.randrange(vocab_size) for _ in range(prefix_len)]
-    return [BenchRequest(prefix + [rng.randrange(vocab_size) for _ in range(input_len)], prefix_len + input_len,
-                         output_len) for _ in range(num_prompts)]
+    return [
+        BenchRequest(prefix + [rng.randrange(vocab_size) for _ in range(input_len)], prefix_len + input_len, output_len)
+        for _ in range(num_prompts)
+    ]
 
 
-def random_text_requests(num_prompts: int, input_len: int, output_len: int, seed: int = 0,
-                         prefix_len: int = 0) -> list[BenchRequest]:
+def random_text_requests(
+    num_prompts: int, input_len: int, output_len: int, seed: int = 0, prefix_len: int = 0
+) -> list[BenchRequest]:
     """As random_requests, in words (about one token each), for endpoints that only take text."""
     rng = random.Random(seed)
     prefix = [rng.choice(_WORDS) for _ in range(prefix_len)]
-    return [BenchRequest(" ".join(prefix + [rng.choice(_WORDS) for _ in range(input_len)]), None, output_len)
-            for _ in range(num_prompts)]
+    return [
+        BenchRequest(" ".join(prefix + [rng.choice(_WORDS) for _ in range(input_len)]), None, output_len)
+        for _ in range(num_prompts)
+    ]
 
 
-def load_dataset(path: str, num_prompts: int, output_len: int | None = None,
-                 encode: Encode | None = None) -> list[BenchRequest]:
+def load_dataset(
+    path: str, num_prompts: int, output_len: int | None = None, encode: Encode | None = None
+) -> list[BenchRequest]:
     """The first `num_prompts` usable prompts of a file, in file order.
 
     JSONL: one prompt a line, a JSON string or an object with `prompt` (text or token ids) or

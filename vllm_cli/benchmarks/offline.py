@@ -36,10 +36,16 @@ class Timed:
     def rates(self) -> dict:
         """vLLM's throughput fields, plus output tokens/s (the figure decode speed shows in)."""
         total = self.input_tokens + self.output_tokens
-        return {"elapsed_time": self.elapsed, "num_requests": self.num_requests, "total_num_tokens": total,
-                "total_input_tokens": self.input_tokens, "total_output_tokens": self.output_tokens,
-                "requests_per_second": self.num_requests / self.elapsed, "tokens_per_second": total / self.elapsed,
-                "output_throughput": self.output_tokens / self.elapsed}
+        return {
+            "elapsed_time": self.elapsed,
+            "num_requests": self.num_requests,
+            "total_num_tokens": total,
+            "total_input_tokens": self.input_tokens,
+            "total_output_tokens": self.output_tokens,
+            "requests_per_second": self.num_requests / self.elapsed,
+            "tokens_per_second": total / self.elapsed,
+            "output_throughput": self.output_tokens / self.elapsed,
+        }
 
 
 class EngineBench:
@@ -61,15 +67,19 @@ class EngineBench:
         for r in requests:
             ids = engine.process_prompt(r.prompt)[1]
             if len(ids) + r.output_len > engine.max_model_len:
-                raise ValueError(f"a prompt of {len(ids)} tokens plus {r.output_len} output tokens does not fit "
-                                 f"max_model_len ({engine.max_model_len})")
+                raise ValueError(
+                    f"a prompt of {len(ids)} tokens plus {r.output_len} output tokens does not fit "
+                    f"max_model_len ({engine.max_model_len})"
+                )
             out.append((ids, r.output_len))
         return out
 
     def run(self, prepared: Prepared, advance: Callable[[], None] | None = None) -> Timed:
         engine = self.engine
-        params = {n: SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=n, output_kind="final_only")
-                  for n in {n for _, n in prepared}}
+        params = {
+            n: SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=n, output_kind="final_only")
+            for n in {n for _, n in prepared}
+        }
         request_ids: list[str] = []
         output_tokens = 0
         start = time.perf_counter()
@@ -104,8 +114,9 @@ class EngineBench:
         gc.collect()
 
 
-def run_throughput(bench: EngineBench, requests: list[BenchRequest], seed: int,
-                   advance: Callable[[], None] | None = None) -> tuple[dict, Prepared]:
+def run_throughput(
+    bench: EngineBench, requests: list[BenchRequest], seed: int, advance: Callable[[], None] | None = None
+) -> tuple[dict, Prepared]:
     prepared = bench.prepare(requests)
     bench.warm_up(seed)
     before = bench.engine.stats()
@@ -114,13 +125,23 @@ def run_throughput(bench: EngineBench, requests: list[BenchRequest], seed: int,
     queries = after.prefix_cache_queries - before.prefix_cache_queries
     hits = after.prefix_cache_hits - before.prefix_cache_hits
     result = timed.rates()
-    result.update(prefix_cache_hit_rate=hits / queries if queries else 0.0,
-                  num_preemptions=after.num_preemptions - before.num_preemptions)
+    result.update(
+        prefix_cache_hit_rate=hits / queries if queries else 0.0,
+        num_preemptions=after.num_preemptions - before.num_preemptions,
+    )
     return result, prepared
 
 
-def run_latency(bench: EngineBench, batch_size: int, input_len: int, output_len: int, num_iters_warmup: int,
-                num_iters: int, seed: int, advance: Callable[[], None] | None = None) -> dict:
+def run_latency(
+    bench: EngineBench,
+    batch_size: int,
+    input_len: int,
+    output_len: int,
+    num_iters_warmup: int,
+    num_iters: int,
+    seed: int,
+    advance: Callable[[], None] | None = None,
+) -> dict:
     """vLLM's latency fields: avg_latency, latencies, percentiles. Each iteration gets fresh prompts:
     repeating the same ones would let the prefix cache skip the prefill from the second on."""
     vocab = bench.engine.vocab_size
@@ -132,13 +153,22 @@ def run_latency(bench: EngineBench, batch_size: int, input_len: int, output_len:
             latencies.append(timed.elapsed)
         if advance is not None:
             advance()
-    return {"avg_latency": sum(latencies) / len(latencies), "latencies": latencies,
-            "percentiles": percentiles(latencies)}
+    return {
+        "avg_latency": sum(latencies) / len(latencies),
+        "latencies": latencies,
+        "percentiles": percentiles(latencies),
+    }
 
 
-def run_transformers(engine_args: EngineArgs, hf_config: transformers.PretrainedConfig, dtype: torch.dtype,
-                     device: torch.device, prepared: Prepared, batch_size: int,
-                     advance: Callable[[int], None] | None = None) -> dict:
+def run_transformers(
+    engine_args: EngineArgs,
+    hf_config: transformers.PretrainedConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    prepared: Prepared,
+    batch_size: int,
+    advance: Callable[[int], None] | None = None,
+) -> dict:
     """transformers' generate on the same prompts in static batches (left-padded when lengths differ),
     each batch running to its longest output; counts the requested output tokens, the same work."""
     transformers.logging.set_verbosity_error()  # generation-config chatter is not a result
@@ -149,8 +179,12 @@ def run_transformers(engine_args: EngineArgs, hf_config: transformers.Pretrained
         source = resolve_model_source(engine_args.model, engine_args.revision)
         kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            source.path, dtype=dtype, revision=engine_args.revision,
-            trust_remote_code=engine_args.trust_remote_code, **kwargs)
+            source.path,
+            dtype=dtype,
+            revision=engine_args.revision,
+            trust_remote_code=engine_args.trust_remote_code,
+            **kwargs,
+        )
     model = model.to(device).eval()
     pad = 0
 
@@ -159,16 +193,17 @@ def run_transformers(engine_args: EngineArgs, hf_config: transformers.Pretrained
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in batch], device=device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in batch], device=device)
         n = max(n for _, n in batch)
-        model.generate(input_ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                       pad_token_id=pad)
+        model.generate(
+            input_ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad
+        )
 
     with torch.inference_mode():
         generate([(prepared[0][0][:8], 2)])  # warm-up
         start = time.perf_counter()
         for i in range(0, len(prepared), batch_size):
-            generate(prepared[i:i + batch_size])
+            generate(prepared[i : i + batch_size])
             if advance is not None:
-                advance(len(prepared[i:i + batch_size]))
+                advance(len(prepared[i : i + batch_size]))
         elapsed = time.perf_counter() - start
     timed = Timed(elapsed, len(prepared), sum(len(ids) for ids, _ in prepared), sum(n for _, n in prepared))
     return {"name": "transformers", "batch_size": batch_size, **timed.rates()}

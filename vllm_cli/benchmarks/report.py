@@ -35,8 +35,11 @@ def versions() -> dict[str, str | None]:
 
 def device_info(device: torch.device | None = None) -> dict:
     """The device the engine ran on (CPU model and threads, or the GPU's name)."""
-    info: dict = {"type": getattr(device, "type", str(device)) if device is not None else None,
-                  "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
+    info: dict = {
+        "type": getattr(device, "type", str(device)) if device is not None else None,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+    }
     torch = sys.modules.get("torch")  # only when the benchmark already imported it
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
@@ -59,8 +62,12 @@ def _cpu_name() -> str:
 def summarize(values: list[float], name: str, scale: float = 1000.0, unit: str = "ms") -> dict[str, float]:
     """vLLM's mean/median/std/p99 fields (`mean_ttft_ms`, ...) of seconds scaled to `unit`."""
     arr = np.asarray(values or [0.0], dtype=float) * scale
-    return {f"mean_{name}_{unit}": float(arr.mean()), f"median_{name}_{unit}": float(np.median(arr)),
-            f"std_{name}_{unit}": float(arr.std()), f"p99_{name}_{unit}": float(np.percentile(arr, 99))}
+    return {
+        f"mean_{name}_{unit}": float(arr.mean()),
+        f"median_{name}_{unit}": float(np.median(arr)),
+        f"std_{name}_{unit}": float(arr.std()),
+        f"p99_{name}_{unit}": float(np.percentile(arr, 99)),
+    }
 
 
 def percentiles(values: list[float], qs: tuple[int, ...] = (10, 25, 50, 75, 90, 99)) -> dict[str, float]:
@@ -89,11 +96,19 @@ def print_throughput(rows: list[tuple[str, dict]], result: dict) -> None:
     """The throughput table: one column per engine (vllm-cli, and the baseline if it ran)."""
     s = result["settings"]
     prefix = f"{s['prefix_len']} shared + " if s["prefix_len"] else ""
-    workload = (f"{s['num_prompts']} prompts x {prefix}{s['input_len']} in / {s['output_len']} out" if s["input_len"]
-                else f"{s['num_prompts']} prompts from {s['dataset']}")
-    fields = [("elapsed (s)", "elapsed_time"), ("requests/s", "requests_per_second"),
-              ("total tokens/s", "tokens_per_second"), ("output tokens/s", "output_throughput"),
-              ("input tokens", "total_input_tokens"), ("output tokens", "total_output_tokens")]
+    workload = (
+        f"{s['num_prompts']} prompts x {prefix}{s['input_len']} in / {s['output_len']} out"
+        if s["input_len"]
+        else f"{s['num_prompts']} prompts from {s['dataset']}"
+    )
+    fields = [
+        ("elapsed (s)", "elapsed_time"),
+        ("requests/s", "requests_per_second"),
+        ("total tokens/s", "tokens_per_second"),
+        ("output tokens/s", "output_throughput"),
+        ("input tokens", "total_input_tokens"),
+        ("output tokens", "total_output_tokens"),
+    ]
     table = [(label, *(r[key] for _, r in rows)) for label, key in fields]
     table.append(("prefix cache hit rate", f"{result['prefix_cache_hit_rate']:.1%}", *([""] * (len(rows) - 1))))
     if "output_throughput_ratio" in result:
@@ -103,15 +118,23 @@ def print_throughput(rows: list[tuple[str, dict]], result: dict) -> None:
 
 def print_serving(r: dict) -> None:
     """The `bench serve` table: throughput, then TTFT/TPOT/ITL/E2E latency statistics."""
-    rows = [("successful requests", r["completed"]), ("failed requests", r["failed"]),
-            ("duration (s)", r["duration"]), ("total input tokens", r["total_input_tokens"]),
-            ("total output tokens", r["total_output_tokens"]), ("request throughput (req/s)", r["request_throughput"]),
-            ("output throughput (tok/s)", r["output_throughput"]),
-            ("total token throughput (tok/s)", r["total_token_throughput"])]
+    rows = [
+        ("successful requests", r["completed"]),
+        ("failed requests", r["failed"]),
+        ("duration (s)", r["duration"]),
+        ("total input tokens", r["total_input_tokens"]),
+        ("total output tokens", r["total_output_tokens"]),
+        ("request throughput (req/s)", r["request_throughput"]),
+        ("output throughput (tok/s)", r["output_throughput"]),
+        ("total token throughput (tok/s)", r["total_token_throughput"]),
+    ]
     for name, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E latency")):
         rows += [(f"{stat} {label} (ms)", r[f"{stat}_{name}_ms"]) for stat in ("mean", "median", "p99")]
-    print_table(f"Serving: {r['model']} at {r['url']}, rate {r['request_rate']} req/s, "
-                f"concurrency {r['max_concurrency'] or 'unlimited'}", rows)
+    print_table(
+        f"Serving: {r['model']} at {r['url']}, rate {r['request_rate']} req/s, "
+        f"concurrency {r['max_concurrency'] or 'unlimited'}",
+        rows,
+    )
 
 
 def write_json(path: str | None, result: dict) -> None:
@@ -124,5 +147,6 @@ def write_json(path: str | None, result: dict) -> None:
 
 def progress(description: str) -> Progress:
     """A bar over requests; transient, and rich draws nothing when stdout is not a terminal."""
-    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return Progress(
+        TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+    )

@@ -110,10 +110,19 @@ async def first_model(session: aiohttp.ClientSession, url: str) -> str:
         return (await response.json())["data"][0]["id"]
 
 
-async def benchmark(url: str, endpoint: str, model: str | None, requests: list[BenchRequest],
-                    warmup: BenchRequest | None, request_rate: float = math.inf, max_concurrency: int | None = None,
-                    seed: int = 0, api_key: str | None = None, ignore_eos: bool = True,
-                    advance: Callable[[], None] | None = None) -> dict:
+async def benchmark(
+    url: str,
+    endpoint: str,
+    model: str | None,
+    requests: list[BenchRequest],
+    warmup: BenchRequest | None,
+    request_rate: float = math.inf,
+    max_concurrency: int | None = None,
+    seed: int = 0,
+    api_key: str | None = None,
+    ignore_eos: bool = True,
+    advance: Callable[[], None] | None = None,
+) -> dict:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     # The semaphore bounds the requests in flight, not the connection pool; runs can last hours.
     connector = aiohttp.TCPConnector(limit=0)
@@ -152,8 +161,13 @@ async def benchmark(url: str, endpoint: str, model: str | None, requests: list[B
         outcomes = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
     result = metrics(outcomes, duration)
-    result.update(model=model, url=target, request_rate=request_rate if math.isfinite(request_rate) else "inf",
-                  max_concurrency=max_concurrency, num_prompts=len(requests))
+    result.update(
+        model=model,
+        url=target,
+        request_rate=request_rate if math.isfinite(request_rate) else "inf",
+        max_concurrency=max_concurrency,
+        num_prompts=len(requests),
+    )
     return result
 
 
@@ -164,13 +178,21 @@ def metrics(outcomes: list[Outcome], duration: float) -> dict:
     total_out = sum(o.output_tokens for o in ok)
     tpots = [(o.latency - o.ttft) / (o.output_tokens - 1) for o in ok if o.output_tokens > 1]
     return {
-        "duration": duration, "completed": len(ok), "failed": len(outcomes) - len(ok),
-        "total_input_tokens": total_in, "total_output_tokens": total_out,
-        "request_throughput": len(ok) / duration, "output_throughput": total_out / duration,
+        "duration": duration,
+        "completed": len(ok),
+        "failed": len(outcomes) - len(ok),
+        "total_input_tokens": total_in,
+        "total_output_tokens": total_out,
+        "request_throughput": len(ok) / duration,
+        "output_throughput": total_out / duration,
         "total_token_throughput": (total_in + total_out) / duration,
-        **summarize([o.ttft for o in ok], "ttft"), **summarize(tpots, "tpot"),
-        **summarize([gap for o in ok for gap in o.itl], "itl"), **summarize([o.latency for o in ok], "e2el"),
-        "input_lens": [o.prompt_len for o in outcomes], "output_lens": [o.output_tokens for o in outcomes],
-        "ttfts": [o.ttft for o in outcomes], "itls": [o.itl for o in outcomes],
+        **summarize([o.ttft for o in ok], "ttft"),
+        **summarize(tpots, "tpot"),
+        **summarize([gap for o in ok for gap in o.itl], "itl"),
+        **summarize([o.latency for o in ok], "e2el"),
+        "input_lens": [o.prompt_len for o in outcomes],
+        "output_lens": [o.output_tokens for o in outcomes],
+        "ttfts": [o.ttft for o in outcomes],
+        "itls": [o.itl for o in outcomes],
         "errors": [o.error for o in outcomes],
     }

@@ -31,39 +31,82 @@ _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 @with_engine_options()
 def chat(
     *,
-    model: Annotated[str | None, typer.Argument(
-        help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct). With --url: the served "
-             "model's name.")] = None,
-    system: Annotated[str | None, typer.Option(
-        "--system", "--system-prompt", "-s", help="System message, e.g. 'translate to Italian'.",
-        rich_help_panel=_CHAT)] = None,
-    quick: Annotated[str | None, typer.Option(
-        "--quick", "-q", metavar="MESSAGE", help="Send one message, print the reply, exit.",
-        rich_help_panel=_CHAT)] = None,
-    whole_input: Annotated[bool, typer.Option(
-        "--whole-input", help="With piped stdin: all of it is one message (default: each line is one).",
-        rich_help_panel=_CHAT)] = False,
-    stats: Annotated[bool, typer.Option(
-        "--stats/--no-stats", help="Print tokens and tokens/s after each reply (on stderr).",
-        rich_help_panel=_CHAT)] = True,
-    chat_template: Annotated[str | None, typer.Option(
-        help="Jinja chat template (a file or inline); default: the tokenizer's, else ChatML.",
-        rich_help_panel=_CHAT)] = None,
-    log_level: Annotated[str | None, typer.Option(
-        help=" | ".join(_LOG_LEVELS) + " (default: warning, so that the chat stays readable).",
-        rich_help_panel=_CHAT)] = None,
-    url: Annotated[str | None, typer.Option(
-        help="Chat with an OpenAI-compatible server instead, e.g. http://localhost:8000/v1.",
-        rich_help_panel=_REMOTE)] = None,
-    api_key: Annotated[str | None, typer.Option(
-        envvar=["VLLM_API_KEY", "OPENAI_API_KEY"], show_default=False, help="The server's API key.",
-        rich_help_panel=_REMOTE)] = None,
-    model_name: Annotated[str | None, typer.Option(
-        help="The served model to use (default: the first the server lists).", rich_help_panel=_REMOTE)] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct). With --url: the served "
+            "model's name."
+        ),
+    ] = None,
+    system: Annotated[
+        str | None,
+        typer.Option(
+            "--system",
+            "--system-prompt",
+            "-s",
+            help="System message, e.g. 'translate to Italian'.",
+            rich_help_panel=_CHAT,
+        ),
+    ] = None,
+    quick: Annotated[
+        str | None,
+        typer.Option(
+            "--quick", "-q", metavar="MESSAGE", help="Send one message, print the reply, exit.", rich_help_panel=_CHAT
+        ),
+    ] = None,
+    whole_input: Annotated[
+        bool,
+        typer.Option(
+            "--whole-input",
+            help="With piped stdin: all of it is one message (default: each line is one).",
+            rich_help_panel=_CHAT,
+        ),
+    ] = False,
+    stats: Annotated[
+        bool,
+        typer.Option(
+            "--stats/--no-stats", help="Print tokens and tokens/s after each reply (on stderr).", rich_help_panel=_CHAT
+        ),
+    ] = True,
+    chat_template: Annotated[
+        str | None,
+        typer.Option(
+            help="Jinja chat template (a file or inline); default: the tokenizer's, else ChatML.", rich_help_panel=_CHAT
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            help=" | ".join(_LOG_LEVELS) + " (default: warning, so that the chat stays readable).",
+            rich_help_panel=_CHAT,
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Chat with an OpenAI-compatible server instead, e.g. http://localhost:8000/v1.",
+            rich_help_panel=_REMOTE,
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar=["VLLM_API_KEY", "OPENAI_API_KEY"],
+            show_default=False,
+            help="The server's API key.",
+            rich_help_panel=_REMOTE,
+        ),
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(help="The served model to use (default: the first the server lists).", rich_help_panel=_REMOTE),
+    ] = None,
     temperature: Annotated[float, typer.Option(help="0 = greedy.", rich_help_panel=_SAMPLING)] = 0.7,
     top_p: Annotated[float, typer.Option(rich_help_panel=_SAMPLING)] = 0.95,
-    max_tokens: Annotated[int | None, typer.Option(
-        help="Longest reply (default: up to the end of the context).", rich_help_panel=_SAMPLING)] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(help="Longest reply (default: up to the end of the context).", rich_help_panel=_SAMPLING),
+    ] = None,
     engine_args: EngineArgs,
 ) -> None:
     """Chat with a model in the terminal: a REPL that keeps the conversation (/help lists its commands).
@@ -86,16 +129,37 @@ def chat(
             raise typer.BadParameter(str(e)) from None
         interactive = quick is None and sys.stdin.isatty()
         engine_args = dataclasses.replace(engine_args, chat_template=chat_template)
-        ok = asyncio.run(_main(conv, engine_args, url=url, api_key=api_key, model_name=model_name or model,
-                               quick=quick, whole_input=whole_input, interactive=interactive, stats=stats,
-                               log_level=log_level))
+        ok = asyncio.run(
+            _main(
+                conv,
+                engine_args,
+                url=url,
+                api_key=api_key,
+                model_name=model_name or model,
+                quick=quick,
+                whole_input=whole_input,
+                interactive=interactive,
+                stats=stats,
+                log_level=log_level,
+            )
+        )
     if not ok:
         raise typer.Exit(1)
 
 
-async def _main(conv: Conversation, engine_args: EngineArgs, *, url: str | None, api_key: str | None,
-                model_name: str | None, quick: str | None, whole_input: bool, interactive: bool, stats: bool,
-                log_level: str | None) -> bool:
+async def _main(
+    conv: Conversation,
+    engine_args: EngineArgs,
+    *,
+    url: str | None,
+    api_key: str | None,
+    model_name: str | None,
+    quick: str | None,
+    whole_input: bool,
+    interactive: bool,
+    stats: bool,
+    log_level: str | None,
+) -> bool:
     # Lazy: see chat() (chat_repl brings prompt_toolkit).
     from vllm_cli.cli.chat_backends import BackendError, EngineBackend, OpenAIBackend
     from vllm_cli.cli.chat_repl import ChatRunner, make_prompt_session, scripted

@@ -130,8 +130,13 @@ class OpenAIBackend:
         extra = {k: v for k, v in params.items() if k not in _OPENAI_PARAMS and v is not None}
         try:
             chunks = await self.client.chat.completions.create(
-                model=self.model, messages=cast("list[ChatCompletionMessageParam]", messages), stream=True,
-                stream_options={"include_usage": True}, extra_body=extra or None, **kwargs)
+                model=self.model,
+                messages=cast("list[ChatCompletionMessageParam]", messages),
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=extra or None,
+                **kwargs,
+            )
             async with aclosing(chunks):  # closing the stream drops the connection: the server aborts
                 async for chunk in chunks:
                     if chunk.usage is not None:

@@ -49,8 +49,7 @@ def stats_line(stats: TurnStats, seconds: float, interrupted: bool) -> str:
 class ChatRunner:
     """Sends the conversation, streams the reply to `out`, records it in the conversation."""
 
-    def __init__(self, backend: Backend, conv: Conversation, out: TextIO, err: TextIO,
-                 show_stats: bool = True) -> None:
+    def __init__(self, backend: Backend, conv: Conversation, out: TextIO, err: TextIO, show_stats: bool = True) -> None:
         self.backend, self.conv, self.out, self.err, self.show_stats = backend, conv, out, err, show_stats
 
     def note(self, text: str) -> None:

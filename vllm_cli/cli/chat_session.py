@@ -20,8 +20,19 @@ DEFAULT_PARAMS: dict = {"temperature": 0.7, "top_p": 0.95}
 
 # What /params may set: sampling fields that both the engine and OpenAI-compatible servers
 # (vLLM's extras: top_k, min_p, repetition_penalty) understand.
-PARAM_NAMES = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "min_tokens", "seed",
-               "presence_penalty", "frequency_penalty", "repetition_penalty", "stop")
+PARAM_NAMES = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "min_tokens",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "stop",
+)
 
 ROLES = ("system", "user", "assistant")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -27,12 +28,22 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     "dtype": (str, "auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint's 16-bit type on CUDA)."),
     "device": (str, "auto | cpu | cuda."),
     "load_format": (str, "auto | dummy (random weights from config.json alone, for benchmarks)."),
-    "model_impl": (str, "auto | native | transformers (auto: our implementation if there is one, else "
-                         "transformers' modeling code on the paged KV cache)."),
-    "attention_backend": (str, "auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable "
-                               "if set, else torch; triton kernels are opt-in until verified on a GPU, and need TRITON_INTERPRET=1 on CPU)."),
-    "structured_outputs_backend": (str, "auto | xgrammar | guidance: the constrained-decoding backend (auto: "
-                                        "xgrammar, llguidance for what xgrammar cannot compile)."),
+    "model_impl": (
+        str,
+        "auto | native | transformers (auto: our implementation if there is one, else "
+        "transformers' modeling code on the paged KV cache).",
+    ),
+    "attention_backend": (
+        str,
+        "auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable "
+        "if set, else torch; triton kernels are opt-in until verified on a GPU, and need "
+        "TRITON_INTERPRET=1 on CPU).",
+    ),
+    "structured_outputs_backend": (
+        str,
+        "auto | xgrammar | guidance: the constrained-decoding backend (auto: "
+        "xgrammar, llguidance for what xgrammar cannot compile).",
+    ),
     "seed": (int, "Random seed."),
     "max_model_len": (Optional[int], "Context length (default: the model's)."),
     "block_size": (int, "Tokens per KV-cache block."),
@@ -50,29 +61,38 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
 }
 
 
-def _option(name: str, annotation, help_text: str):
+def _option(name: str, annotation: object, help_text: str) -> inspect.Parameter:
     default = EngineArgs.__dataclass_fields__[name].default
     flag = "--" + name.replace("_", "-")
     decls = [f"{flag}/--no-{flag[2:]}"] if annotation is bool else [flag]
     return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=default,
-        annotation=Annotated[annotation, typer.Option(*decls, help=help_text, rich_help_panel=_PANEL,
-                                                      show_default=default is not None)])
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[
+            annotation, typer.Option(*decls, help=help_text, rich_help_panel=_PANEL, show_default=default is not None)
+        ],
+    )
 
 
-def with_engine_options(*exclude: str):
+def with_engine_options(*exclude: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command taking `model` and `engine_args`; `exclude` drops flags it sets itself."""
 
-    def decorate(func):
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(func)
         hints = typing.get_type_hints(func, include_extras=True)  # real objects, not strings
-        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
-               if p.name != "engine_args"]
-        added = [_option(n, a, h) for n, (a, h) in _ENGINE_OPTIONS.items() if n not in exclude and n not in sig.parameters]
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in sig.parameters.values()
+            if p.name != "engine_args"
+        ]
+        added = [
+            _option(n, a, h) for n, (a, h) in _ENGINE_OPTIONS.items() if n not in exclude and n not in sig.parameters
+        ]
         added_names = [p.name for p in added]
 
         @functools.wraps(func)
-        def wrapper(**kwargs):
+        def wrapper(**kwargs: Any) -> Any:
             values = {n: kwargs.pop(n) for n in added_names}
             try:
                 engine_args = EngineArgs(model=kwargs.get("model"), **values)
@@ -80,7 +100,8 @@ def with_engine_options(*exclude: str):
                 raise typer.BadParameter(str(e)) from None
             return func(engine_args=engine_args, **kwargs)
 
-        wrapper.__signature__ = sig.replace(parameters=own + added, return_annotation=None)
+        # typer reads the signature; functools.wraps types the wrapper without this attribute
+        wrapper.__signature__ = sig.replace(parameters=own + added, return_annotation=None)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in own + added}
         return wrapper
 

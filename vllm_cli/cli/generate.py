@@ -15,10 +15,15 @@ from vllm_cli.config import EngineArgs
 @with_engine_options()
 def generate(
     *,
-    model: Annotated[str | None, typer.Argument(
-        help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")] = None,
-    prompt: Annotated[list[str] | None, typer.Option(
-        "--prompt", "-p", help="A prompt (repeat for a batch; '-' reads stdin); default 'Hello, my name is'.")] = None,
+    model: Annotated[
+        str | None, typer.Argument(help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")
+    ] = None,
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prompt", "-p", help="A prompt (repeat for a batch; '-' reads stdin); default 'Hello, my name is'."
+        ),
+    ] = None,
     chat: Annotated[bool, typer.Option(help="Send each prompt as a user message through the chat template.")] = False,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,

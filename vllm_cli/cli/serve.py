@@ -56,42 +56,90 @@ def _origins(values: list[str] | None) -> list[str]:
 @with_engine_options()
 def serve(
     *,
-    model: Annotated[str | None, typer.Argument(
-        help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")] = None,
-    host: Annotated[str | None, typer.Option(
-        help="Interface to listen on (default: all interfaces).", rich_help_panel=_SERVER)] = None,
+    model: Annotated[
+        str | None, typer.Argument(help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on (default: all interfaces).", rich_help_panel=_SERVER)
+    ] = None,
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).", rich_help_panel=_SERVER)] = 8000,
-    served_model_name: Annotated[list[str] | None, typer.Option(
-        "--served-model-name", metavar="NAME...", rich_help_panel=_SERVER,
-        help="Name(s) clients use in `model` (default: the model's). The first is used in responses "
-             "that do not name one.")] = None,
-    api_key: Annotated[str | None, typer.Option(
-        envvar="VLLM_API_KEY", show_default=False, rich_help_panel=_SERVER,
-        help="Require `Authorization: Bearer KEY` (all paths but /health, /metrics, /version).")] = None,
-    chat_template: Annotated[str | None, typer.Option(
-        help="Jinja chat template (a file or inline); default: the tokenizer's, else ChatML.",
-        rich_help_panel=_SERVER)] = None,
-    allowed_origins: Annotated[list[str] | None, typer.Option(
-        metavar="ORIGINS", help="CORS origins allowed to call the API: '*', a list like '[\"https://a.example\"]' or "
-             "comma-separated (default: none, CORS off).", rich_help_panel=_SERVER)] = None,
+    served_model_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--served-model-name",
+            metavar="NAME...",
+            rich_help_panel=_SERVER,
+            help="Name(s) clients use in `model` (default: the model's). The first is used in responses "
+            "that do not name one.",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VLLM_API_KEY",
+            show_default=False,
+            rich_help_panel=_SERVER,
+            help="Require `Authorization: Bearer KEY` (all paths but /health, /metrics, /version).",
+        ),
+    ] = None,
+    chat_template: Annotated[
+        str | None,
+        typer.Option(
+            help="Jinja chat template (a file or inline); default: the tokenizer's, else ChatML.",
+            rich_help_panel=_SERVER,
+        ),
+    ] = None,
+    allowed_origins: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="ORIGINS",
+            help="CORS origins allowed to call the API: '*', a list like '[\"https://a.example\"]' or "
+            "comma-separated (default: none, CORS off).",
+            rich_help_panel=_SERVER,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help=" | ".join(_LOG_LEVELS) + ".", rich_help_panel=_SERVER)] = "info",
-    shutdown_timeout: Annotated[float, typer.Option(
-        help="On SIGINT/SIGTERM, seconds in-flight requests get to finish before they are aborted.",
-        rich_help_panel=_SERVER)] = 30.0,
-    enable_auto_tool_choice: Annotated[bool, typer.Option(
-        "--enable-auto-tool-choice", rich_help_panel=_TOOLS,
-        help="Serve tool_choice 'auto' (and tools without tool_choice) by parsing calls out of the model's text "
-             "with --tool-call-parser.")] = False,
-    tool_call_parser: Annotated[str | None, typer.Option(
-        metavar="NAME", rich_help_panel=_TOOLS,
-        help="How the model writes tool calls: hermes, llama3_json, mistral, pythonic, or one a "
-             "--tool-parser-plugin registers.")] = None,
-    tool_parser_plugin: Annotated[str | None, typer.Option(
-        metavar="PATH", rich_help_panel=_TOOLS,
-        help="A Python file that registers a tool parser (ToolParserManager.register_module).")] = None,
-    reasoning_parser: Annotated[str | None, typer.Option(
-        metavar="NAME", rich_help_panel=_TOOLS,
-        help="Split the model's thinking into reasoning_content: deepseek_r1, qwen3.")] = None,
+    shutdown_timeout: Annotated[
+        float,
+        typer.Option(
+            help="On SIGINT/SIGTERM, seconds in-flight requests get to finish before they are aborted.",
+            rich_help_panel=_SERVER,
+        ),
+    ] = 30.0,
+    enable_auto_tool_choice: Annotated[
+        bool,
+        typer.Option(
+            "--enable-auto-tool-choice",
+            rich_help_panel=_TOOLS,
+            help="Serve tool_choice 'auto' (and tools without tool_choice) by parsing calls out of the model's text "
+            "with --tool-call-parser.",
+        ),
+    ] = False,
+    tool_call_parser: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            rich_help_panel=_TOOLS,
+            help="How the model writes tool calls: hermes, llama3_json, mistral, pythonic, or one a "
+            "--tool-parser-plugin registers.",
+        ),
+    ] = None,
+    tool_parser_plugin: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            rich_help_panel=_TOOLS,
+            help="A Python file that registers a tool parser (ToolParserManager.register_module).",
+        ),
+    ] = None,
+    reasoning_parser: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            rich_help_panel=_TOOLS,
+            help="Split the model's thinking into reasoning_content: deepseek_r1, qwen3.",
+        ),
+    ] = None,
     engine_args: EngineArgs,
 ) -> None:
     """Serve a model over OpenAI's HTTP API (/v1/chat/completions, /v1/completions, /v1/models, ...)."""
@@ -107,10 +155,20 @@ def serve(
         parsers = ParserOptions(enable_auto_tool_choice, tool_call_parser, tool_parser_plugin, reasoning_parser)
         parsers.resolve()  # an unknown parser name: one line, before the model loads
         set_log_level(log_level)
-        engine_args = dataclasses.replace(engine_args, served_model_name=list(served_model_name or []),
-                                          chat_template=chat_template)
-        asyncio.run(run_server(engine_args, host=host, port=port, api_key=api_key or None,
-                               allowed_origins=origins, shutdown_timeout=shutdown_timeout, parsers=parsers))
+        engine_args = dataclasses.replace(
+            engine_args, served_model_name=list(served_model_name or []), chat_template=chat_template
+        )
+        asyncio.run(
+            run_server(
+                engine_args,
+                host=host,
+                port=port,
+                api_key=api_key or None,
+                allowed_origins=origins,
+                shutdown_timeout=shutdown_timeout,
+                parsers=parsers,
+            )
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -62,11 +62,21 @@ class Placement:
         if "TORCHELASTIC_RUN_ID" in env and "RANK" in env:
             world = int(env["WORLD_SIZE"])
             if world != tp:
-                raise ValueError(f"torchrun started {world} processes, but --tensor-parallel-size is {tp}: "
-                                 "start one process per rank")
+                raise ValueError(
+                    f"torchrun started {world} processes, but --tensor-parallel-size is {tp}: "
+                    "start one process per rank"
+                )
             rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", 0))
-            return cls(tp, rank, [], int(env.get("LOCAL_WORLD_SIZE", world)), rank - local_rank,
-                       env["MASTER_ADDR"], int(env["MASTER_PORT"]), torchrun=True)
+            return cls(
+                tp,
+                rank,
+                [],
+                int(env.get("LOCAL_WORLD_SIZE", world)),
+                rank - local_rank,
+                env["MASTER_ADDR"],
+                int(env["MASTER_PORT"]),
+                torchrun=True,
+            )
         nnodes, node_rank = args.nnodes, args.node_rank
         if not 0 <= node_rank < nnodes:
             raise ValueError(f"--node-rank must be in [0, {nnodes}), got {node_rank}")
@@ -76,8 +86,9 @@ class Placement:
         port = args.master_port or (int(env["MASTER_PORT"]) if env.get("MASTER_PORT") else None)
         if port is None:
             if nnodes > 1:
-                raise ValueError("a multi-node group needs a rendezvous port on every node: "
-                                 "--master-port PORT (or MASTER_PORT)")
+                raise ValueError(
+                    "a multi-node group needs a rendezvous port on every node: --master-port PORT (or MASTER_PORT)"
+                )
             port = _free_port(addr)
         ranks = list(range(first, first + per_node))
         this_rank = 0 if node_rank == 0 else None
@@ -103,8 +114,10 @@ class TensorParallelGroup:
         self.placement = placement
         self.worker_module = worker_module
         if device.type == "cuda" and torch.cuda.device_count() < self.placement.local_world_size:
-            raise ValueError(f"{self.placement.local_world_size} tensor-parallel ranks on this machine need as many "
-                             f"GPUs; {torch.cuda.device_count()} visible")
+            raise ValueError(
+                f"{self.placement.local_world_size} tensor-parallel ranks on this machine need as many "
+                f"GPUs; {torch.cuda.device_count()} visible"
+            )
         self.device = device
         self.failure: str | None = None
         self._processes: dict[int, subprocess.Popen] = {}
@@ -122,13 +135,21 @@ class TensorParallelGroup:
         rank = p.rank
         if device.type == "cpu":
             torch.set_num_threads(threads)
-        logger.info("Tensor parallelism: %d ranks (%s backend), rendezvous at %s:%d%s", p.world_size,
-                    "nccl" if device.type == "cuda" else "gloo", p.master_addr, p.master_port,
-                    f"; this machine runs ranks {p.rank}..{p.rank + p.local_world_size - 1}"
-                    if p.local_world_size < p.world_size else "")
+        logger.info(
+            "Tensor parallelism: %d ranks (%s backend), rendezvous at %s:%d%s",
+            p.world_size,
+            "nccl" if device.type == "cuda" else "gloo",
+            p.master_addr,
+            p.master_port,
+            f"; this machine runs ranks {p.rank}..{p.rank + p.local_world_size - 1}"
+            if p.local_world_size < p.world_size
+            else "",
+        )
         try:
-            self.guarded(lambda: ps.init_distributed(rank, p.world_size, p.master_addr, p.master_port, device),
-                         "waiting for every rank to join")
+            self.guarded(
+                lambda: ps.init_distributed(rank, p.world_size, p.master_addr, p.master_port, device),
+                "waiting for every rank to join",
+            )
         except BaseException:
             self.shutdown()  # the workers that did start go too
             raise
@@ -235,8 +256,10 @@ class TensorParallelGroup:
         waiting in a collective the driver never reached, and the group cannot run another step."""
         if isinstance(error, WorkerFailedError):
             return error
-        return self._failed(error, f"the tensor-parallel step failed on rank 0 ({type(error).__name__}: {error}); "
-                                   "the ranks are out of step")
+        return self._failed(
+            error,
+            f"the tensor-parallel step failed on rank 0 ({type(error).__name__}: {error}); the ranks are out of step",
+        )
 
     def _watch(self) -> None:
         while not self._closed and self.failure is None:

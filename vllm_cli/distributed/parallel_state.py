@@ -44,13 +44,19 @@ def get_tp_size() -> int:
     return _STATE.world_size
 
 
-def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, device: torch.device,
-                     timeout_s: float = 600.0) -> None:
+def init_distributed(
+    rank: int, world_size: int, master_addr: str, master_port: int, device: torch.device, timeout_s: float = 600.0
+) -> None:
     """Join the tensor-parallel group (blocks until every rank has joined, or timeout_s)."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     init_method = f"tcp://{_url_host(master_addr)}:{master_port}"
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
     device_group = dist.group.WORLD
     # The step messages get their own gloo group with the idle timeout, whatever the device
     # backend, so the activations' collectives keep the short one (a stuck peer is reported).
@@ -73,6 +79,7 @@ def _url_host(host: str) -> str:
 
 
 # ----- collectives (identity in a world of one) -----
+
 
 def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, in place (row-parallel linears, the vocab-parallel embedding)."""
@@ -102,6 +109,7 @@ def broadcast_object(obj: Any = None, src: int = 0) -> Any:
 
 # ----- how a dimension splits over the ranks -----
 
+
 def divide(total: int, parts: int, what: str) -> int:
     if total % parts:
         raise ValueError(f"{what} ({total}) is not divisible by the tensor-parallel size ({parts})")
@@ -126,8 +134,9 @@ def kv_head_shard(num_kv_heads: int) -> tuple[int, int]:
         local = divide(num_kv_heads, tp, "the number of KV heads")
         return rank * local, local
     if tp % num_kv_heads:
-        raise ValueError(f"the tensor-parallel size ({tp}) must divide or be a multiple of the number "
-                         f"of KV heads ({num_kv_heads})")
+        raise ValueError(
+            f"the tensor-parallel size ({tp}) must divide or be a multiple of the number of KV heads ({num_kv_heads})"
+        )
     return rank // (tp // num_kv_heads), 1
 
 

@@ -57,8 +57,9 @@ class AsyncEngine:
         self._dead: BaseException | None = None
         started = threading.Event()
         self._start_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(engine_args, started), name="vllm-cli-engine",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(engine_args, started), name="vllm-cli-engine", daemon=True
+        )
         self._thread.start()
         started.wait()
         if self._start_error is not None:
@@ -86,8 +87,13 @@ class AsyncEngine:
         return str(self._dead) if self._dead is not None else "the engine thread exited"
 
     # ----- public API (event loop side) -----
-    async def generate(self, prompt: PromptInput, params: SamplingParams, request_id: str | None = None,
-                       prompt_token_ids: list[int] | None = None) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self,
+        prompt: PromptInput,
+        params: SamplingParams,
+        request_id: str | None = None,
+        prompt_token_ids: list[int] | None = None,
+    ) -> AsyncIterator[RequestOutput]:
         """Yield delta outputs until the request finishes. Cancelling the consumer (a client
         that went away) aborts the request and frees its KV blocks.
         Raises ValueError for invalid input before anything is queued."""
@@ -180,8 +186,9 @@ class AsyncEngine:
                 stream = self._streams.get(output.request_id)
                 if stream is not None:
                     stream.put(output)
-        error = EngineDeadError(f"the engine has stopped: {self._dead}" if self._dead
-                                else "the engine is shutting down")
+        error = EngineDeadError(
+            f"the engine has stopped: {self._dead}" if self._dead else "the engine is shutting down"
+        )
         self._fail_in_flight(error)
         for stream in list(self._streams.values()):  # queued, not yet added: answered too
             stream.put(error)
@@ -189,8 +196,11 @@ class AsyncEngine:
     def _fail_in_flight(self, error: Exception) -> None:
         """A step failed: every in-flight request gets the error; the engine goes on serving."""
         if not isinstance(error, EngineDeadError):
-            logger.error("engine step failed; aborting %d requests:\n%s", len(self.engine.requests),
-                         "".join(traceback.format_exception(error)))
+            logger.error(
+                "engine step failed; aborting %d requests:\n%s",
+                len(self.engine.requests),
+                "".join(traceback.format_exception(error)),
+            )
         ids = self.engine.abort_all()
         for request_id in ids:
             stream = self._streams.get(request_id)

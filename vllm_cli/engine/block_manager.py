@@ -80,7 +80,7 @@ class BlockManager:
         while (len(hashes) + 1) * bs <= upto_tokens:
             i = len(hashes)
             parent = hashes[-1] if hashes else None
-            hashes.append(hash((parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))))
+            hashes.append(hash((parent, tuple(seq.token_ids[i * bs : (i + 1) * bs]))))
         return hashes
 
     def find_cached_prefix(self, seq: Sequence) -> CachedPrefix:
@@ -101,7 +101,7 @@ class BlockManager:
                 break
             hit.blocks.append(block)
         start = len(hit.blocks) * self.block_size
-        wanted = seq.token_ids[start:min(start + self.block_size, limit)]
+        wanted = seq.token_ids[start : min(start + self.block_size, limit)]
         parent = hashes[len(hit.blocks) - 1] if hit.blocks else None
         for block in self.partials_by_parent.get(parent, ()):
             cached = self.partial_blocks[block][1]
@@ -183,8 +183,11 @@ class BlockManager:
             if self.ref_counts[block] == 0:
                 if self.enable_prefix_caching and self.block_hash[block] is None and index == last_full and filled:
                     hashes = self._full_block_hashes(seq, index * bs)
-                    self._remember_partial(block, hashes[index - 1] if index else None,
-                                           tuple(seq.token_ids[index * bs:index * bs + filled]))
+                    self._remember_partial(
+                        block,
+                        hashes[index - 1] if index else None,
+                        tuple(seq.token_ids[index * bs : index * bs + filled]),
+                    )
                 self.free_queue[block] = None
                 if self.block_hash[block] is None and block not in self.partial_blocks:
                     self.free_queue.move_to_end(block, last=False)  # caches nothing: reuse first

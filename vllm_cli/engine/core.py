@@ -81,17 +81,27 @@ def prepare_batch(scheduled: list[tuple[Sequence, int]], block_size: int) -> Bat
 class EngineCore:
     """The KV-block pool, the scheduler, the worker and the sampler."""
 
-    def __init__(self, args: EngineArgs, worker: Worker, num_blocks: int, max_model_len: int, vocab_size: int,
-                 eos_token_ids: set[int], structured_output: StructuredOutputManager):
+    def __init__(
+        self,
+        args: EngineArgs,
+        worker: Worker,
+        num_blocks: int,
+        max_model_len: int,
+        vocab_size: int,
+        eos_token_ids: set[int],
+        structured_output: StructuredOutputManager,
+    ):
         self.worker = worker
         self.structured_output = structured_output
         self.block_size = args.block_size
         self.block_manager = BlockManager(num_blocks, args.block_size, args.enable_prefix_caching)
         max_batched = args.max_num_batched_tokens or (2048 if args.enable_chunked_prefill else max(2048, max_model_len))
         if not args.enable_chunked_prefill and max_batched < max_model_len:
-            raise ValueError(f"max_num_batched_tokens ({max_batched}) is smaller than max_model_len "
-                             f"({max_model_len}) and chunked prefill is off: long prompts could never run; "
-                             "raise --max-num-batched-tokens, lower --max-model-len or enable chunked prefill")
+            raise ValueError(
+                f"max_num_batched_tokens ({max_batched}) is smaller than max_model_len "
+                f"({max_model_len}) and chunked prefill is off: long prompts could never run; "
+                "raise --max-num-batched-tokens, lower --max-model-len or enable chunked prefill"
+            )
         self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, max_batched, args.enable_chunked_prefill)
         self.sampler = Sampler(vocab_size, eos_token_ids)
 
@@ -118,15 +128,19 @@ class EngineCore:
         row = num_sampled
         for seq, count, first in batch.prompt_chunks:
             assert logits is not None
-            targets = seq.token_ids[first + 1:first + 1 + count]
-            entries = compute_prompt_logprobs(logits[row:row + count], targets, seq.request.params.prompt_logprobs or 0)
+            targets = seq.token_ids[first + 1 : first + 1 + count]
+            entries = compute_prompt_logprobs(
+                logits[row : row + count], targets, seq.request.params.prompt_logprobs or 0
+            )
             prompt_logprobs.append((seq, entries))
             row += count
         results: list[SampleResult] = []
         if num_sampled:
             assert logits is not None
-            rows = [SamplingRow(seq.request.params, seq.request.prompt_token_ids, seq.output_token_ids, seq.generator)
-                    for seq in sample_seqs]
+            rows = [
+                SamplingRow(seq.request.params, seq.request.prompt_token_ids, seq.output_token_ids, seq.generator)
+                for seq in sample_seqs
+            ]
             sample_logits = logits[:num_sampled]
             # Structured outputs: each constrained row's forbidden tokens -> -inf before sampling (and logprobs).
             for i in self.structured_output.apply_bitmask(sample_logits, sample_seqs):

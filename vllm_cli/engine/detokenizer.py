@@ -51,9 +51,7 @@ class IncrementalDetokenizer:
         return self._text
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(
-            ids, skip_special_tokens=self._skip_special, clean_up_tokenization_spaces=False
-        )
+        return self.tokenizer.decode(ids, skip_special_tokens=self._skip_special, clean_up_tokenization_spaces=False)
 
     def add_token(self, token_id: int) -> str | None:
         """Append one generated token; return the stop string it completed, if any."""

@@ -39,9 +39,12 @@ class LLM:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
-    def generate(self, prompts: PromptInput | Seq[PromptInput],
-                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
-                 use_tqdm: bool = True) -> list[RequestOutput]:
+    def generate(
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
         """One RequestOutput per prompt, in input order. Prompts: strings, token-id lists,
         or {"prompt_token_ids": [...]} dicts, or a mix."""
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
@@ -64,15 +67,22 @@ class LLM:
         ids = []
         for (text, token_ids), params in zip(processed, params_list):
             request_id = str(next(self._counter))
-            self.engine.add_request(request_id, text, params.clone(output_kind="final_only"),
-                                    prompt_token_ids=token_ids)
+            self.engine.add_request(
+                request_id, text, params.clone(output_kind="final_only"), prompt_token_ids=token_ids
+            )
             ids.append(request_id)
         return self._run(ids, use_tqdm)
 
-    def chat(self, messages: list[dict] | list[list[dict]],
-             sampling_params: SamplingParams | Seq[SamplingParams] | None = None, use_tqdm: bool = True,
-             chat_template: str | None = None, add_generation_prompt: bool = True,
-             continue_final_message: bool = False, chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+    def chat(
+        self,
+        messages: list[dict] | list[list[dict]],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict | None = None,
+    ) -> list[RequestOutput]:
         """Chat with one conversation (a list of messages) or several (a list of lists)."""
         one = bool(messages) and isinstance(messages[0], dict)
         conversations = cast(list[list[dict]], [messages] if one else list(messages))
@@ -85,9 +95,16 @@ class LLM:
             else:
                 sampling_params = [p.clone(stop=_stops(p) + extra_stops) for p in sampling_params]
         prompts = [
-            {"prompt_token_ids": apply_chat_template(
-                self.engine.tokenizer, conv, template, add_generation_prompt=add_generation_prompt,
-                continue_final_message=continue_final_message, chat_template_kwargs=chat_template_kwargs)}
+            {
+                "prompt_token_ids": apply_chat_template(
+                    self.engine.tokenizer,
+                    conv,
+                    template,
+                    add_generation_prompt=add_generation_prompt,
+                    continue_final_message=continue_final_message,
+                    chat_template_kwargs=chat_template_kwargs,
+                )
+            }
             for conv in conversations
         ]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
@@ -133,5 +150,6 @@ def _progress(total: int):
     # Lazy: rich only when a progress bar is shown.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    )

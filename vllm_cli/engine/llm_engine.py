@@ -85,21 +85,35 @@ class LLMEngine:
         self.worker.init_kv_cache(num_blocks, self.max_model_len)
 
         # Imports no grammar backend until a request needs one.
-        self.structured_output = StructuredOutputManager(self.tokenizer, self.vocab_size,
-                                                         args.structured_outputs_backend, self.eos_token_ids)
-        self.core = EngineCore(args, self.worker, num_blocks, self.max_model_len, self.vocab_size,
-                               self.eos_token_ids, self.structured_output)
+        self.structured_output = StructuredOutputManager(
+            self.tokenizer, self.vocab_size, args.structured_outputs_backend, self.eos_token_ids
+        )
+        self.core = EngineCore(
+            args,
+            self.worker,
+            num_blocks,
+            self.max_model_len,
+            self.vocab_size,
+            self.eos_token_ids,
+            self.structured_output,
+        )
         self.scheduler, self.block_manager = self.core.scheduler, self.core.block_manager
-        self.output_processor = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len,
-                                                self.scheduler.finish, self.structured_output)
+        self.output_processor = OutputProcessor(
+            self.tokenizer, self.eos_token_ids, self.max_model_len, self.scheduler.finish, self.structured_output
+        )
         self.requests: dict[str, Request] = {}
         self.prompt_tokens_total = 0
         self.kv_cache_tokens = self.block_manager.num_usable_blocks * args.block_size
-        logger.info("KV cache: %d blocks of %d tokens = %d tokens (%.2f GiB%s, %s); max_model_len %d",
-                    self.block_manager.num_usable_blocks, args.block_size, self.kv_cache_tokens,
-                    num_blocks * self.runner.kv_cache_bytes_per_block() / 2**30,
-                    f" on each of {args.tensor_parallel_size} ranks" if self.tp_group else "",
-                    str(self.dtype).removeprefix("torch."), self.max_model_len)
+        logger.info(
+            "KV cache: %d blocks of %d tokens = %d tokens (%.2f GiB%s, %s); max_model_len %d",
+            self.block_manager.num_usable_blocks,
+            args.block_size,
+            self.kv_cache_tokens,
+            num_blocks * self.runner.kv_cache_bytes_per_block() / 2**30,
+            f" on each of {args.tensor_parallel_size} ranks" if self.tp_group else "",
+            str(self.dtype).removeprefix("torch."),
+            self.max_model_len,
+        )
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -126,8 +140,13 @@ class LLMEngine:
         """Engine-dependent limits SamplingParams cannot check alone. Raises ValueError."""
         processor.validate_params(params)
 
-    def add_request(self, request_id: str, prompt: PromptInput | None, params: SamplingParams | None = None,
-                    prompt_token_ids: list[int] | None = None) -> Request:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptInput | None,
+        params: SamplingParams | None = None,
+        prompt_token_ids: list[int] | None = None,
+    ) -> Request:
         """Queue a request. Pass prompt_token_ids when the prompt was already processed."""
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -195,9 +214,13 @@ class LLMEngine:
         bm = self.block_manager
         running = {seq.request.request_id for seq in self.scheduler.running}
         return EngineStats(
-            num_running=len(running), num_waiting=len(self.requests) - len(running),
-            kv_cache_usage=bm.usage, num_kv_blocks=bm.num_blocks,
+            num_running=len(running),
+            num_waiting=len(self.requests) - len(running),
+            kv_cache_usage=bm.usage,
+            num_kv_blocks=bm.num_blocks,
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.output_processor.generation_tokens_total,
             num_preemptions=self.scheduler.num_preemptions,
-            prefix_cache_queries=bm.prefix_queries, prefix_cache_hits=bm.prefix_hits)
+            prefix_cache_queries=bm.prefix_queries,
+            prefix_cache_hits=bm.prefix_hits,
+        )

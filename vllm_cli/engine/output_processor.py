@@ -21,8 +21,14 @@ from vllm_cli.structured_output import StructuredOutputManager
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Any, eos_token_ids: set[int], max_model_len: int,
-                 finish_sequence: Callable[[Sequence], None], structured_output: StructuredOutputManager):
+    def __init__(
+        self,
+        tokenizer: Any,
+        eos_token_ids: set[int],
+        max_model_len: int,
+        finish_sequence: Callable[[Sequence], None],
+        structured_output: StructuredOutputManager,
+    ):
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
@@ -79,8 +85,9 @@ class OutputProcessor:
                 finish, stop_reason = "stop", matched
         if finish is None and grammar_done:  # complete after a text token (llguidance stops there)
             finish = "stop"
-        if finish is None and ((params.max_tokens is not None and num_out >= params.max_tokens)
-                               or seq.num_tokens >= self.max_model_len):
+        if finish is None and (
+            (params.max_tokens is not None and num_out >= params.max_tokens) or seq.num_tokens >= self.max_model_len
+        ):
             finish = "length"
         if finish is not None:
             seq.finish_reason, seq.stop_reason = finish, stop_reason
@@ -114,12 +121,24 @@ def make_output(request: Request) -> RequestOutput | None:
         logprobs = seq.logprobs[start_lp:] if seq.logprobs is not None else None
         seq.emitted_tokens = seq.num_output_tokens
         seq.emitted_logprobs = len(seq.logprobs) if seq.logprobs is not None else 0
-        outputs.append(CompletionOutput(
-            index=seq.index, text=text, token_ids=token_ids,
-            cumulative_logprob=seq.cumulative_logprob if seq.logprobs is not None else None,
-            logprobs=logprobs, finish_reason=seq.finish_reason, stop_reason=seq.stop_reason))
+        outputs.append(
+            CompletionOutput(
+                index=seq.index,
+                text=text,
+                token_ids=token_ids,
+                cumulative_logprob=seq.cumulative_logprob if seq.logprobs is not None else None,
+                logprobs=logprobs,
+                finish_reason=seq.finish_reason,
+                stop_reason=seq.stop_reason,
+            )
+        )
     return RequestOutput(
-        request_id=request.request_id, prompt=request.prompt, prompt_token_ids=request.prompt_token_ids,
-        outputs=outputs, finished=finished, prompt_logprobs=request.prompt_logprobs,
+        request_id=request.request_id,
+        prompt=request.prompt,
+        prompt_token_ids=request.prompt_token_ids,
+        outputs=outputs,
+        finished=finished,
+        prompt_logprobs=request.prompt_logprobs,
         num_cached_tokens=request.seqs[0].num_cached_tokens,
-        metrics={"arrival_time": request.arrival_time, "first_token_time": request.first_token_time})
+        metrics={"arrival_time": request.arrival_time, "first_token_time": request.first_token_time},
+    )

@@ -18,8 +18,9 @@ PromptInput = str | list[int] | dict
 MAX_LOGPROBS = 20  # vLLM's default cap on logprobs / prompt_logprobs per position
 
 
-def process_prompt(prompt: PromptInput | None, tokenizer: Any, vocab_size: int,
-                   max_model_len: int) -> tuple[str | None, list[int]]:
+def process_prompt(
+    prompt: PromptInput | None, tokenizer: Any, vocab_size: int, max_model_len: int
+) -> tuple[str | None, list[int]]:
     """Validate a prompt and tokenize it: (text or None, token ids). Raises ValueError."""
     if isinstance(prompt, dict):
         if "prompt_token_ids" in prompt:
@@ -41,8 +42,10 @@ def process_prompt(prompt: PromptInput | None, tokenizer: Any, vocab_size: int,
     if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size for t in ids):
         raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
     if len(ids) >= max_model_len:
-        raise ValueError(f"the prompt has {len(ids)} tokens, but this model's maximum context length is "
-                         f"{max_model_len} tokens (prompt plus at least one generated token)")
+        raise ValueError(
+            f"the prompt has {len(ids)} tokens, but this model's maximum context length is "
+            f"{max_model_len} tokens (prompt plus at least one generated token)"
+        )
     return text, ids
 
 
@@ -55,14 +58,16 @@ def validate_params(params: SamplingParams) -> None:
 
 # ----- model-derived settings -----
 
+
 def load_tokenizer(args: EngineArgs, source: ModelSource) -> Any:
     """--tokenizer, else the model's own; None under --skip-tokenizer-init."""
     if args.skip_tokenizer_init:
         return None
     if args.tokenizer:
         return get_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
-    return get_tokenizer(source.path, source.gguf_file, trust_remote_code=args.trust_remote_code,
-                         revision=args.revision)
+    return get_tokenizer(
+        source.path, source.gguf_file, trust_remote_code=args.trust_remote_code, revision=args.revision
+    )
 
 
 def eos_token_ids(tokenizer: Any, hf_config: Any) -> set[int]:

@@ -75,8 +75,12 @@ _TOKENIZER_STAMP_FILE = "vllm_cli_cache.json"
 # Config keys that say where/by what a config was loaded rather than what the model is.
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "quantization_config", _STAMP_KEY)
 # Round-trip probes for a saved tokenizer: special tokens, bytes, emoji, whitespace runs.
-_TOKENIZER_PROBES = ("Hello world", "The café serves 日本語 👍🏽 emoji!", "  two  spaces\n\n\ttab",
-                     "<|im_start|>user\nhi<|im_end|>\n<s></s>[INST]")
+_TOKENIZER_PROBES = (
+    "Hello world",
+    "The café serves 日本語 👍🏽 emoji!",
+    "  two  spaces\n\n\ttab",
+    "<|im_start|>user\nhi<|im_end|>\n<s></s>[INST]",
+)
 
 
 def gguf_cache_root() -> str:
@@ -193,8 +197,10 @@ def _save_config(cache_dir: str, config: PretrainedConfig) -> None:
         text = json.dumps(raw, indent=2, sort_keys=True)
         reloaded = _config_from_cache_dict(json.loads(text))
         if reloaded is None or _config_fingerprint(reloaded) != _config_fingerprint(config):
-            logger.debug("GGUF cache: the %s config does not survive a JSON round trip; not cached",
-                         getattr(config, "model_type", "?"))
+            logger.debug(
+                "GGUF cache: the %s config does not survive a JSON round trip; not cached",
+                getattr(config, "model_type", "?"),
+            )
             return
     except Exception as e:
         logger.debug("GGUF cache: cannot serialize the config: %s", e)
@@ -248,12 +254,20 @@ def _tokenizer_signature(tokenizer: Any) -> tuple:
     """Everything the engine and the chat template use, for comparing a saved tokenizer with the original."""
     probes = [tokenizer.encode(text) for text in _TOKENIZER_PROBES]
     return (
-        type(tokenizer).__name__, len(tokenizer), tokenizer.get_vocab(),
+        type(tokenizer).__name__,
+        len(tokenizer),
+        tokenizer.get_vocab(),
         {i: str(t) for i, t in tokenizer.added_tokens_decoder.items()},
-        tokenizer.special_tokens_map, tokenizer.all_special_ids,
-        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
-        tokenizer.chat_template, probes,
-        [tokenizer.decode(ids) for ids in probes], [tokenizer.decode(ids, skip_special_tokens=True) for ids in probes],
+        tokenizer.special_tokens_map,
+        tokenizer.all_special_ids,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.unk_token_id,
+        tokenizer.chat_template,
+        probes,
+        [tokenizer.decode(ids) for ids in probes],
+        [tokenizer.decode(ids, skip_special_tokens=True) for ids in probes],
     )
 
 
@@ -280,10 +294,15 @@ def _save_tokenizer(gguf_path: str, tokenizer: Any, **kwargs: Any) -> bool:
 _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 # Tensor types stored as plain numpy arrays; every other type is quantized blocks (raw bytes per row).
-_TYPED = {GGMLQuantizationType.F16: np.float16, GGMLQuantizationType.F32: np.float32,
-          GGMLQuantizationType.F64: np.float64, GGMLQuantizationType.I8: np.int8,
-          GGMLQuantizationType.I16: np.int16, GGMLQuantizationType.I32: np.int32,
-          GGMLQuantizationType.I64: np.int64}
+_TYPED = {
+    GGMLQuantizationType.F16: np.float16,
+    GGMLQuantizationType.F32: np.float32,
+    GGMLQuantizationType.F64: np.float64,
+    GGMLQuantizationType.I8: np.int8,
+    GGMLQuantizationType.I16: np.int16,
+    GGMLQuantizationType.I32: np.int32,
+    GGMLQuantizationType.I64: np.int64,
+}
 
 
 @dataclass
@@ -320,7 +339,7 @@ def read_gguf(path: str) -> GGUFFile:
             nonlocal pos
             (n,) = struct.unpack_from("<Q", buf, pos)
             pos += 8 + n
-            return buf[pos - n:pos].decode("utf-8", errors="replace")
+            return buf[pos - n : pos].decode("utf-8", errors="replace")
 
         def value(vtype: int) -> Any:
             nonlocal pos
@@ -373,10 +392,10 @@ def read_gguf(path: str) -> GGUFFile:
         start = data_start + offset
         if ttype in _TYPED:
             dtype = np.dtype(_TYPED[ttype])
-            array = data[start:start + n_elems * dtype.itemsize].view(dtype).reshape(np_shape)
+            array = data[start : start + n_elems * dtype.itemsize].view(dtype).reshape(np_shape)
         else:
             block_size, type_size = GGML_QUANT_SIZES[ttype]
-            array = data[start:start + n_elems * type_size // block_size]
+            array = data[start : start + n_elems * type_size // block_size]
             array = array.reshape(quant_shape_to_byte_shape(np_shape, ttype))
         tensors.append(GGUFTensor(name, ttype, array))
     return GGUFFile(metadata, tensors)
@@ -384,8 +403,11 @@ def read_gguf(path: str) -> GGUFFile:
 
 def _read_gguf_with_reader(path: str) -> GGUFFile:
     reader = GGUFReader(path)
-    metadata = {key: field.contents() for key, field in reader.fields.items()
-                if field.types and field.types[0] != GGUFValueType.ARRAY}
+    metadata = {
+        key: field.contents()
+        for key, field in reader.fields.items()
+        if field.types and field.types[0] != GGUFValueType.ARRAY
+    }
     return GGUFFile(metadata, [GGUFTensor(t.name, t.tensor_type, t.data) for t in reader.tensors])
 
 
@@ -487,8 +509,11 @@ def _gguf_tensor_map(
     cache_dir = gguf_cache_dir(path)
     target = os.path.join(cache_dir, "tensor_map.json") if cache_dir else None
     key = {
-        "stamp": _cache_stamp(gguf=_dist_version("gguf")), "config": _config_fingerprint(hf_config),
-        "processor": type(processor).__name__, "arch": arch, "n_blocks": n_blocks,
+        "stamp": _cache_stamp(gguf=_dist_version("gguf")),
+        "config": _config_fingerprint(hf_config),
+        "processor": type(processor).__name__,
+        "arch": arch,
+        "n_blocks": n_blocks,
     }
     if target:
         try:
@@ -502,6 +527,7 @@ def _gguf_tensor_map(
             logger.debug("GGUF cache: ignoring %s: %s", target, e)
     names, shapes = _gguf_name_map(hf_config, processor, arch, n_blocks)
     if target:
-        _commit_text(target, json.dumps({"key": key, "names": names,
-                                         "shapes": {k: list(v) for k, v in shapes.items()}}))
+        _commit_text(
+            target, json.dumps({"key": key, "names": names, "shapes": {k: list(v) for k, v in shapes.items()}})
+        )
     return names, shapes

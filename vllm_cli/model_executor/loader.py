@@ -8,10 +8,12 @@ import time
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from vllm_cli.distributed.parallel_state import get_tp_rank, get_tp_size
 from vllm_cli.logger import init_logger
 from vllm_cli.model_executor.layers.cpu_linear import optimize_linears_for_cpu
+from vllm_cli.model_executor.model_source import ModelSource
 from vllm_cli.model_executor.models import get_model_class
 from vllm_cli.model_executor.weight_utils import checkpoint_dtype, iterate_weights
 
@@ -20,7 +22,7 @@ logger = init_logger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(dtype: str, hf_config, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str, hf_config: PretrainedConfig, device: torch.device) -> torch.dtype:
     """auto: float32 on CPU; on CUDA the checkpoint's 16-bit type (float16 for float32 checkpoints)."""
     if dtype != "auto":
         return _DTYPES[dtype]
@@ -47,18 +49,29 @@ def _materialize(model: nn.Module, dtype: torch.dtype, device: torch.device) -> 
                 continue
             if id(param) not in replaced:
                 target_dtype = dtype if param.is_floating_point() else param.dtype
-                replaced[id(param)] = nn.Parameter(torch.empty(param.shape, dtype=target_dtype, device=device),
-                                                   requires_grad=False)
+                replaced[id(param)] = nn.Parameter(
+                    torch.empty(param.shape, dtype=target_dtype, device=device), requires_grad=False
+                )
             module._parameters[name] = replaced[id(param)]
     model.to(device)  # buffers (rotary tables, ALiBi slopes) were built on the CPU
 
 
-def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, load_format: str = "auto",
-               seed: int = 0, model_impl: str = "auto") -> nn.Module:
+def load_model(
+    source: ModelSource,
+    hf_config: PretrainedConfig,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    load_format: str = "auto",
+    seed: int = 0,
+    model_impl: str = "auto",
+) -> nn.Module:
     cls = get_model_class(hf_config, model_impl)
     if get_tp_size() > 1 and not getattr(cls, "supports_tensor_parallel", True):
-        raise ValueError(f"tensor parallelism needs a native implementation; {_arch_name(hf_config)} would run "
-                         "through the transformers fallback, which runs on one rank only")
+        raise ValueError(
+            f"tensor parallelism needs a native implementation; {_arch_name(hf_config)} would run "
+            "through the transformers fallback, which runs on one rank only"
+        )
     start = time.perf_counter()
     with torch.device("meta"):
         model = cls(hf_config)
@@ -85,13 +98,21 @@ def load_model(source, hf_config, *, dtype: torch.dtype, device: torch.device, l
         # a model may bring its own re-layout (the transformers fallback's linears see [batch, seq, features])
         getattr(model, "optimize_linears_for_cpu", lambda: optimize_linears_for_cpu(model))()
     shard = f", rank {get_tp_rank()}'s shard of {get_tp_size()}" if get_tp_size() > 1 else ""
-    logger.info("Loaded %s (%s, %.0fM parameters%s, %s, %s) in %.1f s; weights take %.2f GiB",
-                source.name, type(model).__name__, num_params / 1e6, shard, str(dtype).removeprefix("torch."),
-                source_desc, time.perf_counter() - start, size / 2**30)
+    logger.info(
+        "Loaded %s (%s, %.0fM parameters%s, %s, %s) in %.1f s; weights take %.2f GiB",
+        source.name,
+        type(model).__name__,
+        num_params / 1e6,
+        shard,
+        str(dtype).removeprefix("torch."),
+        source_desc,
+        time.perf_counter() - start,
+        size / 2**30,
+    )
     return model
 
 
-def _arch_name(hf_config) -> str:
+def _arch_name(hf_config: PretrainedConfig) -> str:
     return ", ".join(getattr(hf_config, "architectures", None) or []) or str(getattr(hf_config, "model_type", "?"))
 
 

@@ -39,8 +39,7 @@ class GrammarMatcher(Protocol):
 class CompiledGrammar(Protocol):
     backend: str
 
-    def new_matcher(self) -> GrammarMatcher:
-        ...
+    def new_matcher(self) -> GrammarMatcher: ...
 
 
 class StructuredOutputBackend(Protocol):
@@ -64,5 +63,10 @@ def schema_text(params: StructuredOutputsParams) -> str:
 
 
 # What each kind's compile error is called in the ValueError's message.
-ERROR_PREFIX = {"json": "invalid JSON schema", "json_object": "invalid JSON schema", "regex": "invalid regex",
-                "choice": "invalid choice", "grammar": "invalid grammar"}
+ERROR_PREFIX = {
+    "json": "invalid JSON schema",
+    "json_object": "invalid JSON schema",
+    "regex": "invalid regex",
+    "choice": "invalid choice",
+    "grammar": "invalid grammar",
+}

@@ -61,8 +61,9 @@ class GuidanceBackend:
             if self._ll_tokenizer is None:
                 import llguidance.hf
 
-                self._ll_tokenizer = llguidance.hf.from_tokenizer(self._tokenizer, n_vocab=self._vocab_size,
-                                                                  eos_token=self._stop_token_ids or None)
+                self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                    self._tokenizer, n_vocab=self._vocab_size, eos_token=self._stop_token_ids or None
+                )
             return self._ll_tokenizer
 
     def compile(self, params: StructuredOutputsParams) -> GuidanceGrammar:

@@ -68,8 +68,15 @@ class SequenceGrammar:
 
 
 class StructuredOutputManager:
-    def __init__(self, tokenizer: Any, vocab_size: int, backend: str = "auto",
-                 stop_token_ids: Iterable[int] = (), cache_size: int = 256, max_workers: int = 2) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        vocab_size: int,
+        backend: str = "auto",
+        stop_token_ids: Iterable[int] = (),
+        cache_size: int = 256,
+        max_workers: int = 2,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"structured_outputs_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.tokenizer = tokenizer
@@ -194,7 +201,7 @@ class StructuredOutputManager:
         for i in rows:
             params = seqs[i].request.params
             if params.min_tokens and seqs[i].num_output_tokens < params.min_tokens:
-                allowed = torch.isfinite(logits[i, :self.vocab_size])
+                allowed = torch.isfinite(logits[i, : self.vocab_size])
                 stops = [t for t in {*self.stop_token_ids, *(params.stop_token_ids or ())} if 0 <= t < self.vocab_size]
                 allowed[stops] = False
                 if not bool(allowed.any()):
@@ -209,8 +216,11 @@ class StructuredOutputManager:
             return False
         matcher = state.matcher
         if not matcher.accept_token(token_id):
-            logger.warning("structured output: request %s produced token %d, which its grammar does not allow; "
-                           "stopping it", seq.request.request_id, token_id)
+            logger.warning(
+                "structured output: request %s produced token %d, which its grammar does not allow; stopping it",
+                seq.request.request_id,
+                token_id,
+            )
             return True
         return matcher.is_terminated()
 
@@ -234,8 +244,9 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[
     try:
         import xgrammar as xgr
 
-        xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True),
-                                        vocab_size=vocab_size, indices=rows)
+        xgr.apply_token_bitmask_inplace(
+            logits, bitmask.to(logits.device, non_blocking=True), vocab_size=vocab_size, indices=rows
+        )
         return
     except ImportError:
         pass

@@ -69,8 +69,9 @@ class XgrammarBackend:
             if self._compiler is None:
                 import xgrammar as xgr
 
-                info = xgr.TokenizerInfo.from_huggingface(self._tokenizer, vocab_size=self._vocab_size,
-                                                          stop_token_ids=self._stop_token_ids or None)
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_token_ids or None
+                )
                 # Our own LRU caches the compiled grammars; xgrammar's would keep a second copy.
                 self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
             return self._compiler
@@ -83,8 +84,7 @@ class XgrammarBackend:
             if kind == "json":
                 compiled = compiler.compile_json_schema(schema_text(params), any_whitespace=any_ws)
             elif kind == "json_object":
-                compiled = compiler.compile_json_schema('{"type": "object"}', any_whitespace=any_ws,
-                                                        strict_mode=False)
+                compiled = compiler.compile_json_schema('{"type": "object"}', any_whitespace=any_ws, strict_mode=False)
             elif kind == "regex":
                 compiled = compiler.compile_regex(params.regex)
             elif kind == "choice":

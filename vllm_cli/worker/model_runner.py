@@ -31,8 +31,14 @@ class StepInput:
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, device: torch.device, dtype: torch.dtype, block_size: int,
-                 attention_backend: str = "auto"):
+    def __init__(
+        self,
+        model: CausalLM,
+        device: torch.device,
+        dtype: torch.dtype,
+        block_size: int,
+        attention_backend: str = "auto",
+    ):
         self.model = model
         self.device = device
         self.dtype = dtype

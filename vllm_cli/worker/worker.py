@@ -44,16 +44,29 @@ class Worker:
     """The model and KV cache of this process's rank. On the driver of a tensor-parallel group
     (tp_group given) it also sends the workers what they must mirror: the KV pool, each step."""
 
-    def __init__(self, args: EngineArgs, device: torch.device, source: ModelSource | None = None,
-                 hf_config: Any = None, tp_group: TensorParallelGroup | None = None):
+    def __init__(
+        self,
+        args: EngineArgs,
+        device: torch.device,
+        source: ModelSource | None = None,
+        hf_config: Any = None,
+        tp_group: TensorParallelGroup | None = None,
+    ):
         self.args = args
         self.device = device
         self.tp_group = tp_group
         source = source or resolve_model_source(args.model, args.revision)
         hf_config = hf_config or load_hf_config(source, trust_remote_code=args.trust_remote_code)
         self.dtype = resolve_dtype(args.dtype, hf_config, device)
-        model = load_model(source, hf_config, dtype=self.dtype, device=device, load_format=args.load_format,
-                           seed=args.seed or 0, model_impl=args.model_impl)
+        model = load_model(
+            source,
+            hf_config,
+            dtype=self.dtype,
+            device=device,
+            load_format=args.load_format,
+            seed=args.seed or 0,
+            model_impl=args.model_impl,
+        )
         assert isinstance(model, CausalLM)
         self.runner = ModelRunner(model, device, self.dtype, args.block_size, args.attention_backend)
 
@@ -83,7 +96,8 @@ class Worker:
             raise ValueError(
                 f"the KV cache holds {max(num_blocks - 1, 0) * args.block_size} tokens, fewer than max_model_len "
                 f"({max_model_len}): give it more memory (--kv-cache-memory / --gpu-memory-utilization) "
-                f"or lower --max-model-len")
+                f"or lower --max-model-len"
+            )
         return num_blocks
 
     def init_kv_cache(self, num_blocks: int, max_model_len: int) -> None:
@@ -123,6 +137,7 @@ def default_cpu_kv_budget() -> int:
 
 # ----- tensor parallelism: where this process stands in the group -----
 
+
 def start_tensor_parallel(args: EngineArgs, device: torch.device) -> tuple[TensorParallelGroup, torch.device]:
     """Spawn (or, under torchrun, join) the workers; returns the group this process drives as
     rank 0 and the driver's device. A process that is not the driver (a workers-only node, a
@@ -138,9 +153,14 @@ def start_tensor_parallel(args: EngineArgs, device: torch.device) -> tuple[Tenso
         device = local_device(device, 0, placement.local_rank_base)
     group = TensorParallelGroup(args, device, placement, WORKER_MODULE)
     if placement.rank is None:
-        logger.info("Node %d of %d: running tensor-parallel ranks %s for the driver at %s:%d",
-                    args.node_rank, args.nnodes, ", ".join(map(str, placement.spawn_ranks)),
-                    placement.master_addr, placement.master_port)
+        logger.info(
+            "Node %d of %d: running tensor-parallel ranks %s for the driver at %s:%d",
+            args.node_rank,
+            args.nnodes,
+            ", ".join(map(str, placement.spawn_ranks)),
+            placement.master_addr,
+            placement.master_port,
+        )
         raise SystemExit(group.wait_for_workers())
     try:
         group.broadcast(args)

@@ -86,9 +86,15 @@ class ParserOptions:
         return tool_parser, reasoning_parser
 
 
-def build_app(async_engine: AsyncEngine, *, api_key: str | None = None, allowed_origins: Sequence[str] = (),
-              served_model_names: Sequence[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-              parsers: ParserOptions | None = None) -> web.Application:
+def build_app(
+    async_engine: AsyncEngine,
+    *,
+    api_key: str | None = None,
+    allowed_origins: Sequence[str] = (),
+    served_model_names: Sequence[str] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    parsers: ParserOptions | None = None,
+) -> web.Application:
     """The app for one engine. api_key: required as `Authorization: Bearer KEY` on every path but
     /health, /metrics and /version. allowed_origins: CORS origins ("*" for any; none: CORS off).
     parsers: tool-call and reasoning parsing (none by default)."""
@@ -103,14 +109,21 @@ def build_app(async_engine: AsyncEngine, *, api_key: str | None = None, allowed_
     else:
         template, desc = "", "none (no tokenizer: chat is unavailable)"
     metrics = Metrics(async_engine, names[0])
-    chat = ServingChat(async_engine, chat_template=template, enable_auto_tools=parsers.enable_auto_tool_choice,
-                       tool_parser=tool_parser, reasoning_parser=reasoning_parser, metrics=metrics,
-                       served_model_names=names)
+    chat = ServingChat(
+        async_engine,
+        chat_template=template,
+        enable_auto_tools=parsers.enable_auto_tool_choice,
+        tool_parser=tool_parser,
+        reasoning_parser=reasoning_parser,
+        metrics=metrics,
+        served_model_names=names,
+    )
     completion = ServingCompletion(async_engine, metrics=metrics, served_model_names=names)
     state = ServerState(async_engine, names, desc, metrics, chat, completion, p.now(), openapi_schema(bool(api_key)))
 
-    app = web.Application(middlewares=[_preflight(list(allowed_origins)), _errors, _auth(api_key)],
-                          client_max_size=max_body_bytes)
+    app = web.Application(
+        middlewares=[_preflight(list(allowed_origins)), _errors, _auth(api_key)], client_max_size=max_body_bytes
+    )
     app[STATE] = state
     if allowed_origins:
         app.on_response_prepare.append(_cors_headers(list(allowed_origins)))
@@ -128,6 +141,7 @@ def build_app(async_engine: AsyncEngine, *, api_key: str | None = None, allowed_
 
 
 # ----- middleware -----
+
 
 def _error_response(error: APIError, headers: dict | None = None) -> web.Response:
     response = web.json_response(error.to_dict(), status=error.status, headers=headers)
@@ -166,8 +180,9 @@ def _auth(api_key: str | None):
         if expected is not None and request.path not in OPEN_PATHS:
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
-                raise APIError("invalid or missing API key: send it as 'Authorization: Bearer <key>'", 401,
-                               code="invalid_api_key")
+                raise APIError(
+                    "invalid or missing API key: send it as 'Authorization: Bearer <key>'", 401, code="invalid_api_key"
+                )
         return await handler(request)
 
     return auth
@@ -186,12 +201,16 @@ def _preflight(origins: list[str]):
         origin = _origin_allowed(request, origins)
         if origin is None:
             return _error_response(APIError("CORS: origin not allowed", 403))
-        return web.Response(status=204, headers={
-            "Access-Control-Allow-Origin": "*" if "*" in origins else origin,
-            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-            "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
-            "Access-Control-Max-Age": "600",
-            "Vary": "Origin"})
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": "*" if "*" in origins else origin,
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            },
+        )
 
     return preflight
 
@@ -207,6 +226,7 @@ def _cors_headers(origins: list[str]):
 
 
 # ----- routes -----
+
 
 async def _health(request: web.Request) -> web.Response:
     return web.Response(status=200 if request.app[STATE].async_engine.is_running else 503)
@@ -253,13 +273,19 @@ async def _tokenize(request: web.Request) -> web.Response:
         raise APIError("this server was started without a tokenizer")
     if req.messages is not None:
         tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools] if req.tools else None
-        ids = state.chat.render([m.to_template_dict() for m in req.messages], req.add_generation_prompt,
-                                req.continue_final_message, req.chat_template_kwargs, tools)
+        ids = state.chat.render(
+            [m.to_template_dict() for m in req.messages],
+            req.add_generation_prompt,
+            req.continue_final_message,
+            req.chat_template_kwargs,
+            tools,
+        )
     else:
         ids = list(tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens))
     engine = state.chat.engine
-    return web.json_response(p.TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len,
-                                                tokens=ids).model_dump())
+    return web.json_response(
+        p.TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len, tokens=ids).model_dump()
+    )
 
 
 async def _detokenize(request: web.Request) -> web.Response:
@@ -281,11 +307,23 @@ async def _openapi(request: web.Request) -> web.Response:
 
 def openapi_schema(api_key_required: bool) -> dict:
     """OpenAPI 3.1 description of every route, from the pydantic models themselves."""
-    requests: list[type[BaseModel]] = [p.ChatCompletionRequest, p.CompletionRequest, p.TokenizeRequest,
-                                       p.DetokenizeRequest]
-    responses: list[type[BaseModel]] = [p.ChatCompletionResponse, p.ChatCompletionChunk, p.CompletionResponse,
-                                        p.ModelList, p.ModelCard, p.TokenizeResponse, p.DetokenizeResponse,
-                                        p.VersionResponse, p.ErrorResponse]
+    requests: list[type[BaseModel]] = [
+        p.ChatCompletionRequest,
+        p.CompletionRequest,
+        p.TokenizeRequest,
+        p.DetokenizeRequest,
+    ]
+    responses: list[type[BaseModel]] = [
+        p.ChatCompletionResponse,
+        p.ChatCompletionChunk,
+        p.CompletionResponse,
+        p.ModelList,
+        p.ModelCard,
+        p.TokenizeResponse,
+        p.DetokenizeResponse,
+        p.VersionResponse,
+        p.ErrorResponse,
+    ]
     modes: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in requests]
     modes += [(m, "serialization") for m in responses]
     refs, top = models_json_schema(modes, ref_template="#/components/schemas/{model}")
@@ -296,16 +334,28 @@ def openapi_schema(api_key_required: bool) -> dict:
     def json_body(schema: dict) -> dict:
         return {"content": {"application/json": {"schema": schema}}}
 
-    errors = {str(code): {"description": desc, **json_body(ref(p.ErrorResponse))} for code, desc in (
-        (400, "Invalid request"), (401, "Missing or wrong API key"), (404, "Unknown model or path"),
-        (413, "Request body too large"), (500, "Failure inside the server"))}
+    errors = {
+        str(code): {"description": desc, **json_body(ref(p.ErrorResponse))}
+        for code, desc in (
+            (400, "Invalid request"),
+            (401, "Missing or wrong API key"),
+            (404, "Unknown model or path"),
+            (413, "Request body too large"),
+            (500, "Failure inside the server"),
+        )
+    }
 
     def post(summary: str, request: type[BaseModel], response: type[BaseModel], stream: bool = False) -> dict:
         ok = json_body(ref(response))
         if stream:
             ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
-        return {"post": {"summary": summary, "requestBody": {"required": True, **json_body(ref(request, "validation"))},
-                         "responses": {"200": {"description": "OK", **ok}, **errors}}}
+        return {
+            "post": {
+                "summary": summary,
+                "requestBody": {"required": True, **json_body(ref(request, "validation"))},
+                "responses": {"200": {"description": "OK", **ok}, **errors},
+            }
+        }
 
     def get(summary: str, content: dict | None = None, open_: bool = False, **extra) -> dict:
         op = {"summary": summary, "responses": {"200": {"description": "OK", **(content or {})}, **errors}, **extra}
@@ -317,8 +367,11 @@ def openapi_schema(api_key_required: bool) -> dict:
         "/v1/chat/completions": post("Chat completion", p.ChatCompletionRequest, p.ChatCompletionResponse, True),
         "/v1/completions": post("Text completion", p.CompletionRequest, p.CompletionResponse, True),
         "/v1/models": get("Served models", json_body(ref(p.ModelList))),
-        "/v1/models/{model}": get("One served model", json_body(ref(p.ModelCard)), parameters=[
-            {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]),
+        "/v1/models/{model}": get(
+            "One served model",
+            json_body(ref(p.ModelCard)),
+            parameters=[{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+        ),
         "/tokenize": post("Text or messages to token ids", p.TokenizeRequest, p.TokenizeResponse),
         "/detokenize": post("Token ids to text", p.DetokenizeRequest, p.DetokenizeResponse),
         "/health": get("200 while the engine runs", open_=True),
@@ -327,8 +380,11 @@ def openapi_schema(api_key_required: bool) -> dict:
         "/openapi.json": get("This document", {"content": {"application/json": {"schema": {"type": "object"}}}}),
     }
     doc: dict[str, Any] = {
-        "openapi": "3.1.0", "info": {"title": "vllm-cli OpenAI-compatible API", "version": __version__},
-        "paths": paths, "components": {"schemas": top.get("$defs", {})}}
+        "openapi": "3.1.0",
+        "info": {"title": "vllm-cli OpenAI-compatible API", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": top.get("$defs", {})},
+    }
     if api_key_required:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearer": []}]
@@ -341,14 +397,22 @@ def openapi_schema(api_key_required: bool) -> dict:
 
 # ----- running it -----
 
+
 def _url(sockname: tuple) -> str:
     host, port = sockname[0], sockname[1]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def run_server(engine_args: EngineArgs, *, host: str | None, port: int, api_key: str | None = None,
-                     allowed_origins: Sequence[str] = (), shutdown_timeout: float = 30.0,
-                     parsers: ParserOptions | None = None) -> None:
+async def run_server(
+    engine_args: EngineArgs,
+    *,
+    host: str | None,
+    port: int,
+    api_key: str | None = None,
+    allowed_origins: Sequence[str] = (),
+    shutdown_timeout: float = 30.0,
+    parsers: ParserOptions | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, give in-flight requests up to
     shutdown_timeout seconds to finish, abort the rest and return."""
     parsers = parsers or ParserOptions()
@@ -358,8 +422,13 @@ async def run_server(engine_args: EngineArgs, *, host: str | None, port: int, ap
         app = build_app(async_engine, api_key=api_key, allowed_origins=allowed_origins, parsers=parsers)
         state = app[STATE]
         access_log = logging.getLogger("vllm_cli.access")
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=shutdown_timeout,
-                               access_log=access_log, access_log_format='%a "%r" %s %b %Tfs')
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            shutdown_timeout=shutdown_timeout,
+            access_log=access_log,
+            access_log_format='%a "%r" %s %b %Tfs',
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)
@@ -367,15 +436,25 @@ async def run_server(engine_args: EngineArgs, *, host: str | None, port: int, ap
             engine = state.chat.engine
             names = state.served_model_names
             alias = "" if names == [engine.model_name] else " as " + ", ".join(map(repr, names))
-            logger.info("Serving %s%s on %s (OpenAI API under /v1); chat template: %s; KV cache: %d tokens; "
-                        "max_model_len: %d%s", engine.model_name, alias, ", ".join(_url(a) for a in runner.addresses),
-                        state.chat_template_desc, engine.kv_cache_tokens, engine.max_model_len,
-                        "; API key required" if api_key else "")
+            logger.info(
+                "Serving %s%s on %s (OpenAI API under /v1); chat template: %s; KV cache: %d tokens; "
+                "max_model_len: %d%s",
+                engine.model_name,
+                alias,
+                ", ".join(_url(a) for a in runner.addresses),
+                state.chat_template_desc,
+                engine.kv_cache_tokens,
+                engine.max_model_len,
+                "; API key required" if api_key else "",
+            )
             await _wait_for_signal(async_engine)
             if not async_engine.is_running:
                 raise WorkerFailedError(f"the engine stopped: {async_engine.dead_reason}")
-            logger.info("Shutting down: no new requests; %d in flight get up to %gs to finish",
-                        engine.get_num_unfinished_requests(), shutdown_timeout)
+            logger.info(
+                "Shutting down: no new requests; %d in flight get up to %gs to finish",
+                engine.get_num_unfinished_requests(),
+                shutdown_timeout,
+            )
         finally:
             await runner.cleanup()
     finally:

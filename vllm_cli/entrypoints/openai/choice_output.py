@@ -33,9 +33,16 @@ def random_tool_call_id() -> str:
 def required_tools_schema(tools: list[dict], parallel: bool = True) -> dict:
     """vLLM's schema for tool_choice "required": an array of calls, each {"name": one of the tools,
     "parameters": that tool's arguments}; one call at most without parallel_tool_calls."""
-    items = [{"properties": {"name": {"type": "string", "enum": [t["function"]["name"]]},
-                             "parameters": t["function"].get("parameters") or {"type": "object", "properties": {}}},
-              "required": ["name", "parameters"]} for t in tools]
+    items = [
+        {
+            "properties": {
+                "name": {"type": "string", "enum": [t["function"]["name"]]},
+                "parameters": t["function"].get("parameters") or {"type": "object", "properties": {}},
+            },
+            "required": ["name", "parameters"],
+        }
+        for t in tools
+    ]
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": items}}
     if not parallel:
         schema["maxItems"] = 1
@@ -96,8 +103,16 @@ class ChoiceOutput:
     """mode: None (plain text), "auto", "required" or "named" (then `name` is the function).
     tool_parser / reasoning_parser: this choice's own parser instances (they keep stream state)."""
 
-    def __init__(self, mode: str | None = None, *, name: str | None = None, tools: list[dict] | None = None,
-                 tool_parser: Any = None, reasoning_parser: Any = None, parallel: bool = True):
+    def __init__(
+        self,
+        mode: str | None = None,
+        *,
+        name: str | None = None,
+        tools: list[dict] | None = None,
+        tool_parser: Any = None,
+        reasoning_parser: Any = None,
+        parallel: bool = True,
+    ):
         if mode == "auto" and tool_parser is None:
             raise ValueError("auto tool choice needs a tool parser")
         self.mode, self.name, self.tools = mode, name, tools or []
@@ -121,24 +136,29 @@ class ChoiceOutput:
             answer = answer_or_none or ""
         message = Message(reasoning_content=reasoning or None)
         if self.mode == "named":
-            message.tool_calls = [ToolCall(id=random_tool_call_id(),
-                                           function=FunctionCall(name=self.name or "", arguments=answer.lstrip()))]
+            message.tool_calls = [
+                ToolCall(
+                    id=random_tool_call_id(), function=FunctionCall(name=self.name or "", arguments=answer.lstrip())
+                )
+            ]
         elif self.mode == "required":
             try:
                 calls = _required_calls(parsed) if isinstance(parsed := json.loads(answer), list) else None
             except ValueError:
                 calls = None
             if calls:
-                message.tool_calls = [ToolCall(id=random_tool_call_id(), function=FunctionCall(name=n, arguments=a))
-                                      for n, a in calls]
+                message.tool_calls = [
+                    ToolCall(id=random_tool_call_id(), function=FunctionCall(name=n, arguments=a)) for n, a in calls
+                ]
             else:  # cut short (max_tokens): the text is all there is
                 message.content = answer or None
         elif self.mode == "auto":
             extracted = self.tool_parser.extract_tool_calls(answer, self.tools)
             message.content = extracted.content or None
-            message.tool_calls = [ToolCall(id=c.id or random_tool_call_id(),
-                                           function=FunctionCall(name=c.name, arguments=c.arguments))
-                                  for c in extracted.tool_calls]
+            message.tool_calls = [
+                ToolCall(id=c.id or random_tool_call_id(), function=FunctionCall(name=c.name, arguments=c.arguments))
+                for c in extracted.tool_calls
+            ]
         else:
             message.content = answer
         if not self.parallel:
@@ -203,16 +223,16 @@ class ChoiceOutput:
         message = self.final(self.text)
         out = DeltaMessage()
         if message.reasoning_content and message.reasoning_content.startswith(self.sent_reasoning):
-            out.reasoning_content = message.reasoning_content[len(self.sent_reasoning):] or None
+            out.reasoning_content = message.reasoning_content[len(self.sent_reasoning) :] or None
         if message.content and message.content.startswith(self.sent_content):
-            out.content = message.content[len(self.sent_content):] or None
+            out.content = message.content[len(self.sent_content) :] or None
         calls: list[DeltaToolCall] = []
         for index, call in enumerate(message.tool_calls):
             arguments = call.function.arguments
             if index >= len(self.sent_calls):
                 calls.append(self._start(index, call.function.name, arguments, call.id))
             elif arguments.startswith(self.sent_calls[index].arguments):
-                if rest := arguments[len(self.sent_calls[index].arguments):]:
+                if rest := arguments[len(self.sent_calls[index].arguments) :]:
                     calls.append(self._fragment(index, rest))
         if calls:
             out.tool_calls = calls
@@ -225,8 +245,9 @@ class ChoiceOutput:
     def _start(self, index: int, name: str, arguments: str, call_id: str | None = None) -> DeltaToolCall:
         call = _SentCall(call_id or random_tool_call_id(), name, arguments)
         self.sent_calls.append(call)
-        return DeltaToolCall(index=index, id=call.id, type="function",
-                             function=DeltaFunctionCall(name=name, arguments=arguments))
+        return DeltaToolCall(
+            index=index, id=call.id, type="function", function=DeltaFunctionCall(name=name, arguments=arguments)
+        )
 
     def _fragment(self, index: int, arguments: str) -> DeltaToolCall:
         self.sent_calls[index].arguments += arguments

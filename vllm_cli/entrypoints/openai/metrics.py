@@ -19,10 +19,51 @@ from vllm_cli.outputs import RequestOutput
 if TYPE_CHECKING:
     from vllm_cli.engine.async_engine import AsyncEngine
 
-_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-                 40.0, 80.0)
+_LATENCY_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+_TPOT_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
 
 
 class _EngineCollector:
@@ -61,14 +102,24 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(_EngineCollector(async_engine, model_name))
         kw: dict[str, Any] = dict(labelnames=["model_name"], registry=self.registry)
-        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token.",
-                              buckets=_LATENCY_BUCKETS, **kw).labels(model_name)
-        self.tpot = Histogram("vllm:time_per_output_token_seconds", "Mean time per output token after the first.",
-                              buckets=_TPOT_BUCKETS, **kw).labels(model_name)
-        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency.",
-                             buckets=_LATENCY_BUCKETS, **kw).labels(model_name)
-        self._success = Counter("vllm:request_success", "Choices (sequences) finished, by finish reason.",
-                                labelnames=["model_name", "finished_reason"], registry=self.registry)
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token.", buckets=_LATENCY_BUCKETS, **kw
+        ).labels(model_name)
+        self.tpot = Histogram(
+            "vllm:time_per_output_token_seconds",
+            "Mean time per output token after the first.",
+            buckets=_TPOT_BUCKETS,
+            **kw,
+        ).labels(model_name)
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds", "End-to-end request latency.", buckets=_LATENCY_BUCKETS, **kw
+        ).labels(model_name)
+        self._success = Counter(
+            "vllm:request_success",
+            "Choices (sequences) finished, by finish reason.",
+            labelnames=["model_name", "finished_reason"],
+            registry=self.registry,
+        )
         self.model_name = model_name
 
     def render(self) -> bytes:

@@ -27,14 +27,22 @@ MAX_LOGPROBS = 20
 class APIError(Exception):
     """An error the client should see as {"error": {...}} with an HTTP status."""
 
-    def __init__(self, message: str, status: int = 400, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.message, self.status, self.type, self.param, self.code = message, status, type, param, code
 
     def to_dict(self) -> dict:
-        return ErrorResponse(error=ErrorInfo(message=self.message, type=self.type, param=self.param,
-                                             code=self.code)).model_dump()
+        return ErrorResponse(
+            error=ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
+        ).model_dump()
 
 
 class ErrorInfo(BaseModel):
@@ -91,6 +99,7 @@ def _validation_error(error: ValidationError, fields: Container[str] = ()) -> AP
 
 
 # ----- requests -----
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, populate_by_name=True)
@@ -159,8 +168,10 @@ class ChatMessage(_Lenient):
     @classmethod
     def _known_role(cls, role: str) -> str:
         if role == "function":
-            raise ValueError("'function' messages (OpenAI's legacy function calling) are not supported: "
-                             "send the result as a 'tool' message with tool_call_id")
+            raise ValueError(
+                "'function' messages (OpenAI's legacy function calling) are not supported: "
+                "send the result as a 'tool' message with tool_call_id"
+            )
         if role not in _ROLES:
             raise ValueError(f"unknown role {role!r}: expected system, developer, user, assistant or tool")
         return role
@@ -178,15 +189,21 @@ class ChatMessage(_Lenient):
         if self.name is not None:
             message["name"] = self.name
         if self.tool_calls:
-            message["tool_calls"] = [{"id": c.id, "type": "function",
-                                      "function": {"name": c.function.name, "arguments": c.function.arguments}}
-                                     for c in self.tool_calls]
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in self.tool_calls
+            ]
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
         return message
 
 
 # ----- tools, tool_choice, response_format, structured outputs -----
+
 
 class FunctionDefinition(_Lenient):
     name: str = Field(min_length=1)
@@ -321,9 +338,23 @@ class SamplingRequest(_Lenient):
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """SamplingParams keyword arguments for the fields the client set (defaults otherwise)."""
-        names = ("n", "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "top_k", "min_p",
-                 "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids", "skip_special_tokens",
-                 "spaces_between_special_tokens", "include_stop_str_in_output")
+        names = (
+            "n",
+            "temperature",
+            "top_p",
+            "presence_penalty",
+            "frequency_penalty",
+            "seed",
+            "top_k",
+            "min_p",
+            "repetition_penalty",
+            "min_tokens",
+            "ignore_eos",
+            "stop_token_ids",
+            "skip_special_tokens",
+            "spaces_between_special_tokens",
+            "include_stop_str_in_output",
+        )
         kwargs = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         if self.logit_bias:
             kwargs["logit_bias"] = self.logit_bias
@@ -410,6 +441,7 @@ class DetokenizeRequest(_Request):
 
 # ----- responses -----
 
+
 def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
@@ -425,8 +457,11 @@ class UsageInfo(BaseModel):
 
     @classmethod
     def of(cls, prompt_tokens: int, completion_tokens: int) -> UsageInfo:
-        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                   total_tokens=prompt_tokens + completion_tokens)
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
 
 
 class ChatTokenLogprob(BaseModel):

@@ -54,8 +54,15 @@ AUTO_NEEDS_FLAGS = '"auto" tool choice requires --enable-auto-tool-choice and --
 
 
 class ServingChat(OpenAIServing):
-    def __init__(self, *args: Any, chat_template: str, enable_auto_tools: bool = False,
-                 tool_parser: type | None = None, reasoning_parser: type | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        chat_template: str,
+        enable_auto_tools: bool = False,
+        tool_parser: type | None = None,
+        reasoning_parser: type | None = None,
+        **kwargs: Any,
+    ):
         """tool_parser / reasoning_parser: the classes (a fresh instance serves each choice)."""
         super().__init__(*args, **kwargs)
         self.chat_template = chat_template
@@ -65,17 +72,28 @@ class ServingChat(OpenAIServing):
         self.reasoning_parser = reasoning_parser
         self._warned_implicit_auto = False
 
-    def render(self, messages: list[dict], add_generation_prompt: bool, continue_final_message: bool,
-               chat_template_kwargs: dict | None, tools: list[dict] | None = None) -> list[int]:
+    def render(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool,
+        continue_final_message: bool,
+        chat_template_kwargs: dict | None,
+        tools: list[dict] | None = None,
+    ) -> list[int]:
         """Messages -> prompt token ids. The template was checked at start-up, so whatever fails
         here fails because of the request (roles out of order, odd chat_template_kwargs): a 400."""
         if self.tokenizer is None:
             raise APIError("chat needs a tokenizer, and this server was started without one", param="messages")
         try:
-            return apply_chat_template(self.tokenizer, messages, self.chat_template,
-                                       add_generation_prompt=add_generation_prompt,
-                                       continue_final_message=continue_final_message,
-                                       chat_template_kwargs=chat_template_kwargs, tools=tools)
+            return apply_chat_template(
+                self.tokenizer,
+                messages,
+                self.chat_template,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                chat_template_kwargs=chat_template_kwargs,
+                tools=tools,
+            )
         except Exception as e:  # jinja2.TemplateError, ValueError, TypeError, ... from transformers
             raise APIError(f"cannot apply the chat template: {e}", param="messages") from None
 
@@ -94,9 +112,11 @@ class ServingChat(OpenAIServing):
             raise APIError(AUTO_NEEDS_FLAGS, param="tool_choice")
         if not self._warned_implicit_auto:
             self._warned_implicit_auto = True
-            logger.warning("A request has tools but no tool_choice (OpenAI's default: auto), and this server "
-                           "parses no tool calls: answering with text, as for tool_choice 'none'. Start it with "
-                           "--enable-auto-tool-choice --tool-call-parser NAME to have calls parsed.")
+            logger.warning(
+                "A request has tools but no tool_choice (OpenAI's default: auto), and this server "
+                "parses no tool calls: answering with text, as for tool_choice 'none'. Start it with "
+                "--enable-auto-tool-choice --tool-call-parser NAME to have calls parsed."
+            )
         return None, None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -104,24 +124,38 @@ class ServingChat(OpenAIServing):
         model = self.model_name(req.model)
         mode, name = self.tool_mode(req)
         tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools] if req.tools else None
-        ids = self.render([m.to_template_dict() for m in req.messages], req.add_generation_prompt,
-                          req.continue_final_message, req.chat_template_kwargs, tools)
+        ids = self.render(
+            [m.to_template_dict() for m in req.messages],
+            req.add_generation_prompt,
+            req.continue_final_message,
+            req.chat_template_kwargs,
+            tools,
+        )
         _, ids = self.process_prompt(ids, "messages")
-        asked, param = ((req.max_completion_tokens, "max_completion_tokens") if req.max_completion_tokens is not None
-                        else (req.max_tokens, "max_tokens"))
+        asked, param = (
+            (req.max_completion_tokens, "max_completion_tokens")
+            if req.max_completion_tokens is not None
+            else (req.max_tokens, "max_tokens")
+        )
         top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
         constraint, constraint_param = self.structured_outputs(req)
         parallel = req.parallel_tool_calls is not False
         if mode in ("named", "required"):
             if constraint is not None:
-                raise APIError(f"{constraint_param} cannot be combined with a named or required tool_choice",
-                               param=constraint_param)
+                raise APIError(
+                    f"{constraint_param} cannot be combined with a named or required tool_choice",
+                    param=constraint_param,
+                )
             assert tools is not None
-            schema = (next(t["function"].get("parameters") for t in tools if t["function"]["name"] == name)
-                      if mode == "named" else required_tools_schema(tools, parallel))
+            schema = (
+                next(t["function"].get("parameters") for t in tools if t["function"]["name"] == name)
+                if mode == "named"
+                else required_tools_schema(tools, parallel)
+            )
             # Compact JSON: a small model cannot wander off into whitespace inside the arguments.
-            constraint = StructuredOutputsParams(json=schema or {"type": "object", "properties": {}},
-                                                 disable_any_whitespace=True)
+            constraint = StructuredOutputsParams(
+                json=schema or {"type": "object", "properties": {}}, disable_any_whitespace=True
+            )
             constraint_param = "tools"
         overrides: dict[str, Any] = {"logprobs": top_logprobs}
         if constraint is not None:
@@ -136,16 +170,25 @@ class ServingChat(OpenAIServing):
         if constraint is not None:
             outputs = await checked_start(outputs, constraint_param)
         prompt_text = str(self.tokenizer.decode(ids)) if reasoning_parser is not None and self.tokenizer else ""
-        choices = [ChoiceOutput(mode, name=name, tools=tools, parallel=parallel,
-                                tool_parser=tool_parser(self.tokenizer) if tool_parser else None,
-                                reasoning_parser=self._reasoning_parser(reasoning_parser, prompt_text))
-                   for _ in range(params.n)]
+        choices = [
+            ChoiceOutput(
+                mode,
+                name=name,
+                tools=tools,
+                parallel=parallel,
+                tool_parser=tool_parser(self.tokenizer) if tool_parser else None,
+                reasoning_parser=self._reasoning_parser(reasoning_parser, prompt_text),
+            )
+            for _ in range(params.n)
+        ]
         if req.stream:
-            chunks = self._chunks(outputs, response_id, created, model, choices, len(ids), top_logprobs,
-                                  req.include_usage)
+            chunks = self._chunks(
+                outputs, response_id, created, model, choices, len(ids), top_logprobs, req.include_usage
+            )
             return await stream_sse(request, chunks)
-        return web.json_response((await self._collect(outputs, response_id, created, model, choices, len(ids),
-                                                      top_logprobs)).model_dump())
+        return web.json_response(
+            (await self._collect(outputs, response_id, created, model, choices, len(ids), top_logprobs)).model_dump()
+        )
 
     def _reasoning_parser(self, cls: type | None, prompt: str) -> Any:
         if cls is None:
@@ -154,9 +197,16 @@ class ServingChat(OpenAIServing):
         parser.observe_prompt(prompt)  # e.g. a template that opened <think> (or closed it: thinking off)
         return parser
 
-    async def _collect(self, outputs: AsyncGenerator[RequestOutput, None], response_id: str, created: int,
-                       model: str, parsers: list[ChoiceOutput], prompt_len: int,
-                       top_logprobs: int | None) -> ChatCompletionResponse:
+    async def _collect(
+        self,
+        outputs: AsyncGenerator[RequestOutput, None],
+        response_id: str,
+        created: int,
+        model: str,
+        parsers: list[ChoiceOutput],
+        prompt_len: int,
+        top_logprobs: int | None,
+    ) -> ChatCompletionResponse:
         n = len(parsers)
         texts: list[list[str]] = [[] for _ in range(n)]
         tokens: list[list[int]] = [[] for _ in range(n)]
@@ -175,24 +225,41 @@ class ServingChat(OpenAIServing):
             finish_reason = last[i].finish_reason
             if message.tool_calls and finish_reason == "stop":
                 finish_reason = "tool_calls"
-            choices.append(ChatChoice(
-                index=i, message=ChatResponseMessage(content=message.content, tool_calls=message.tool_calls,
-                                                     reasoning_content=message.reasoning_content),
-                logprobs=_chat_logprobs(tokens[i], logprobs[i], top_logprobs),
-                finish_reason=finish_reason, stop_reason=last[i].stop_reason))
+            choices.append(
+                ChatChoice(
+                    index=i,
+                    message=ChatResponseMessage(
+                        content=message.content,
+                        tool_calls=message.tool_calls,
+                        reasoning_content=message.reasoning_content,
+                    ),
+                    logprobs=_chat_logprobs(tokens[i], logprobs[i], top_logprobs),
+                    finish_reason=finish_reason,
+                    stop_reason=last[i].stop_reason,
+                )
+            )
         usage = UsageInfo.of(prompt_len, sum(map(len, tokens)))
         return ChatCompletionResponse(id=response_id, created=created, model=model, choices=choices, usage=usage)
 
-    async def _chunks(self, outputs: AsyncGenerator[RequestOutput, None], response_id: str, created: int,
-                      model: str, parsers: list[ChoiceOutput], prompt_len: int, top_logprobs: int | None,
-                      include_usage: bool) -> AsyncGenerator[ChatCompletionChunk, None]:
+    async def _chunks(
+        self,
+        outputs: AsyncGenerator[RequestOutput, None],
+        response_id: str,
+        created: int,
+        model: str,
+        parsers: list[ChoiceOutput],
+        prompt_len: int,
+        top_logprobs: int | None,
+        include_usage: bool,
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
         """A role chunk per choice, content (reasoning, tool call) deltas as tokens arrive, one
         finish_reason chunk per choice, then the usage chunk if asked for. One choice per chunk,
         as OpenAI does."""
 
         def chunk(choice: ChatStreamChoice | None, usage: UsageInfo | None = None) -> ChatCompletionChunk:
-            return ChatCompletionChunk(id=response_id, created=created, model=model,
-                                       choices=[choice] if choice else [], usage=usage)
+            return ChatCompletionChunk(
+                id=response_id, created=created, model=model, choices=[choice] if choice else [], usage=usage
+            )
 
         for i in range(len(parsers)):
             yield chunk(ChatStreamChoice(index=i, delta=DeltaMessage(role="assistant", content="")))
@@ -210,8 +277,9 @@ class ServingChat(OpenAIServing):
                     with_logprobs = top_logprobs is not None and bool(c.token_ids)
                     if not c.finish_reason:
                         if delta is not None or with_logprobs:
-                            yield chunk(ChatStreamChoice(index=c.index, delta=delta or DeltaMessage(),
-                                                         logprobs=choice_logprobs))
+                            yield chunk(
+                                ChatStreamChoice(index=c.index, delta=delta or DeltaMessage(), logprobs=choice_logprobs)
+                            )
                         continue  # else a token that completes no character yet
                     finished.add(c.index)
                     tail = parser.finish()
@@ -219,9 +287,15 @@ class ServingChat(OpenAIServing):
                         yield chunk(ChatStreamChoice(index=c.index, delta=delta, logprobs=choice_logprobs))
                         delta, choice_logprobs = tail, None
                     finish_reason = "tool_calls" if parser.called and c.finish_reason == "stop" else c.finish_reason
-                    yield chunk(ChatStreamChoice(
-                        index=c.index, delta=delta or tail or DeltaMessage(), logprobs=choice_logprobs,
-                        finish_reason=finish_reason, stop_reason=c.stop_reason))
+                    yield chunk(
+                        ChatStreamChoice(
+                            index=c.index,
+                            delta=delta or tail or DeltaMessage(),
+                            logprobs=choice_logprobs,
+                            finish_reason=finish_reason,
+                            stop_reason=c.stop_reason,
+                        )
+                    )
         if include_usage:
             yield chunk(None, UsageInfo.of(prompt_len, completion_tokens))
 
@@ -232,14 +306,16 @@ def _token(lp: Logprob) -> dict:
     return {"token": text, "logprob": max(lp.logprob, -9999.0), "bytes": list(text.encode("utf-8"))}
 
 
-def _chat_logprobs(token_ids: list[int], entries: list[PositionLogprobs],
-                   top_logprobs: int | None) -> ChatChoiceLogprobs | None:
+def _chat_logprobs(
+    token_ids: list[int], entries: list[PositionLogprobs], top_logprobs: int | None
+) -> ChatChoiceLogprobs | None:
     if top_logprobs is None:
         return None
     content = []
     for token_id, entry in zip(token_ids, entries):
         # The entry holds the top-k plus the sampled token when it ranks lower: keep exactly k.
         best = sorted(entry.values(), key=lambda lp: -lp.logprob)[:top_logprobs]
-        content.append(ChatLogprobContent(**_token(entry[token_id]),
-                                          top_logprobs=[ChatTokenLogprob(**_token(lp)) for lp in best]))
+        content.append(
+            ChatLogprobContent(**_token(entry[token_id]), top_logprobs=[ChatTokenLogprob(**_token(lp)) for lp in best])
+        )
     return ChatChoiceLogprobs(content=content)

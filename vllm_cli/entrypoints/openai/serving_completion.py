@@ -45,9 +45,13 @@ class ServingCompletion(OpenAIServing):
         constraint, constraint_param = self.structured_outputs(req)
         streams: list[AsyncGenerator[RequestOutput, None]] = []
         for i, (text, ids) in enumerate(prompts):
-            params = self.sampling_params(req, self.max_tokens(req.max_tokens, len(ids), "max_tokens"),
-                                          logprobs=req.logprobs, prompt_logprobs=echo_logprobs,
-                                          structured_outputs=constraint)
+            params = self.sampling_params(
+                req,
+                self.max_tokens(req.max_tokens, len(ids), "max_tokens"),
+                logprobs=req.logprobs,
+                prompt_logprobs=echo_logprobs,
+                structured_outputs=constraint,
+            )
             stream = self.generate(text, ids, params, f"{response_id}-{i}")
             if constraint is not None:  # a schema that does not compile: a 400 before anything is sent
                 try:
@@ -82,10 +86,16 @@ class ServingCompletion(OpenAIServing):
             choice.offset += len(delta_text)
             choice.num_tokens += len(c.token_ids)
             choice.last = c
-            return CompletionChoice(index=i * n + c.index, text=delta_text, logprobs=delta_logprobs,
-                                    finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+            return CompletionChoice(
+                index=i * n + c.index,
+                text=delta_text,
+                logprobs=delta_logprobs,
+                finish_reason=c.finish_reason,
+                stop_reason=c.stop_reason,
+            )
 
         if req.stream:
+
             async def chunks() -> AsyncGenerator[CompletionResponse, None]:
                 done: set[int] = set()
                 async with aclosing(outputs):
@@ -111,12 +121,21 @@ class ServingCompletion(OpenAIServing):
                 for c in out.outputs:
                     update(i, out, c)
         response = CompletionResponse(
-            id=response_id, created=created, model=model,
-            choices=[CompletionChoice(index=k, text="".join(ch.text), logprobs=ch.logprobs,
-                                      finish_reason=ch.last.finish_reason if ch.last else None,
-                                      stop_reason=ch.last.stop_reason if ch.last else None)
-                     for k, ch in enumerate(choices)],
-            usage=UsageInfo.of(prompt_tokens, sum(ch.num_tokens for ch in choices)))
+            id=response_id,
+            created=created,
+            model=model,
+            choices=[
+                CompletionChoice(
+                    index=k,
+                    text="".join(ch.text),
+                    logprobs=ch.logprobs,
+                    finish_reason=ch.last.finish_reason if ch.last else None,
+                    stop_reason=ch.last.stop_reason if ch.last else None,
+                )
+                for k, ch in enumerate(choices)
+            ],
+            usage=UsageInfo.of(prompt_tokens, sum(ch.num_tokens for ch in choices)),
+        )
         return web.json_response(response.model_dump())
 
     def _prompt_text(self, text: str | None, ids: list[int]) -> str:
@@ -124,8 +143,9 @@ class ServingCompletion(OpenAIServing):
             return text
         return str(self.tokenizer.decode(ids)) if self.tokenizer is not None else ""
 
-    def _logprobs(self, token_ids: list[int], entries: list[PositionLogprobs | None],
-                  offset: int) -> CompletionLogprobs:
+    def _logprobs(
+        self, token_ids: list[int], entries: list[PositionLogprobs | None], offset: int
+    ) -> CompletionLogprobs:
         """OpenAI's legacy shape. top_logprobs holds the top-k plus the sampled token (as OpenAI does)."""
         out = CompletionLogprobs()
         for token_id, entry in zip(token_ids, entries):

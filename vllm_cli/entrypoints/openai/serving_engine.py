@@ -69,8 +69,9 @@ class OpenAIServing:
         if not found:
             return None, None
         if len(found) > 1:
-            raise APIError(f"give at most one output constraint, got {' and '.join(name for name, _ in found)}",
-                           param=found[1][0])
+            raise APIError(
+                f"give at most one output constraint, got {' and '.join(name for name, _ in found)}", param=found[1][0]
+            )
         param, kwargs = found[0]
         try:
             return StructuredOutputsParams(**kwargs), param
@@ -97,13 +98,17 @@ class OpenAIServing:
         if requested is None:
             return limit - prompt_len
         if prompt_len + requested > limit:
-            raise APIError(f"This model's maximum context length is {limit} tokens. However, you requested "
-                           f"{prompt_len + requested} tokens ({prompt_len} in the messages, {requested} in the "
-                           "completion). Please reduce the length of the messages or completion.", param=param)
+            raise APIError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_len + requested} tokens ({prompt_len} in the messages, {requested} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                param=param,
+            )
         return requested
 
-    def sampling_params(self, request: SamplingRequest, max_tokens: int, extra_stop: Sequence[str] = (),
-                        **overrides: Any) -> SamplingParams:
+    def sampling_params(
+        self, request: SamplingRequest, max_tokens: int, extra_stop: Sequence[str] = (), **overrides: Any
+    ) -> SamplingParams:
         kwargs = request.sampling_kwargs()
         if "logit_bias" in kwargs:
             kwargs["logit_bias"] = self._logit_bias(kwargs["logit_bias"])
@@ -130,14 +135,17 @@ class OpenAIServing:
             out[token] = min(max(value, -100.0), 100.0)  # OpenAI's range
         return out
 
-    async def generate(self, prompt_text: str | None, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncGenerator[RequestOutput, None]:
+    async def generate(
+        self, prompt_text: str | None, prompt_ids: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncGenerator[RequestOutput, None]:
         """The engine's delta outputs for one prompt, timed for /metrics."""
         timer = self.metrics.track(params.n)
         finished = False
         prompt = prompt_text if prompt_text is not None else prompt_ids
-        stream = cast(AsyncGenerator[RequestOutput, None],
-                      self.async_engine.generate(prompt, params, request_id, prompt_token_ids=prompt_ids))
+        stream = cast(
+            AsyncGenerator[RequestOutput, None],
+            self.async_engine.generate(prompt, params, request_id, prompt_token_ids=prompt_ids),
+        )
         async with aclosing(stream):
             try:
                 async for output in stream:
@@ -149,8 +157,9 @@ class OpenAIServing:
                     timer.aborted()
 
 
-async def checked_start(stream: AsyncGenerator[RequestOutput, None],
-                        param: str | None) -> AsyncGenerator[RequestOutput, None]:
+async def checked_start(
+    stream: AsyncGenerator[RequestOutput, None], param: str | None
+) -> AsyncGenerator[RequestOutput, None]:
     """`stream`, once its first output has come: the engine rejects a schema, regex or grammar that does
     not compile (ValueError) before the first output, and that must be a 400 naming `param`, not an
     error event inside a stream that has already answered 200."""
@@ -216,8 +225,13 @@ def _sse(payload: str) -> bytes:
 async def stream_sse(request: web.Request, events: AsyncGenerator[BaseModel, None]) -> web.StreamResponse:
     """Send each event as `data: {json}`, then `data: [DONE]`. An engine failure mid-stream
     becomes an error event (the status line is long gone); a client that went away ends it."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                           "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
     await response.prepare(request)
     try:
         async with aclosing(events):

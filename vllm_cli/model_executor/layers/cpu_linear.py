@@ -52,12 +52,15 @@ class CpuLinear(nn.Module):
         return _run_packed(self.kind, x, self.packed, bias, getattr(self, "shape_only", None))
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, kernel={self.kind}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, kernel={self.kind}"
+        )
 
 
-def _run_packed(kind: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
-                shape_only: torch.Tensor | None) -> torch.Tensor:
+def _run_packed(
+    kind: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, shape_only: torch.Tensor | None
+) -> torch.Tensor:
     if kind == "mkl":
         return torch.ops.mkl._mkl_linear(x, packed, shape_only, bias, x.shape[0])
     if kind == "mkldnn":
@@ -108,8 +111,9 @@ def _pack_for_cpu(weight: torch.Tensor, kind: str | None = None) -> tuple[str, t
             packed = _pack(candidate, weight)
             shape_only = torch.empty_strided(tuple(weight.shape), (0, 0), dtype=weight.dtype)
             run = functools.partial(_run_packed, candidate, probe, packed, None, shape_only)
-            if not torch.allclose(run().float(), expected, rtol=tolerance,
-                                  atol=tolerance * expected.abs().max().item()):
+            if not torch.allclose(
+                run().float(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item()
+            ):
                 continue
         except (RuntimeError, AttributeError):  # op missing from this torch build
             continue
@@ -150,8 +154,10 @@ def log_cpu_linear_kinds(model: nn.Module) -> None:
         if isinstance(module, CpuLinear):
             counts[module.kind] = counts.get(module.kind, 0) + 1
     if counts:
-        logger.info("CPU linears: %s (the fastest correct library, timed once per weight shape)",
-                    ", ".join(f"{n} on {_KIND_NAMES[k]}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+        logger.info(
+            "CPU linears: %s (the fastest correct library, timed once per weight shape)",
+            ", ".join(f"{n} on {_KIND_NAMES[k]}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])),
+        )
 
 
 def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> None:
@@ -159,7 +165,11 @@ def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) ->
     nn.Linear, whose forward may differ) for make(linear)."""
     # (parent, name) pairs only: holding the Linear modules themselves would keep every
     # original weight alive until the end, doubling peak memory (13 GB more for a 7B model).
-    targets = [(module, name) for module in model.modules() for name, child in module.named_children()
-               if type(child) is nn.Linear or isinstance(child, ParallelLinearBase)]
+    targets = [
+        (module, name)
+        for module in model.modules()
+        for name, child in module.named_children()
+        if type(child) is nn.Linear or isinstance(child, ParallelLinearBase)
+    ]
     for module, name in targets:
         setattr(module, name, make(getattr(module, name)))

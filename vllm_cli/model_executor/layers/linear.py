@@ -111,8 +111,9 @@ class QKVParallelLinear(ParallelLinearBase):
             offset, first, rows = layout[name]
             expected = full_q if name == "q" else full_kv
             if piece.shape[0] != expected:
-                raise ValueError(f"checkpoint tensor {param_name!r} ({name}) has {piece.shape[0]} rows, "
-                                 f"expected {expected}")
+                raise ValueError(
+                    f"checkpoint tensor {param_name!r} ({name}) has {piece.shape[0]} rows, expected {expected}"
+                )
             _copy_checked(target.narrow(0, offset, rows), piece.narrow(0, first, rows), param_name)
 
 
@@ -140,7 +141,7 @@ def _load_vocab_rows(target: torch.Tensor, tensor: torch.Tensor, vocab_size: int
         raise ValueError(f"checkpoint tensor {what!r} has {tensor.shape[0]} rows, expected {vocab_size}")
     start, end, _ = padded_shard(vocab_size)
     _copy_checked(target.narrow(0, 0, end - start), tensor.narrow(0, start, end - start), what)
-    target[end - start:].zero_()  # padding rows: never looked up, their logits cut off
+    target[end - start :].zero_()  # padding rows: never looked up, their logits cut off
 
 
 class VocabParallelEmbedding(nn.Embedding):
@@ -182,7 +183,7 @@ def gather_logits(local_logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
 def slice_heads(per_head: torch.Tensor, num_heads: int) -> torch.Tensor:
     """This rank's entries of a per-attention-head tensor (MPT's ALiBi slopes)."""
     local = divide(num_heads, get_tp_size(), "the number of attention heads")
-    return per_head[get_tp_rank() * local:(get_tp_rank() + 1) * local]
+    return per_head[get_tp_rank() * local : (get_tp_rank() + 1) * local]
 
 
 def ungroup_qkv(fused: torch.Tensor, num_kv_heads: int, head_dim: int) -> torch.Tensor:

@@ -40,8 +40,14 @@ class RotaryEmbedding(nn.Module):
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """apply(), in place when the CPU kernel can take x (one call for q and k together, given
         as one [T, q heads + kv heads, head_dim] view of the fused qkv output), else a new tensor."""
-        if (cpu_kernels.load() is not None and cpu_kernels.supports(x, cos, sin) and x.stride(2) == 1
-                and x.stride(1) == x.shape[2] and cos.is_contiguous() and sin.is_contiguous()):
+        if (
+            cpu_kernels.load() is not None
+            and cpu_kernels.supports(x, cos, sin)
+            and x.stride(2) == 1
+            and x.stride(1) == x.shape[2]
+            and cos.is_contiguous()
+            and sin.is_contiguous()
+        ):
             return cpu_kernels.rotary_neox_(x, cos, sin, self.rotary_dim)
         return self.apply(x, cos, sin)
 
@@ -112,8 +118,9 @@ class LongRopeRotaryEmbedding(RotaryEmbedding):
         return self.long_cos_cache[positions].to(dtype), self.long_sin_cache[positions].to(dtype)
 
 
-def get_rotary_embedding(config: Any, head_dim: int, max_position: int,
-                         rotary_dim: int | None = None) -> RotaryEmbedding:
+def get_rotary_embedding(
+    config: Any, head_dim: int, max_position: int, rotary_dim: int | None = None
+) -> RotaryEmbedding:
     """LongRoPE for a config whose rope_type says so, else the plain (or transformers-scaled) one."""
     params = getattr(config, "rope_parameters", None) or {}
     cls = LongRopeRotaryEmbedding if params.get("rope_type") == "longrope" else RotaryEmbedding

@@ -69,8 +69,9 @@ class CausalLM(nn.Module):
             else:
                 target = params[name].data
                 if shard_id is not None or tuple(target.shape) != tuple(tensor.shape):
-                    raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                     f"expected {tuple(target.shape)}")
+                    raise ValueError(
+                        f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
+                    )
                 target.copy_(tensor)
             loaded.add(name)
         return loaded
@@ -91,9 +92,16 @@ class DecoderForCausalLM(CausalLM):
     rotary: RotaryEmbedding | None
     alibi_slopes: torch.Tensor | None
 
-    def __init__(self, config: Any, trunk: str, modules: Mapping[str, nn.Module | Sequence[nn.Module]], *,
-                 tie_word_embeddings: bool, rotary: RotaryEmbedding | None = None,
-                 alibi_slopes: torch.Tensor | None = None):
+    def __init__(
+        self,
+        config: Any,
+        trunk: str,
+        modules: Mapping[str, nn.Module | Sequence[nn.Module]],
+        *,
+        tie_word_embeddings: bool,
+        rotary: RotaryEmbedding | None = None,
+        alibi_slopes: torch.Tensor | None = None,
+    ):
         super().__init__(config)
         names = list(modules)
         layers = next(n for n, m in modules.items() if not isinstance(m, nn.Module))

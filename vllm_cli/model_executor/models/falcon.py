@@ -42,8 +42,7 @@ class FalconAttention(Attention):
         num_heads = config.num_attention_heads
         head_dim = hidden_size // num_heads
         query_key_value = QKVParallelLinear(hidden_size, head_dim, num_heads, _num_kv_heads(config), bias=config.bias)
-        super().__init__(layer_idx, query_key_value.num_heads, query_key_value.num_kv_heads, head_dim,
-                         head_dim**-0.5)
+        super().__init__(layer_idx, query_key_value.num_heads, query_key_value.num_kv_heads, head_dim, head_dim**-0.5)
         self.query_key_value = query_key_value
         self.dense = RowParallelLinear(hidden_size, hidden_size, bias=config.bias)
 
@@ -98,12 +97,17 @@ class FalconForCausalLM(DecoderForCausalLM):
         if getattr(config, "alibi", False):
             raise ValueError("Falcon with ALiBi (falcon-rw-1b/7b) is not supported; only rotary Falcon models are")
         head_dim = config.hidden_size // config.num_attention_heads
-        super().__init__(config, "transformer", {
-            "word_embeddings": VocabParallelEmbedding(config.vocab_size, config.hidden_size),
-            "h": [FalconDecoderLayer(config, i) for i in range(config.num_hidden_layers)],
-            "ln_f": nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon),
-        }, tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
-            rotary=get_rotary_embedding(config, head_dim, int(config.max_position_embeddings)))
+        super().__init__(
+            config,
+            "transformer",
+            {
+                "word_embeddings": VocabParallelEmbedding(config.vocab_size, config.hidden_size),
+                "h": [FalconDecoderLayer(config, i) for i in range(config.num_hidden_layers)],
+                "ln_f": nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon),
+            },
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
+            rotary=get_rotary_embedding(config, head_dim, int(config.max_position_embeddings)),
+        )
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         num_kv_heads = _num_kv_heads(self.config)

@@ -75,12 +75,17 @@ class GPT2LMHeadModel(DecoderForCausalLM):
     def __init__(self, config: Any):
         if getattr(config, "add_cross_attention", False):
             raise ValueError("GPT-2 with cross-attention (an encoder-decoder) is not supported")
-        super().__init__(config, "transformer", {
-            "wte": VocabParallelEmbedding(config.vocab_size, config.hidden_size),
-            "wpe": nn.Embedding(config.max_position_embeddings, config.hidden_size),
-            "h": [GPT2Block(config, i) for i in range(config.num_hidden_layers)],
-            "ln_f": nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon),
-        }, tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", True)))
+        super().__init__(
+            config,
+            "transformer",
+            {
+                "wte": VocabParallelEmbedding(config.vocab_size, config.hidden_size),
+                "wpe": nn.Embedding(config.max_position_embeddings, config.hidden_size),
+                "h": [GPT2Block(config, i) for i in range(config.num_hidden_layers)],
+                "ln_f": nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon),
+            },
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
+        )
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.embedding(input_ids) + self.get_submodule("transformer.wpe")(positions)

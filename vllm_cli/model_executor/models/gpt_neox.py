@@ -34,10 +34,10 @@ class GPTNeoXAttention(Attention):
         hidden_size = config.hidden_size
         head_dim = hidden_size // config.num_attention_heads
         bias = getattr(config, "attention_bias", True)
-        query_key_value = QKVParallelLinear(hidden_size, head_dim, config.num_attention_heads,
-                                            config.num_attention_heads, bias=bias)
-        super().__init__(layer_idx, query_key_value.num_heads, query_key_value.num_kv_heads, head_dim,
-                         head_dim**-0.5)
+        query_key_value = QKVParallelLinear(
+            hidden_size, head_dim, config.num_attention_heads, config.num_attention_heads, bias=bias
+        )
+        super().__init__(layer_idx, query_key_value.num_heads, query_key_value.num_kv_heads, head_dim, head_dim**-0.5)
         self.query_key_value = query_key_value
         self.dense = RowParallelLinear(hidden_size, hidden_size, bias=bias)
 
@@ -79,13 +79,19 @@ class GPTNeoXLayer(nn.Module):
 class GPTNeoXForCausalLM(DecoderForCausalLM):
     def __init__(self, config: Any):
         head_dim = config.hidden_size // config.num_attention_heads
-        super().__init__(config, "gpt_neox", {
-            "embed_in": VocabParallelEmbedding(config.vocab_size, config.hidden_size),
-            "layers": [GPTNeoXLayer(config, i) for i in range(config.num_hidden_layers)],
-            "final_layer_norm": nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
-        }, tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-            rotary=get_rotary_embedding(config, head_dim, int(config.max_position_embeddings),
-                                        partial_rotary_dim(config, head_dim)))
+        super().__init__(
+            config,
+            "gpt_neox",
+            {
+                "embed_in": VocabParallelEmbedding(config.vocab_size, config.hidden_size),
+                "layers": [GPTNeoXLayer(config, i) for i in range(config.num_hidden_layers)],
+                "final_layer_norm": nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+            },
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            rotary=get_rotary_embedding(
+                config, head_dim, int(config.max_position_embeddings), partial_rotary_dim(config, head_dim)
+            ),
+        )
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         num_heads = self.config.num_attention_heads

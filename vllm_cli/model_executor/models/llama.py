@@ -39,11 +39,18 @@ class LlamaAttention(Attention):
         head_dim = llama_head_dim(config)
         qkv_proj = QKVParallelLinear(config.hidden_size, head_dim, num_heads, num_kv_heads, bias=qkv_bias)
         window = getattr(config, "sliding_window", None)
-        super().__init__(layer_idx, qkv_proj.num_heads, qkv_proj.num_kv_heads, head_dim, head_dim**-0.5,
-                         sliding_window=window if window and getattr(config, "use_sliding_window", True) else None)
+        super().__init__(
+            layer_idx,
+            qkv_proj.num_heads,
+            qkv_proj.num_kv_heads,
+            head_dim,
+            head_dim**-0.5,
+            sliding_window=window if window and getattr(config, "use_sliding_window", True) else None,
+        )
         self.qkv_proj = qkv_proj
-        self.o_proj = RowParallelLinear(num_heads * head_dim, config.hidden_size,
-                                        bias=getattr(config, "attention_bias", False))
+        self.o_proj = RowParallelLinear(
+            num_heads * head_dim, config.hidden_size, bias=getattr(config, "attention_bias", False)
+        )
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         return self.o_proj(self.attend(self.qkv_proj(hidden), ctx))
@@ -87,12 +94,17 @@ class LlamaForCausalLM(DecoderForCausalLM):
 
     def __init__(self, config: Any):
         layers = [LlamaDecoderLayer(config, self.attention(config, i)) for i in range(config.num_hidden_layers)]
-        super().__init__(config, "model", {
-            "embed_tokens": VocabParallelEmbedding(config.vocab_size, config.hidden_size),
-            "layers": layers,
-            "norm": RMSNorm(config.hidden_size, config.rms_norm_eps),
-        }, tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-            rotary=self.rotary_embedding(config, llama_head_dim(config), self.max_position(config)))
+        super().__init__(
+            config,
+            "model",
+            {
+                "embed_tokens": VocabParallelEmbedding(config.vocab_size, config.hidden_size),
+                "layers": layers,
+                "norm": RMSNorm(config.hidden_size, config.rms_norm_eps),
+            },
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            rotary=self.rotary_embedding(config, llama_head_dim(config), self.max_position(config)),
+        )
 
     def attention(self, config: Any, layer_idx: int) -> Attention:
         """Layer layer_idx's attention (Qwen3 adds q/k norms)."""

@@ -42,8 +42,9 @@ class MptAttention(Attention):
         d_model = config.d_model
         head_dim = d_model // config.n_heads
         Wqkv = QKVParallelLinear(d_model, head_dim, config.n_heads, config.n_heads, bias=bias)
-        super().__init__(layer_idx, Wqkv.num_heads, Wqkv.num_kv_heads, head_dim,
-                         attn.get("softmax_scale") or head_dim**-0.5)
+        super().__init__(
+            layer_idx, Wqkv.num_heads, Wqkv.num_kv_heads, head_dim, attn.get("softmax_scale") or head_dim**-0.5
+        )
         self.clip_qkv = attn.get("clip_qkv")
         self.Wqkv = Wqkv
         self.out_proj = RowParallelLinear(d_model, d_model, bias=bias)
@@ -104,11 +105,17 @@ class MptForCausalLM(DecoderForCausalLM):
         bias = not getattr(config, "no_bias", True)
         # every head's slope is fixed by its index among all heads: each rank takes its own
         slopes = slice_heads(alibi_slopes(config.n_heads, float(attn.get("alibi_bias_max", 8))), config.n_heads)
-        super().__init__(config, "transformer", {
-            "wte": VocabParallelEmbedding(config.vocab_size, config.d_model),
-            "blocks": [MptBlock(config, i, bias) for i in range(config.n_layers)],
-            "norm_f": nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=bias),
-        }, tie_word_embeddings=True, alibi_slopes=slopes)  # MPT always ties the LM head to the embedding
+        super().__init__(
+            config,
+            "transformer",
+            {
+                "wte": VocabParallelEmbedding(config.vocab_size, config.d_model),
+                "blocks": [MptBlock(config, i, bias) for i in range(config.n_layers)],
+                "norm_f": nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=bias),
+            },
+            tie_word_embeddings=True,
+            alibi_slopes=slopes,
+        )  # MPT always ties the LM head to the embedding
         logit_scale = getattr(config, "logit_scale", None)
         if logit_scale == "inv_sqrt_d_model":
             logit_scale = config.d_model**-0.5

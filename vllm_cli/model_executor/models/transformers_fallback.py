@@ -45,7 +45,6 @@ logger = init_logger(__name__)
 ATTN_IMPLEMENTATION = "vllm_cli_paged"
 
 
-
 @dataclass
 class _Step:
     ctx: ForwardContext
@@ -63,9 +62,16 @@ _UNSUPPORTED_CONFIG = {
 }
 
 
-def paged_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: torch.Tensor | None, scaling: float | None = None,
-                            dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
+def paged_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers' attention-function interface: query [1, H, T, D], key/value [1, KVH, T, D]
     -> ([1, T, H, D], None), computed by the step's attention backend (AttentionBackend.forward,
     as the native models' Attention layer calls it) against the paged KV cache."""
@@ -74,8 +80,9 @@ def paged_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
         raise RuntimeError(f"attention {ATTN_IMPLEMENTATION!r} runs only inside TransformersForCausalLM.forward")
     for name in ("softcap", "s_aux", "position_bias"):
         if kwargs.get(name) is not None:
-            raise ValueError(f"the transformers fallback does not support attention with {name!r} "
-                             f"({type(module).__name__})")
+            raise ValueError(
+                f"the transformers fallback does not support attention with {name!r} ({type(module).__name__})"
+            )
     if not getattr(module, "is_causal", True):
         raise ValueError(f"the transformers fallback supports causal attention only ({type(module).__name__})")
     if query.shape[0] != 1:
@@ -86,17 +93,20 @@ def paged_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
     ctx = step.ctx
     k_cache, v_cache = ctx.kv_caches[layer_idx]
     if key.shape[1:2] + key.shape[3:] != k_cache.shape[1:] or value.shape[1:2] + value.shape[3:] != v_cache.shape[1:]:
-        raise ValueError(f"{type(module).__name__} (layer {layer_idx}) has keys/values of {key.shape[1]} heads x "
-                         f"{key.shape[3]}/{value.shape[3]} dims, but the KV cache was sized from the config as "
-                         f"{k_cache.shape[1]} x {k_cache.shape[2]}: the transformers fallback cannot run this model")
+        raise ValueError(
+            f"{type(module).__name__} (layer {layer_idx}) has keys/values of {key.shape[1]} heads x "
+            f"{key.shape[3]}/{value.shape[3]} dims, but the KV cache was sized from the config as "
+            f"{k_cache.shape[1]} x {k_cache.shape[2]}: the transformers fallback cannot run this model"
+        )
     step.attention_layers.add(layer_idx)
     q = query[0].transpose(0, 1)  # [T, H, D]
     k = key[0].transpose(0, 1)  # [T, KVH, D]
     v = value[0].transpose(0, 1)
     window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    out = ctx.backend.forward(q, k, v, k_cache, v_cache, ctx.attn_metadata, scale,
-                              sliding_window=int(window) if window else None)
+    out = ctx.backend.forward(
+        q, k, v, k_cache, v_cache, ctx.attn_metadata, scale, sliding_window=int(window) if window else None
+    )
     return out[None], None  # [1, T, H, D]: transformers reshapes it to [1, T, H * D]
 
 
@@ -121,11 +131,14 @@ def transformers_model_class(hf_config: Any) -> type[PreTrainedModel]:
     try:
         cls: type[PreTrainedModel] = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]  # type: ignore[assignment]
     except KeyError:
-        raise ValueError(f"transformers has no causal LM for model_type {getattr(hf_config, 'model_type', None)!r}") \
-            from None
+        raise ValueError(
+            f"transformers has no causal LM for model_type {getattr(hf_config, 'model_type', None)!r}"
+        ) from None
     if not cls.is_backend_compatible():
-        raise ValueError(f"transformers' {cls.__name__} does not route attention through AttentionInterface, "
-                         "so the paged KV cache cannot be plugged in")
+        raise ValueError(
+            f"transformers' {cls.__name__} does not route attention through AttentionInterface, "
+            "so the paged KV cache cannot be plugged in"
+        )
     text = _text_config(hf_config)
     for attr, what in _UNSUPPORTED_CONFIG.items():
         if getattr(text, attr, None):
@@ -191,8 +204,11 @@ class TransformersForCausalLM(CausalLM):
         text = _text_config(hf_model.config)
         heads = text.num_attention_heads
         kv_heads = 1 if getattr(text, "multi_query", False) else getattr(text, "num_key_value_heads", None) or heads
-        self._kv_shape = (int(text.num_hidden_layers), int(kv_heads),
-                          int(getattr(text, "head_dim", None) or text.hidden_size // heads))
+        self._kv_shape = (
+            int(text.num_hidden_layers),
+            int(kv_heads),
+            int(getattr(text, "head_dim", None) or text.hidden_size // heads),
+        )
         self._checked_attention = False
         logger.info("using the transformers fallback for %s", cls.__name__)
 
@@ -219,10 +235,15 @@ class TransformersForCausalLM(CausalLM):
                 owner[id(module)]._init_weights(module)  # parameters are still meta: their init is a no-op
                 for n in meta:
                     filled = module._buffers[n]
-                    if (n in module._non_persistent_buffers_set and filled is not None and filled.is_floating_point()
-                            and filled.isnan().any()):
-                        raise ValueError(f"the transformers fallback cannot compute buffer {n!r} of "
-                                         f"{type(module).__name__}")
+                    if (
+                        n in module._non_persistent_buffers_set
+                        and filled is not None
+                        and filled.is_floating_point()
+                        and filled.isnan().any()
+                    ):
+                        raise ValueError(
+                            f"the transformers fallback cannot compute buffer {n!r} of {type(module).__name__}"
+                        )
 
     def kv_cache_shape(self) -> tuple[int, int, int]:
         return self._kv_shape
@@ -238,8 +259,10 @@ class TransformersForCausalLM(CausalLM):
             _STEP.reset(token)
         if not self._checked_attention:
             if not step.attention_layers:
-                raise RuntimeError(f"{type(hf).__name__} did not call the {ATTN_IMPLEMENTATION!r} attention "
-                                   "function: the transformers fallback cannot run it")
+                raise RuntimeError(
+                    f"{type(hf).__name__} did not call the {ATTN_IMPLEMENTATION!r} attention "
+                    "function: the transformers fallback cannot run it"
+                )
             self._checked_attention = True
         return out.last_hidden_state[0]
 
@@ -284,8 +307,9 @@ class TransformersForCausalLM(CausalLM):
                 name = aliases[name]
             target = state[name]
             if tuple(target.shape) != tuple(tensor.shape):
-                raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                 f"expected {tuple(target.shape)}")
+                raise ValueError(
+                    f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
+                )
             target.data.copy_(tensor)
             loaded.add(name)
 
@@ -307,8 +331,12 @@ class TransformersForCausalLM(CausalLM):
             for target, value in converter.convert(first_target, model=hf, config=hf.config).items():
                 store(target, value[0] if isinstance(value, list) else value)
         if unexpected:
-            logger.warning("ignored %d checkpoint tensors %s has no place for, e.g. %s", len(unexpected),
-                           type(hf).__name__, ", ".join(unexpected[:3]))
+            logger.warning(
+                "ignored %d checkpoint tensors %s has no place for, e.g. %s",
+                len(unexpected),
+                type(hf).__name__,
+                ", ".join(unexpected[:3]),
+            )
         loaded |= {alias for alias, canonical in aliases.items() if canonical in loaded}
         return {f"hf_model.{name}" for name in loaded}  # our names
 

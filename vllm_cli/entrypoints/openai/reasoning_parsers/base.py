@@ -56,8 +56,9 @@ class ReasoningParser:
             return None, model_output or None
         return reasoning or None, content or None
 
-    def extract_reasoning_streaming(self, previous_text: str, current_text: str,
-                                    delta_text: str) -> DeltaMessage | None:
+    def extract_reasoning_streaming(
+        self, previous_text: str, current_text: str, delta_text: str
+    ) -> DeltaMessage | None:
         """What to send for the text so far: None when nothing yet. Never raises."""
         return self._stream(current_text, delta_text, final=False)
 
@@ -72,8 +73,8 @@ class ReasoningParser:
         except Exception:
             logger.exception("%s reasoning parser failed while streaming; sending the text as content", self.name)
             return DeltaMessage(content=delta_text) if delta_text else None
-        new_reasoning = reasoning[self._sent_reasoning:]
-        new_content = content[self._sent_content:]
+        new_reasoning = reasoning[self._sent_reasoning :]
+        new_content = content[self._sent_content :]
         self._sent_reasoning = max(self._sent_reasoning, len(reasoning))
         self._sent_content = max(self._sent_content, len(content))
         if not new_reasoning and not new_content:
@@ -113,7 +114,7 @@ class ThinkTagReasoningParser(ReasoningParser):
         start, in_reasoning = body
         end = text.find(self.end_tag, start)
         if end >= 0:
-            reasoning, content = text[start:end], text[end + len(self.end_tag):]
+            reasoning, content = text[start:end], text[end + len(self.end_tag) :]
             if not in_reasoning and (self._streaming or not final):
                 # The output did not open the tag and nothing said the prompt did: its first part was
                 # streamed as content before the end tag showed it was reasoning.

@@ -113,8 +113,9 @@ class ToolParser:
         ]
         return ExtractedToolCalls(bool(calls), calls, content_of(segments) or None)
 
-    def extract_tool_calls_streaming(self, previous_text: str, current_text: str,
-                                     delta_text: str) -> DeltaMessage | None:
+    def extract_tool_calls_streaming(
+        self, previous_text: str, current_text: str, delta_text: str
+    ) -> DeltaMessage | None:
         """What to send for the text generated so far (`current_text`, of which `delta_text` is new):
         None when there is nothing to send yet. Never raises."""
         return self._stream(current_text, delta_text, final=False)
@@ -131,7 +132,7 @@ class ToolParser:
             logger.exception("%s tool parser failed while streaming; sending the text as content", self.name)
             return DeltaMessage(content=delta_text) if delta_text else None
         content = content_of(segments)
-        new_content = content[self._sent_content:]
+        new_content = content[self._sent_content :]
         self._sent_content = max(self._sent_content, len(content))
         deltas: list[ToolCallDelta] = []
         calls = [s for s in segments if isinstance(s, PartialCall)]
@@ -141,8 +142,7 @@ class ToolParser:
             if index >= len(self._sent_calls):
                 call_id = call.id or self.new_call_id()
                 self._sent_calls.append([call_id, call.name, len(call.arguments)])
-                deltas.append(ToolCallDelta(index=index, id=call_id, name=call.name,
-                                            arguments=call.arguments or None))
+                deltas.append(ToolCallDelta(index=index, id=call_id, name=call.name, arguments=call.arguments or None))
                 continue
             _, sent_name, sent = self._sent_calls[index]
             if sent_name == call.name and len(call.arguments) > sent:

@@ -8,8 +8,13 @@ from vllm_cli.entrypoints.openai.tool_parsers.base import PartialCall
 from vllm_cli.entrypoints.openai.tool_parsers.partial_json import Node, canonical_object
 
 
-def call_from_object(node: Node, *, args_keys: tuple[str, ...] = ("arguments", "parameters"),
-                     allowed_keys: Collection[str] | None = None, require_args: bool = False) -> PartialCall | None:
+def call_from_object(
+    node: Node,
+    *,
+    args_keys: tuple[str, ...] = ("arguments", "parameters"),
+    allowed_keys: Collection[str] | None = None,
+    require_args: bool = False,
+) -> PartialCall | None:
     """`{"name": ..., "arguments": {...}}` as a (partial) call; None when the object is not a call and
     cannot become one. `allowed_keys`: any other key makes it not a call. `require_args`: a call must
     have an arguments member (for formats with no marker, where a JSON answer could otherwise pass for
