@@ -37,7 +37,7 @@ function __vllm_cli_path
                 set skip 1
             case 'generate:--prompt' 'generate:-p' 'generate:--max-tokens' 'generate:--temperature' 'generate:--top-p' 'generate:--tokenizer' 'generate:--revision' 'generate:--dtype' 'generate:--device' 'generate:--load-format' 'generate:--model-impl' 'generate:--attention-backend' 'generate:--structured-outputs-backend' 'generate:--seed' 'generate:--max-model-len' 'generate:--block-size' 'generate:--kv-cache-memory' 'generate:--gpu-memory-utilization' 'generate:--max-num-seqs' 'generate:--max-num-batched-tokens' 'generate:--tensor-parallel-size' 'generate:--nnodes' 'generate:--node-rank' 'generate:--master-addr' 'generate:--master-port'
                 set skip 1
-            case 'serve:--host' 'serve:--port' 'serve:--served-model-name' 'serve:--api-key' 'serve:--chat-template' 'serve:--allowed-origins' 'serve:--log-level' 'serve:--shutdown-timeout' 'serve:--tokenizer' 'serve:--revision' 'serve:--dtype' 'serve:--device' 'serve:--load-format' 'serve:--model-impl' 'serve:--attention-backend' 'serve:--structured-outputs-backend' 'serve:--seed' 'serve:--max-model-len' 'serve:--block-size' 'serve:--kv-cache-memory' 'serve:--gpu-memory-utilization' 'serve:--max-num-seqs' 'serve:--max-num-batched-tokens' 'serve:--tensor-parallel-size' 'serve:--nnodes' 'serve:--node-rank' 'serve:--master-addr' 'serve:--master-port'
+            case 'serve:--host' 'serve:--port' 'serve:--served-model-name' 'serve:--api-key' 'serve:--chat-template' 'serve:--allowed-origins' 'serve:--log-level' 'serve:--shutdown-timeout' 'serve:--tool-call-parser' 'serve:--tool-parser-plugin' 'serve:--reasoning-parser' 'serve:--tokenizer' 'serve:--revision' 'serve:--dtype' 'serve:--device' 'serve:--load-format' 'serve:--model-impl' 'serve:--attention-backend' 'serve:--structured-outputs-backend' 'serve:--seed' 'serve:--max-model-len' 'serve:--block-size' 'serve:--kv-cache-memory' 'serve:--gpu-memory-utilization' 'serve:--max-num-seqs' 'serve:--max-num-batched-tokens' 'serve:--tensor-parallel-size' 'serve:--nnodes' 'serve:--node-rank' 'serve:--master-addr' 'serve:--master-port'
                 set skip 1
         end
     end
@@ -216,6 +216,10 @@ complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l chat-template -r -F -d 'Jinja
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l allowed-origins -r -F -d 'CORS origins allowed to call the API: \'*\', a list like \'["https://a.example"]\' or comma...'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l log-level -r -F -d 'debug | info | warning | error | critical.'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l shutdown-timeout -x -d 'On SIGINT/SIGTERM, seconds in-flight requests get to finish before they are aborted.'
+complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l enable-auto-tool-choice -d 'Serve tool_choice \'auto\' (and tools without tool_choice) by parsing calls out of the mo...'
+complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l tool-call-parser -r -F -d 'How the model writes tool calls: hermes, llama3_json, mistral, pythonic, or one a --too...'
+complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l tool-parser-plugin -r -F -d 'A Python file that registers a tool parser (ToolParserManager.register_module).'
+complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l reasoning-parser -r -F -d 'Split the model\'s thinking into reasoning_content: deepseek_r1, qwen3.'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l tokenizer -r -F -d 'Tokenizer dir or hub id (default: the model\'s own).'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l revision -r -F -d 'Model revision (branch, tag or commit) on the hub.'
 complete -c vllm-cli -n "__vllm_cli_at 'serve'" -l trust-remote-code -l no-trust-remote-code -d 'Allow configs/tokenizers that need remote code.'

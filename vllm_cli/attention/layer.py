@@ -49,20 +49,7 @@ class Attention(nn.Module):
         else:
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q, k = q.reshape(-1, self.num_heads, self.head_dim), k.reshape(-1, self.num_kv_heads, self.head_dim)
-        v = v.reshape(-1, self.num_kv_heads, self.head_dim)
-        k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        out = ctx.backend.forward(
-            q,
-            k,
-            v,
-            k_cache,
-            v_cache,
-            ctx.attn_metadata,
-            self.scale,
-            alibi_slopes=ctx.alibi_slopes,
-            sliding_window=self.sliding_window,
-        )
-        return out.view(-1, self.q_size)
+        return self.attend_heads(q, k, v.reshape(-1, self.num_kv_heads, self.head_dim), ctx)
 
     def attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """`attend` for a model that transforms the heads itself (Qwen3's q/k norms, MPT's qk_ln):

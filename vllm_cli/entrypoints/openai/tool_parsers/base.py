@@ -19,14 +19,12 @@ calls are not an answer); content with any other character is kept verbatim.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
+from vllm_cli.entrypoints.openai.parser_registry import ParserRegistry
 from vllm_cli.entrypoints.openai.parser_types import (
     DeltaMessage,
     ExtractedToolCalls,
@@ -153,63 +151,18 @@ class ToolParser:
         return DeltaMessage(content=new_content or None, tool_calls=deltas)
 
 
-T = TypeVar("T", bound=type[ToolParser])
+class ToolParserManager(ParserRegistry):
+    """The registry of tool call parsers by name (vLLM's `--tool-call-parser` names)."""
 
-
-class ToolParserManager:
-    """The registry of tool parsers by name (vLLM's `--tool-call-parser` names)."""
-
-    _parsers: ClassVar[dict[str, type[ToolParser]]] = {}
-
-    @classmethod
-    def register_module(cls, name: str | list[str] | None = None, force: bool = True) -> Callable[[T], T]:
-        """Class decorator: register a parser under `name` (or names; default: its `name` attribute)."""
-
-        def register(parser_cls: T) -> T:
-            names = [name] if isinstance(name, str) else list(name or [parser_cls.name])
-            if not names or not all(names):
-                raise ValueError(f"{parser_cls.__name__} needs a name to be registered under")
-            for n in names:
-                if n in cls._parsers and not force:
-                    raise KeyError(f"tool parser {n!r} is already registered")
-                cls._parsers[n] = parser_cls
-            if not parser_cls.name:
-                parser_cls.name = names[0]
-            return parser_cls
-
-        return register
-
-    @classmethod
-    def _load_builtins(cls) -> None:
-        import vllm_cli.entrypoints.openai.tool_parsers  # noqa: F401  (its modules register themselves)
+    kind = "tool call parser"
+    package = "vllm_cli.entrypoints.openai.tool_parsers"
+    _parsers: ClassVar[dict[str, type[Any]]] = {}
 
     @classmethod
     def get_tool_parser(cls, name: str) -> type[ToolParser]:
-        cls._load_builtins()
-        try:
-            return cls._parsers[name]
-        except KeyError:
-            raise ValueError(f"unknown tool call parser {name!r}; known: {', '.join(cls.names())}") from None
-
-    @classmethod
-    def names(cls) -> list[str]:
-        cls._load_builtins()
-        return sorted(cls._parsers)
+        return cls._get(name)
 
     @classmethod
     def import_tool_parser(cls, path: str) -> None:
-        """Load a plugin file (vLLM's --tool-parser-plugin) that registers a parser with the decorator."""
-        path = os.path.abspath(os.path.expanduser(path))
-        if not os.path.isfile(path):
-            raise ValueError(f"tool parser plugin {path} does not exist")
-        module_name = "vllm_cli_tool_parser_plugin_" + os.path.splitext(os.path.basename(path))[0]
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise ValueError(f"cannot load tool parser plugin {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            sys.modules.pop(module_name, None)
-            raise ValueError(f"tool parser plugin {path} failed to load: {e}") from e
+        """Load a plugin file that registers a parser with the decorator."""
+        cls._import_plugin(path)
