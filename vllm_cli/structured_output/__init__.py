@@ -2,6 +2,6 @@
 grammar on xgrammar (default) or llguidance, as vLLM does it. Importing this package imports
 neither backend: each is loaded by the first request that needs it."""
 
-from vllm_cli.structured_output.manager import BACKENDS, SequenceGrammar, StructuredOutputManager
+from vllm_cli.structured_output.manager import SequenceGrammar, StructuredOutputManager
 
-__all__ = ["BACKENDS", "SequenceGrammar", "StructuredOutputManager"]
+__all__ = ["SequenceGrammar", "StructuredOutputManager"]
