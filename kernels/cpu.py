@@ -1,4 +1,4 @@
-"""CPU kernels (cpu_ops.c), built with the system C compiler at first use.
+"""CPU kernels (cpu_ops.c and every other kernels/*.c), built with the system C compiler at first use.
 
 Every layer runs chains of small elementwise torch ops: RMSNorm is eight of them, the rotary
 embedding of q and k about twenty; each pays its dispatch and a pass over memory, which at
@@ -45,7 +45,10 @@ from vllm_cli.logger import init_logger
 logger = init_logger(__name__)
 
 CPU_KERNELS_ENV = "VLLM_CLI_CPU_KERNELS"
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.c")
+_KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
+# Every C file here goes into the one library (cpu_ops.c, and the quantized matmuls beside it):
+# one build, one cache entry, one ctypes handle that each module binds its own entry points from.
+_SOURCES = sorted(os.path.join(_KERNEL_DIR, name) for name in os.listdir(_KERNEL_DIR) if name.endswith(".c"))
 # -ffast-math: lets the float sums (RMSNorm's sum of squares) vectorize; nothing here relies on
 # infinities or NaNs.
 _CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fPIC", "-shared", "-std=c11"]
@@ -112,8 +115,10 @@ def _cpu_id() -> str:
 
 
 def _build(cc: str) -> str:
-    with open(_SOURCE, "rb") as f:
-        source = f.read()
+    source = b""
+    for path in _SOURCES:
+        with open(path, "rb") as f:
+            source += os.path.basename(path).encode() + b"\0" + f.read()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     flags = " ".join(_CFLAGS + _OPENMP_FLAGS).encode()
     key = hashlib.sha256(source + flags + version.encode() + _cpu_id().encode()).hexdigest()[:16]
@@ -126,14 +131,14 @@ def _build(cc: str) -> str:
     try:
         start = time.perf_counter()
         result = subprocess.run(
-            [cc, *_CFLAGS, *_OPENMP_FLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True, text=True
+            [cc, *_CFLAGS, *_OPENMP_FLAGS, *_SOURCES, "-o", tmp, "-lm"], capture_output=True, text=True
         )
         if result.returncode != 0:
             logger.info(
                 "Building the CPU kernels without OpenMP (attention single-threaded): %s",
                 result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed",
             )
-            result = subprocess.run([cc, *_CFLAGS, _SOURCE, "-o", tmp, "-lm"], capture_output=True, text=True)
+            result = subprocess.run([cc, *_CFLAGS, *_SOURCES, "-o", tmp, "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
         os.replace(tmp, target)  # atomic: a concurrent process sees no half-written library
