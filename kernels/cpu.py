@@ -51,7 +51,7 @@ _KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = sorted(os.path.join(_KERNEL_DIR, name) for name in os.listdir(_KERNEL_DIR) if name.endswith(".c"))
 # -ffast-math: lets the float sums (RMSNorm's sum of squares) vectorize; nothing here relies on
 # infinities or NaNs.
-_CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fPIC", "-shared", "-std=c11"]
+_CFLAGS = ["-O3", "-mprefer-vector-width=512", "-ffast-math", "-fPIC", "-shared", "-std=c11"]
 # Decode attention's threads: libgomp.so.1, which resolves to torch's own loaded copy (cpu_ops.c).
 # A compiler without OpenMP builds the library without it (single-threaded attention).
 _OPENMP_FLAGS = ["-fopenmp"]
@@ -114,15 +114,16 @@ def _cpu_id() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build(cc: str) -> str:
+def _build(cc: str, march: str = "native") -> str:
     source = b""
     for path in _SOURCES:
         with open(path, "rb") as f:
             source += os.path.basename(path).encode() + b"\0" + f.read()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    flags = " ".join(_CFLAGS + _OPENMP_FLAGS).encode()
+    cflags = [f"-march={march}", *_CFLAGS]
+    flags = " ".join(cflags + _OPENMP_FLAGS).encode()
     key = hashlib.sha256(source + flags + version.encode() + _cpu_id().encode()).hexdigest()[:16]
-    target = os.path.join(cache_dir(), f"cpu_ops-{key}.so")
+    target = os.path.join(cache_dir(), f"cpu_ops-{march}-{key}.so")
     if os.path.exists(target):
         return target
     os.makedirs(cache_dir(), exist_ok=True)
@@ -131,14 +132,14 @@ def _build(cc: str) -> str:
     try:
         start = time.perf_counter()
         result = subprocess.run(
-            [cc, *_CFLAGS, *_OPENMP_FLAGS, *_SOURCES, "-o", tmp, "-lm"], capture_output=True, text=True
+            [cc, *cflags, *_OPENMP_FLAGS, *_SOURCES, "-o", tmp, "-lm"], capture_output=True, text=True
         )
         if result.returncode != 0:
             logger.info(
                 "Building the CPU kernels without OpenMP (attention single-threaded): %s",
                 result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed",
             )
-            result = subprocess.run([cc, *_CFLAGS, *_SOURCES, "-o", tmp, "-lm"], capture_output=True, text=True)
+            result = subprocess.run([cc, *cflags, *_SOURCES, "-o", tmp, "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
         os.replace(tmp, target)  # atomic: a concurrent process sees no half-written library
@@ -177,6 +178,15 @@ def load() -> ctypes.CDLL | None:
                 logger.warning("Could not build the CPU kernels (%s): decode runs on plain torch ops", e)
         _tried = True
         return _library
+
+
+def load_variant(march: str) -> ctypes.CDLL | None:
+    """The same sources built for another -march (e.g. "x86-64-v3", AVX2 without AVX-512), unbound:
+    lets tests check each kernel's narrower vector path on a machine that would build the wider one."""
+    cc = _compiler()
+    if cc is None:
+        return None
+    return ctypes.CDLL(_build(cc, march))
 
 
 def supports(*tensors: torch.Tensor) -> bool:
