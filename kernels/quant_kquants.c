@@ -1,0 +1,349 @@
+/* K-quant kernels for GGUF weights kept quantized in memory: Q4_K, Q5_K and Q6_K (what Q4_K_M and
+ * Q5_K_M files are made of), byte for byte in ggml's block layouts (ggml-common.h):
+ *   Q4_K, 144 bytes / 256 weights: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins (8 sub-blocks
+ *         of 32), 128 bytes of nibbles; w = d*sc[j]*q - dmin*mn[j]
+ *   Q5_K, 176 bytes: as Q4_K plus 32 bytes holding each weight's fifth bit (qh) before the nibbles
+ *   Q6_K, 210 bytes: 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 int8 scales (sub-blocks
+ *         of 16), f16 d; w = d*sc[j]*(q - 32)
+ *
+ *   gguf_dequantize_<type>(blocks, out, n_elements)
+ *   gguf_matmul_<type>(x, m, k, w, n, y): y[m, n] = x[m, k] @ dequant(w)[n, k]^T, w row-major, n rows
+ *         of k/256 blocks each
+ *
+ * Activations and sums stay float32 (activations are not quantized): the result is "dequantize,
+ * then a float matmul" up to summation order. m <= 4 (decode): each weight chunk is dequantized in
+ * registers (a few integer ops, a conversion and one FMA apply the scale and min) and multiplied
+ * into every row's accumulators at once, so the weights stream from memory exactly once and
+ * nothing is written back; at m = 1 this is bound by the weight bytes read. m > 4 (a batch, a
+ * prefill chunk): per group of 4 weight rows and tile of up to 16 activation rows, each weight
+ * block is dequantized once into a 4 KB buffer in L1, then a 2x4 register-blocked FMA kernel runs
+ * over it. Rows of w (n) are spread over OpenMP threads (torch's libgomp, see cpu_ops.c).
+ *
+ * One body per kernel, written on a small vector vocabulary (kq_vf / kq_vi and kq_* operations)
+ * defined three times: AVX-512 (16 lanes), AVX2+FMA (8 lanes) and plain C (1 lane, the fallback
+ * for other CPUs). Everything here is static or prefixed gguf_/kq_: this file shares its library
+ * with cpu_ops.c and quant_ops.c.
+ */
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#define KQ_QK 256
+#define KQ_Q4K_BYTES 144
+#define KQ_Q5K_BYTES 176
+#define KQ_Q6K_BYTES 210
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define KQ_UNROLL _Pragma("GCC unroll 16")
+#elif defined(__clang__)
+#define KQ_UNROLL _Pragma("unroll")
+#else
+#define KQ_UNROLL
+#endif
+#define KQ_INLINE static inline __attribute__((always_inline))
+
+/* ------------------------------------------------------------------------------------------- */
+/* The vector vocabulary. kq_u8(p) zero-extends KQ_VLEN bytes at p into 32-bit lanes.          */
+
+#if defined(__AVX512F__)
+#define KQ_VLEN 16
+typedef __m512 kq_vf;
+typedef __m512i kq_vi;
+#define kq_load(p) _mm512_loadu_ps(p)
+#define kq_store(p, v) _mm512_storeu_ps((p), (v))
+#define kq_set1(s) _mm512_set1_ps(s)
+#define kq_zero() _mm512_setzero_ps()
+#define kq_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define kq_u8(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define kq_and(a, imm) _mm512_and_si512((a), _mm512_set1_epi32(imm))
+#define kq_or(a, b) _mm512_or_si512((a), (b))
+#define kq_srli(a, s) _mm512_srli_epi32((a), (s))
+#define kq_slli(a, s) _mm512_slli_epi32((a), (s))
+#define kq_cvt(a) _mm512_cvtepi32_ps(a)
+#define kq_hsum(v) _mm512_reduce_add_ps(v)
+#elif defined(__AVX2__) && defined(__FMA__)
+#define KQ_VLEN 8
+typedef __m256 kq_vf;
+typedef __m256i kq_vi;
+#define kq_load(p) _mm256_loadu_ps(p)
+#define kq_store(p, v) _mm256_storeu_ps((p), (v))
+#define kq_set1(s) _mm256_set1_ps(s)
+#define kq_zero() _mm256_setzero_ps()
+#define kq_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define kq_u8(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))
+#define kq_and(a, imm) _mm256_and_si256((a), _mm256_set1_epi32(imm))
+#define kq_or(a, b) _mm256_or_si256((a), (b))
+#define kq_srli(a, s) _mm256_srli_epi32((a), (s))
+#define kq_slli(a, s) _mm256_slli_epi32((a), (s))
+#define kq_cvt(a) _mm256_cvtepi32_ps(a)
+KQ_INLINE float kq_hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#else
+#define KQ_VLEN 1
+typedef float kq_vf;
+typedef int32_t kq_vi;
+#define kq_load(p) (*(p))
+#define kq_store(p, v) (*(p) = (v))
+#define kq_set1(s) (s)
+#define kq_zero() 0.f
+#define kq_fma(a, b, c) ((a) * (b) + (c))
+#define kq_u8(p) ((int32_t)*(const uint8_t *)(p))
+#define kq_and(a, imm) ((a) & (imm))
+#define kq_or(a, b) ((a) | (b))
+#define kq_srli(a, s) ((int32_t)((uint32_t)(a) >> (s)))
+#define kq_slli(a, s) ((a) << (s))
+#define kq_cvt(a) ((float)(a))
+#define kq_hsum(v) (v)
+#endif
+
+/* IEEE half -> float, exact (subnormals included). */
+KQ_INLINE float kq_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0) {
+        const float f = (float)mant * 5.9604644775390625e-8f;  /* mant * 2^-24: zero and subnormals */
+        return sign ? -f : f;
+    }
+    bits = exp == 31 ? sign | 0x7f800000u | (mant << 13) : sign | ((exp + 112u) << 23) | (mant << 13);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+/* Q4_K/Q5_K: 8 six-bit scales and 8 six-bit mins packed in 12 bytes. Bytes 0-3 hold scales 0-3
+ * (low 6 bits) and the top 2 bits of scales 4-7; bytes 4-7 the same for the mins; bytes 8-11 the
+ * low nibbles of scales 4-7 (low half) and of mins 4-7 (high half). */
+KQ_INLINE void kq_scale_min(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0f) | ((s[j] >> 6) << 4));
+        mn[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+    }
+}
+
+/* ------------------------------------------------------------------------------------------- */
+/* One block, dequantized chunk by chunk in registers: each macro calls EMIT(offset, vector,     */
+/* slot) for every KQ_VLEN weights of the block (offset = the first weight's index in the block; */
+/* slot 0-3 = which of the caller's independent accumulators to use, so FMA chains interleave).   */
+
+#define KQ_Q4K_BLOCK(blk, EMIT)                                                                         \
+    do {                                                                                                \
+        const uint8_t *kq_b = (blk);                                                                    \
+        const float kq_d = kq_f16(kq_b), kq_dmin = kq_f16(kq_b + 2);                                    \
+        uint8_t kq_sc[8], kq_mn[8];                                                                     \
+        kq_scale_min(kq_b + 4, kq_sc, kq_mn);                                                           \
+        const uint8_t *kq_qs = kq_b + 16;                                                               \
+        KQ_UNROLL for (int kq_p = 0; kq_p < 4; kq_p++) {                                                \
+            const kq_vf kq_d1 = kq_set1(kq_d * kq_sc[2 * kq_p]);                                        \
+            const kq_vf kq_m1 = kq_set1(-(kq_dmin * kq_mn[2 * kq_p]));                                  \
+            const kq_vf kq_d2 = kq_set1(kq_d * kq_sc[2 * kq_p + 1]);                                    \
+            const kq_vf kq_m2 = kq_set1(-(kq_dmin * kq_mn[2 * kq_p + 1]));                              \
+            KQ_UNROLL for (int kq_l = 0; kq_l < 32; kq_l += KQ_VLEN) {                                  \
+                const kq_vi kq_q = kq_u8(kq_qs + 32 * kq_p + kq_l);                                     \
+                EMIT(64 * kq_p + kq_l, kq_fma(kq_cvt(kq_and(kq_q, 15)), kq_d1, kq_m1), 2 * (kq_p & 1));  \
+                EMIT(64 * kq_p + 32 + kq_l, kq_fma(kq_cvt(kq_srli(kq_q, 4)), kq_d2, kq_m2),             \
+                     2 * (kq_p & 1) + 1);                                                               \
+            }                                                                                           \
+        }                                                                                               \
+    } while (0)
+
+/* Q5_K: weight l of sub-block j has its fifth bit at bit j of qh[l]. */
+#define KQ_Q5K_BLOCK(blk, EMIT)                                                                         \
+    do {                                                                                                \
+        const uint8_t *kq_b = (blk);                                                                    \
+        const float kq_d = kq_f16(kq_b), kq_dmin = kq_f16(kq_b + 2);                                    \
+        uint8_t kq_sc[8], kq_mn[8];                                                                     \
+        kq_scale_min(kq_b + 4, kq_sc, kq_mn);                                                           \
+        const uint8_t *kq_qh = kq_b + 16, *kq_qs = kq_b + 48;                                           \
+        KQ_UNROLL for (int kq_p = 0; kq_p < 4; kq_p++) {                                                \
+            const kq_vf kq_d1 = kq_set1(kq_d * kq_sc[2 * kq_p]);                                        \
+            const kq_vf kq_m1 = kq_set1(-(kq_dmin * kq_mn[2 * kq_p]));                                  \
+            const kq_vf kq_d2 = kq_set1(kq_d * kq_sc[2 * kq_p + 1]);                                    \
+            const kq_vf kq_m2 = kq_set1(-(kq_dmin * kq_mn[2 * kq_p + 1]));                              \
+            KQ_UNROLL for (int kq_l = 0; kq_l < 32; kq_l += KQ_VLEN) {                                  \
+                const kq_vi kq_q = kq_u8(kq_qs + 32 * kq_p + kq_l);                                     \
+                const kq_vi kq_h = kq_srli(kq_u8(kq_qh + kq_l), 2 * kq_p);                              \
+                const kq_vi kq_lo = kq_or(kq_and(kq_q, 15), kq_and(kq_slli(kq_h, 4), 16));              \
+                const kq_vi kq_hi = kq_or(kq_srli(kq_q, 4), kq_and(kq_slli(kq_h, 3), 16));              \
+                EMIT(64 * kq_p + kq_l, kq_fma(kq_cvt(kq_lo), kq_d1, kq_m1), 2 * (kq_p & 1));             \
+                EMIT(64 * kq_p + 32 + kq_l, kq_fma(kq_cvt(kq_hi), kq_d2, kq_m2), 2 * (kq_p & 1) + 1);    \
+            }                                                                                           \
+        }                                                                                               \
+    } while (0)
+
+/* Q6_K: in each half of 128 weights, weight l (0-31) of quarter g takes its low nibble from
+ * ql[l + 32 * (g & 1)] (low half of the byte for g < 2) and its top 2 bits from qh[l] bits 2g, 2g+1.
+ * d*sc*(q - 32) as one FMA: q*ds - 32*ds, where 32*ds is exact, rounds once like the product. */
+#define KQ_Q6K_BLOCK(blk, EMIT)                                                                         \
+    do {                                                                                                \
+        const uint8_t *kq_b = (blk);                                                                    \
+        const float kq_d = kq_f16(kq_b + 208);                                                          \
+        const int8_t *kq_sc = (const int8_t *)(const void *)(kq_b + 192);                               \
+        KQ_UNROLL for (int kq_h = 0; kq_h < 2; kq_h++) {                                                \
+            const uint8_t *kq_ql = kq_b + 64 * kq_h, *kq_qh = kq_b + 128 + 32 * kq_h;                   \
+            KQ_UNROLL for (int kq_l = 0; kq_l < 32; kq_l += KQ_VLEN) {                                  \
+                const int kq_s = 8 * kq_h + kq_l / 16;                                                  \
+                const float kq_d0 = kq_d * kq_sc[kq_s], kq_d1 = kq_d * kq_sc[kq_s + 2];                 \
+                const float kq_d2 = kq_d * kq_sc[kq_s + 4], kq_d3 = kq_d * kq_sc[kq_s + 6];             \
+                const kq_vi kq_a = kq_u8(kq_ql + kq_l), kq_c = kq_u8(kq_ql + 32 + kq_l);                \
+                const kq_vi kq_hb = kq_u8(kq_qh + kq_l);                                                \
+                const kq_vi kq_q0 = kq_or(kq_and(kq_a, 15), kq_and(kq_slli(kq_hb, 4), 0x30));           \
+                const kq_vi kq_q1 = kq_or(kq_and(kq_c, 15), kq_and(kq_slli(kq_hb, 2), 0x30));           \
+                const kq_vi kq_q2 = kq_or(kq_srli(kq_a, 4), kq_and(kq_hb, 0x30));                        \
+                const kq_vi kq_q3 = kq_or(kq_srli(kq_c, 4), kq_and(kq_srli(kq_hb, 2), 0x30));           \
+                EMIT(128 * kq_h + kq_l, kq_fma(kq_cvt(kq_q0), kq_set1(kq_d0), kq_set1(-32.f * kq_d0)), 0); \
+                EMIT(128 * kq_h + 32 + kq_l, kq_fma(kq_cvt(kq_q1), kq_set1(kq_d1), kq_set1(-32.f * kq_d1)), 1); \
+                EMIT(128 * kq_h + 64 + kq_l, kq_fma(kq_cvt(kq_q2), kq_set1(kq_d2), kq_set1(-32.f * kq_d2)), 2); \
+                EMIT(128 * kq_h + 96 + kq_l, kq_fma(kq_cvt(kq_q3), kq_set1(kq_d3), kq_set1(-32.f * kq_d3)), 3); \
+            }                                                                                           \
+        }                                                                                               \
+    } while (0)
+
+/* ------------------------------------------------------------------------------------------- */
+/* Kernels, instantiated per type.                                                              */
+
+#define KQ_EMIT_STORE(off, wv, slot) kq_store(kq_out + (off), (wv))
+
+/* m <= 4: the weight chunk in a register, times each of the MR activation rows. MR = 1 keeps four
+ * accumulators (slots) so the FMA chain does not bound the loop; MR = 2 two. */
+#define KQ_EMIT_FMA(off, wv, slot)                                                                      \
+    do {                                                                                                \
+        const kq_vf kq_w = (wv);                                                                        \
+        KQ_UNROLL for (int kq_i = 0; kq_i < MR; kq_i++) {                                               \
+            const int kq_a = (slot) & (KQ_SLOTS(MR) - 1);                                               \
+            kq_acc[kq_i][kq_a] = kq_fma(kq_w, kq_load(kq_xb + kq_i * k + (off)), kq_acc[kq_i][kq_a]);   \
+        }                                                                                               \
+    } while (0)
+#define KQ_SLOTS(mr) ((mr) == 1 ? 4 : (mr) == 2 ? 2 : 1)
+
+/* m > 4: per group of KQ_NR weight rows and tile of up to KQ_MT activation rows, each block is
+ * dequantized once into wbuf; vector partial sums live in acc between blocks and are reduced at
+ * the end of the tile. */
+#define KQ_NR 4
+#define KQ_MT 16
+
+/* rows i0, i0+1 (MR2 = 2) or i0 alone, against NRR weight rows of wbuf, over one block. */
+KQ_INLINE void kq_tile_kernel(const float *x, int64_t k, int mr2, int nrr, const float *wbuf, kq_vf *acc) {
+    kq_vf a[2][KQ_NR];
+    KQ_UNROLL for (int i = 0; i < 2; i++) KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
+        if (i < mr2 && r < nrr) a[i][r] = acc[i * KQ_NR + r];
+    }
+    for (int c = 0; c < KQ_QK; c += KQ_VLEN) {
+        const kq_vf x0 = kq_load(x + c), x1 = mr2 > 1 ? kq_load(x + k + c) : kq_zero();
+        KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
+            if (r < nrr) {
+                const kq_vf wv = kq_load(wbuf + r * KQ_QK + c);
+                a[0][r] = kq_fma(x0, wv, a[0][r]);
+                if (mr2 > 1) a[1][r] = kq_fma(x1, wv, a[1][r]);
+            }
+        }
+    }
+    KQ_UNROLL for (int i = 0; i < 2; i++) KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
+        if (i < mr2 && r < nrr) acc[i * KQ_NR + r] = a[i][r];
+    }
+}
+
+#if defined(_MSC_VER)
+#define KQ_ALIGN64 __declspec(align(64))
+#else
+#define KQ_ALIGN64 __attribute__((aligned(64)))
+#endif
+
+#define KQ_DEFINE(TYPE, BYTES, BLOCK)                                                                   \
+static void kq_dequant_block_##TYPE(const uint8_t *blk, float *kq_out) { BLOCK(blk, KQ_EMIT_STORE); }    \
+                                                                                                        \
+void gguf_dequantize_##TYPE(const uint8_t *blocks, float *out, int64_t n_elements) {                    \
+    const int64_t nblocks = n_elements / KQ_QK;                                                         \
+    _Pragma("omp parallel for schedule(static) if (nblocks >= 256)")                                   \
+    for (int64_t b = 0; b < nblocks; b++) kq_dequant_block_##TYPE(blocks + b * (BYTES), out + b * KQ_QK); \
+}                                                                                                       \
+                                                                                                        \
+/* y[i * n] for the MR activation rows at x (row stride k) against one weight row. */                   \
+KQ_INLINE void kq_rows_##TYPE(const float *x, int64_t k, const uint8_t *wrow, float *y, int64_t n, const int MR) { \
+    kq_vf kq_acc[4][4];                                                                                 \
+    KQ_UNROLL for (int i = 0; i < 4; i++) KQ_UNROLL for (int s = 0; s < 4; s++) kq_acc[i][s] = kq_zero(); \
+    const int64_t nb = k / KQ_QK;                                                                       \
+    for (int64_t b = 0; b < nb; b++) {                                                                  \
+        const float *kq_xb = x + b * KQ_QK;                                                             \
+        BLOCK(wrow + b * (BYTES), KQ_EMIT_FMA);                                                         \
+    }                                                                                                   \
+    KQ_UNROLL for (int i = 0; i < MR; i++) {                                                            \
+        kq_vf s = kq_acc[i][0];                                                                         \
+        for (int a = 1; a < KQ_SLOTS(MR); a++) s = s + kq_acc[i][a];                                    \
+        y[i * n] = kq_hsum(s);                                                                          \
+    }                                                                                                   \
+}                                                                                                       \
+                                                                                                        \
+static void kq_small_m_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
+    const int64_t row_bytes = k / KQ_QK * (BYTES);                                                      \
+    _Pragma("omp parallel for schedule(static)")                                                       \
+    for (int64_t j = 0; j < n; j++) {                                                                   \
+        const uint8_t *wrow = w + j * row_bytes;                                                        \
+        switch (m) {                                                                                    \
+            case 1: kq_rows_##TYPE(x, k, wrow, y + j, n, 1); break;                                     \
+            case 2: kq_rows_##TYPE(x, k, wrow, y + j, n, 2); break;                                     \
+            case 3: kq_rows_##TYPE(x, k, wrow, y + j, n, 3); break;                                     \
+            default: kq_rows_##TYPE(x, k, wrow, y + j, n, 4); break;                                    \
+        }                                                                                               \
+    }                                                                                                   \
+}                                                                                                       \
+                                                                                                        \
+static void kq_tiled_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
+    const int64_t nb = k / KQ_QK, row_bytes = nb * (BYTES), groups = (n + KQ_NR - 1) / KQ_NR;         \
+    _Pragma("omp parallel")                                                                            \
+    {                                                                                                   \
+        KQ_ALIGN64 float wbuf[KQ_NR * KQ_QK];                                                           \
+        kq_vf acc[KQ_MT * KQ_NR];                                                                       \
+        _Pragma("omp for schedule(static)")                                                            \
+        for (int64_t g = 0; g < groups; g++) {                                                          \
+            const int64_t j0 = g * KQ_NR;                                                               \
+            const int nr = n - j0 < KQ_NR ? (int)(n - j0) : KQ_NR;                                      \
+            for (int64_t t0 = 0; t0 < m; t0 += KQ_MT) {                                                 \
+                const int mt = m - t0 < KQ_MT ? (int)(m - t0) : KQ_MT;                                  \
+                for (int i = 0; i < mt * KQ_NR; i++) acc[i] = kq_zero();                                \
+                for (int64_t b = 0; b < nb; b++) {                                                      \
+                    for (int r = 0; r < nr; r++)                                                        \
+                        kq_dequant_block_##TYPE(w + (j0 + r) * row_bytes + b * (BYTES), wbuf + r * KQ_QK); \
+                    const float *xb = x + t0 * k + b * KQ_QK;                                           \
+                    int i = 0;                                                                          \
+                    if (nr == KQ_NR) {                                                                  \
+                        for (; i + 1 < mt; i += 2) kq_tile_kernel(xb + i * k, k, 2, KQ_NR, wbuf, acc + i * KQ_NR); \
+                        if (i < mt) kq_tile_kernel(xb + i * k, k, 1, KQ_NR, wbuf, acc + i * KQ_NR);     \
+                    } else { /* the last, partial group */                                              \
+                        for (int r = 0; r < nr; r++)                                                    \
+                            for (i = 0; i < mt; i++)                                                    \
+                                kq_tile_kernel(xb + i * k, k, 1, 1, wbuf + r * KQ_QK, acc + i * KQ_NR + r); \
+                    }                                                                                   \
+                }                                                                                       \
+                for (int i = 0; i < mt; i++)                                                            \
+                    for (int r = 0; r < nr; r++) y[(t0 + i) * n + j0 + r] = kq_hsum(acc[i * KQ_NR + r]); \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+}                                                                                                       \
+                                                                                                        \
+void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {  \
+    if (m <= 0 || n <= 0) return;                                                                       \
+    if (m <= 4) kq_small_m_##TYPE(x, m, k, w, n, y);                                                    \
+    else kq_tiled_##TYPE(x, m, k, w, n, y);                                                             \
+}
+
+KQ_DEFINE(q4_k, KQ_Q4K_BYTES, KQ_Q4K_BLOCK)
+KQ_DEFINE(q5_k, KQ_Q5K_BYTES, KQ_Q5K_BLOCK)
+KQ_DEFINE(q6_k, KQ_Q6K_BYTES, KQ_Q6K_BLOCK)
