@@ -25,6 +25,7 @@
  * with cpu_ops.c and quant_ops.c.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -46,9 +47,10 @@
 #define KQ_UNROLL
 #endif
 #define KQ_INLINE static inline __attribute__((always_inline))
+#define KQ_ALIGN64 __attribute__((aligned(64)))
 
 /* ------------------------------------------------------------------------------------------- */
-/* The vector vocabulary. kq_u8(p) zero-extends KQ_VLEN bytes at p into 32-bit lanes.          */
+/* The vector vocabulary. kq_u8 / kq_i8 (p) zero- / sign-extend KQ_VLEN bytes at p into 32-bit lanes. */
 
 #if defined(__AVX512F__)
 #define KQ_VLEN 16
@@ -59,7 +61,9 @@ typedef __m512i kq_vi;
 #define kq_set1(s) _mm512_set1_ps(s)
 #define kq_zero() _mm512_setzero_ps()
 #define kq_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define kq_mul(a, b) _mm512_mul_ps((a), (b))
 #define kq_u8(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define kq_i8(p) _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
 #define kq_and(a, imm) _mm512_and_si512((a), _mm512_set1_epi32(imm))
 #define kq_or(a, b) _mm512_or_si512((a), (b))
 #define kq_srli(a, s) _mm512_srli_epi32((a), (s))
@@ -75,7 +79,9 @@ typedef __m256i kq_vi;
 #define kq_set1(s) _mm256_set1_ps(s)
 #define kq_zero() _mm256_setzero_ps()
 #define kq_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define kq_mul(a, b) _mm256_mul_ps((a), (b))
 #define kq_u8(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))
+#define kq_i8(p) _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))
 #define kq_and(a, imm) _mm256_and_si256((a), _mm256_set1_epi32(imm))
 #define kq_or(a, b) _mm256_or_si256((a), (b))
 #define kq_srli(a, s) _mm256_srli_epi32((a), (s))
@@ -96,7 +102,9 @@ typedef int32_t kq_vi;
 #define kq_set1(s) (s)
 #define kq_zero() 0.f
 #define kq_fma(a, b, c) ((a) * (b) + (c))
+#define kq_mul(a, b) ((a) * (b))
 #define kq_u8(p) ((int32_t)*(const uint8_t *)(p))
+#define kq_i8(p) ((int32_t)*(const int8_t *)(p))
 #define kq_and(a, imm) ((a) & (imm))
 #define kq_or(a, b) ((a) | (b))
 #define kq_srli(a, s) ((int32_t)((uint32_t)(a) >> (s)))
@@ -259,13 +267,126 @@ KQ_INLINE void kq_tile_kernel(const float *x, int64_t k, int mr2, int nrr, const
     }
 }
 
-#if defined(_MSC_VER)
-#define KQ_ALIGN64 __declspec(align(64))
-#else
-#define KQ_ALIGN64 __attribute__((aligned(64)))
-#endif
+/* ------------------------------------------------------------------------------------------- */
+/* m = 1: one weight row against one activation row, the cheapest form per weight (decode is     */
+/* bound by the weight bytes only if the arithmetic keeps up). Each sub-block's raw quants times   */
+/* x are summed first and scaled once (the scales come from memory, broadcast by the FMA); the    */
+/* constant parts (Q4_K/Q5_K's -dmin*mn[j], Q6_K's -32) need only the sums of x over each          */
+/* sub-block, computed once per call: w.x = sum_j ds_j * (q_j . x_j) - sum_j mins_j * sum(x_j).     */
 
-#define KQ_DEFINE(TYPE, BYTES, BLOCK)                                                                   \
+/* Per block, `width`-wide sums of x laid out as the block's mins are (below): Q4_K/Q5_K 8 zeros
+ * then the 8 sums of 32 (so one 16-lane FMA against [d*sc, dmin*mn] picks the mins' part), Q6_K
+ * the 16 sums of 16. */
+static void kq_block_sums(const float *x, int64_t k, int width, float *sums) {
+    const int per_block = KQ_QK / width, pad = 16 - per_block;
+    for (int64_t b = 0; b < k / KQ_QK; b++) {
+        float *out = sums + b * 16;
+        for (int i = 0; i < pad; i++) out[i] = 0.f;
+        for (int c = 0; c < per_block; c++) {
+            float s = 0.f;
+            for (int i = 0; i < width; i++) s += x[b * KQ_QK + c * width + i];
+            out[pad + c] = s;
+        }
+    }
+}
+
+/* Q4_K/Q5_K's 12 scale bytes -> out[16] = d * sc[0..7], dmin * mn[0..7], unpacked four at a time
+ * in 32-bit words (little-endian). */
+KQ_INLINE void kq_q45_scales(const uint8_t *s, float d, float dmin, float *out) {
+    uint32_t u[3], v[4];
+    memcpy(u, s, 12);
+    v[0] = u[0] & 0x3f3f3f3fu;
+    v[1] = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
+    v[2] = u[1] & 0x3f3f3f3fu;
+    v[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
+    const uint8_t *b = (const uint8_t *)v;
+#if KQ_VLEN == 16
+    kq_store(out, kq_mul(kq_cvt(kq_u8(b)), _mm512_mask_blend_ps(0xff00, kq_set1(d), kq_set1(dmin))));
+#else
+    for (int i = 0; i < 8; i += KQ_VLEN) {
+        kq_store(out + i, kq_mul(kq_cvt(kq_u8(b + i)), kq_set1(d)));
+        kq_store(out + 8 + i, kq_mul(kq_cvt(kq_u8(b + 8 + i)), kq_set1(dmin)));
+    }
+#endif
+}
+
+/* acc + a*b, or a*b where acc has nothing yet (FIRST is a constant once unrolled). */
+#define KQ_MAC(first, a, b, acc) ((first) ? kq_mul((a), (b)) : kq_fma((a), (b), (acc)))
+
+/* Q4_K (HIGH_BITS 0) and Q5_K (HIGH_BITS 1): 8 sub-blocks of 32, scales and mins 6-bit. */
+KQ_INLINE float kq_gemv_q45_k(const float *x, const float *xs, int64_t nb, const uint8_t *w, const int HIGH_BITS) {
+    const int64_t bytes = HIGH_BITS ? KQ_Q5K_BYTES : KQ_Q4K_BYTES;
+    kq_vf acc0 = kq_zero(), acc1 = kq_zero(), corr = kq_zero();
+    KQ_ALIGN64 float sm[16];
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * bytes, *qh = blk + 16, *qs = blk + (HIGH_BITS ? 48 : 16);
+        const float *xb = x + b * KQ_QK;
+        kq_q45_scales(blk + 4, kq_f16(blk), kq_f16(blk + 2), sm);
+        KQ_UNROLL for (int i = 0; i < 16; i += KQ_VLEN) corr = kq_fma(kq_load(sm + i), kq_load(xs + b * 16 + i), corr);
+        KQ_UNROLL for (int p = 0; p < 4; p++) {
+            kq_vf s_lo = kq_zero(), s_hi = kq_zero();
+            KQ_UNROLL for (int l = 0; l < 32; l += KQ_VLEN) {
+                const kq_vi q = kq_u8(qs + 32 * p + l);
+                kq_vi lo = kq_and(q, 15), hi = kq_srli(q, 4);
+                if (HIGH_BITS) {
+                    const kq_vi h = kq_srli(kq_u8(qh + l), 2 * p);
+                    lo = kq_or(lo, kq_and(kq_slli(h, 4), 16));
+                    hi = kq_or(hi, kq_and(kq_slli(h, 3), 16));
+                }
+                s_lo = KQ_MAC(l == 0, kq_cvt(lo), kq_load(xb + 64 * p + l), s_lo);
+                s_hi = KQ_MAC(l == 0, kq_cvt(hi), kq_load(xb + 64 * p + 32 + l), s_hi);
+            }
+            acc0 = kq_fma(s_lo, kq_set1(sm[2 * p]), acc0);
+            acc1 = kq_fma(s_hi, kq_set1(sm[2 * p + 1]), acc1);
+        }
+    }
+    return kq_hsum(acc0 + acc1) - kq_hsum(corr);
+}
+
+/* Q6_K: 16 sub-blocks of 16, int8 scales, quants 0..63 offset by -32. */
+static float kq_gemv_q6_k(const float *x, const float *xs, int64_t nb, const uint8_t *w) {
+    kq_vf acc[4] = {kq_zero(), kq_zero(), kq_zero(), kq_zero()}, corr = kq_zero();
+    KQ_ALIGN64 float ds[16];
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * KQ_Q6K_BYTES;
+        const float *xb = x + b * KQ_QK;
+        const kq_vf d = kq_set1(kq_f16(blk + 208));
+        KQ_UNROLL for (int i = 0; i < 16; i += KQ_VLEN) {
+            const kq_vf v = kq_mul(kq_cvt(kq_i8(blk + 192 + i)), d);
+            kq_store(ds + i, v);
+            corr = kq_fma(v, kq_load(xs + b * 16 + i), corr);
+        }
+        KQ_UNROLL for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+            const float *xh = xb + 128 * h;
+            KQ_UNROLL for (int half = 0; half < 32; half += 16) {  /* one sub-block of each quarter */
+                kq_vf s[4] = {kq_zero(), kq_zero(), kq_zero(), kq_zero()};
+                KQ_UNROLL for (int l = half; l < half + 16; l += KQ_VLEN) {
+                    const kq_vi a = kq_u8(ql + l), c = kq_u8(ql + 32 + l), hb = kq_u8(qh + l);
+                    const kq_vi q0 = kq_or(kq_and(a, 15), kq_and(kq_slli(hb, 4), 0x30));
+                    const kq_vi q1 = kq_or(kq_and(c, 15), kq_and(kq_slli(hb, 2), 0x30));
+                    const kq_vi q2 = kq_or(kq_srli(a, 4), kq_and(hb, 0x30));
+                    const kq_vi q3 = kq_or(kq_srli(c, 4), kq_and(kq_srli(hb, 2), 0x30));
+                    s[0] = KQ_MAC(l == half, kq_cvt(q0), kq_load(xh + l), s[0]);
+                    s[1] = KQ_MAC(l == half, kq_cvt(q1), kq_load(xh + 32 + l), s[1]);
+                    s[2] = KQ_MAC(l == half, kq_cvt(q2), kq_load(xh + 64 + l), s[2]);
+                    s[3] = KQ_MAC(l == half, kq_cvt(q3), kq_load(xh + 96 + l), s[3]);
+                }
+                KQ_UNROLL for (int g = 0; g < 4; g++) acc[g] = kq_fma(s[g], kq_set1(ds[8 * h + 2 * g + half / 16]), acc[g]);
+            }
+        }
+    }
+    return kq_hsum((acc[0] + acc[1]) + (acc[2] + acc[3])) - 32.f * kq_hsum(corr);
+}
+
+static float kq_gemv_q4_k(const float *x, const float *xs, int64_t nb, const uint8_t *w) {
+    return kq_gemv_q45_k(x, xs, nb, w, 0);
+}
+static float kq_gemv_q5_k(const float *x, const float *xs, int64_t nb, const uint8_t *w) {
+    return kq_gemv_q45_k(x, xs, nb, w, 1);
+}
+
+#define KQ_DEFINE(TYPE, BYTES, BLOCK, SUB)                                                                  \
 static void kq_dequant_block_##TYPE(const uint8_t *blk, float *kq_out) { BLOCK(blk, KQ_EMIT_STORE); }    \
                                                                                                         \
 void gguf_dequantize_##TYPE(const uint8_t *blocks, float *out, int64_t n_elements) {                    \
@@ -340,10 +461,21 @@ static void kq_tiled_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t 
                                                                                                         \
 void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {  \
     if (m <= 0 || n <= 0) return;                                                                       \
+    if (m == 1) {                                                                                       \
+        float *xs = (float *)malloc((size_t)(k / KQ_QK * 16) * sizeof(float)); /* x summed per sub-block */ \
+        if (xs) {                                                                                       \
+            const int64_t nb = k / KQ_QK, row_bytes = nb * (BYTES);                                     \
+            kq_block_sums(x, k, (SUB), xs);                                                             \
+            _Pragma("omp parallel for schedule(static)")                                               \
+            for (int64_t j = 0; j < n; j++) y[j] = kq_gemv_##TYPE(x, xs, nb, w + j * row_bytes);       \
+            free(xs);                                                                                   \
+            return;                                                                                     \
+        }                                                                                               \
+    }                                                                                                   \
     if (m <= 4) kq_small_m_##TYPE(x, m, k, w, n, y);                                                    \
     else kq_tiled_##TYPE(x, m, k, w, n, y);                                                             \
 }
 
-KQ_DEFINE(q4_k, KQ_Q4K_BYTES, KQ_Q4K_BLOCK)
-KQ_DEFINE(q5_k, KQ_Q5K_BYTES, KQ_Q5K_BLOCK)
-KQ_DEFINE(q6_k, KQ_Q6K_BYTES, KQ_Q6K_BLOCK)
+KQ_DEFINE(q4_k, KQ_Q4K_BYTES, KQ_Q4K_BLOCK, 32)
+KQ_DEFINE(q5_k, KQ_Q5K_BYTES, KQ_Q5K_BLOCK, 32)
+KQ_DEFINE(q6_k, KQ_Q6K_BYTES, KQ_Q6K_BLOCK, 16)

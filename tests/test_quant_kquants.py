@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType, quants
-
 from vllm_cli.kernels import cpu
 
 if cpu._compiler() is None:
@@ -43,8 +42,14 @@ def library(build: str) -> ctypes.CDLL:
             dequantize = getattr(lib, f"gguf_dequantize_{name}")
             dequantize.argtypes, dequantize.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64], None
             matmul = getattr(lib, f"gguf_matmul_{name}")
-            matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                               ctypes.c_void_p]
+            matmul.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+            ]
             matmul.restype = None
         _libraries[build] = lib
     return _libraries[build]
@@ -66,7 +71,7 @@ def random_blocks(name: str, count: int, rng: np.random.Generator) -> np.ndarray
         scales = (rng.standard_normal(count) * 0.02).astype(np.float16)
         specials = np.array([0.0, 6e-8, -3e-6, 6.1e-5, 65504.0], dtype=np.float16)  # zero, subnormals, largest
         scales[: min(count, len(specials))] = specials[: min(count, len(specials))]
-        blocks[:, offset: offset + 2] = scales.view(np.uint8).reshape(count, 2)
+        blocks[:, offset : offset + 2] = scales.view(np.uint8).reshape(count, 2)
     return blocks
 
 
@@ -84,8 +89,7 @@ def c_dequantize(lib: ctypes.CDLL, name: str, blocks: np.ndarray) -> np.ndarray:
 def c_matmul(lib: ctypes.CDLL, name: str, x: np.ndarray, blocks: np.ndarray, n: int) -> np.ndarray:
     m, k = x.shape
     y = np.full((m, n), np.nan, dtype=np.float32)
-    getattr(lib, f"gguf_matmul_{name}")(x.ctypes.data, m, k, np.ascontiguousarray(blocks).ctypes.data, n,
-                                        y.ctypes.data)
+    getattr(lib, f"gguf_matmul_{name}")(x.ctypes.data, m, k, np.ascontiguousarray(blocks).ctypes.data, n, y.ctypes.data)
     return y
 
 
