@@ -21,13 +21,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType, quants
-
 from vllm_cli.kernels import cpu
 
 # The quantized types' block bytes and the offsets of their f16 super-scales (ggml's layouts).
 TYPES = {"q4_k": (144, (0, 2)), "q5_k": (176, (0, 2)), "q6_k": (210, (208,))}
 GGUF_TYPES = {"q4_k": GGMLQuantizationType.Q4_K, "q5_k": GGMLQuantizationType.Q5_K, "q6_k": GGMLQuantizationType.Q6_K}
-DRAM_BYTES = 512 << 20  # weight copies cycled through at m = 1: far beyond any L3
+COPY_BYTES = 128 << 20  # the copy/read buffers: 4x a 32 MiB L3
+WEIGHT_BYTES = 512 << 20  # weight copies cycled through at m = 1
 
 
 def cpu_name() -> str:
@@ -52,83 +52,97 @@ def random_weight(name: str, n: int, k: int, rng: np.random.Generator) -> np.nda
 
 
 def per_call(fn: Callable[[int], None], seconds: float) -> float:
-    """Median seconds per call over rounds of at least `seconds` / 5 each (fn(i): the i-th call)."""
+    """The fastest single call (fn(i): the i-th call) over `seconds`, at least 10 calls. The fastest,
+    not the median: on a shared machine most calls wait for a core, and the others' load is not the
+    kernel's speed."""
     fn(0)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds / 5:
+    best, calls, start = float("inf"), 0, time.perf_counter()
+    while calls < 10 or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
         fn(calls)
+        best = min(best, time.perf_counter() - t0)
         calls += 1
-    rounds = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for i in range(calls):
-            fn(i)
-        rounds.append((time.perf_counter() - start) / calls)
-    return float(np.median(rounds))
+    return best
+
+
+def memory_bandwidth(seconds: float) -> tuple[float, float]:
+    """GB/s of a torch copy (bytes read + written) and of a torch.sum (bytes read), far beyond L3."""
+    src = torch.ones(COPY_BYTES // 4)
+    dst = torch.empty_like(src)
+    copy_s = per_call(lambda i: dst.copy_(src), seconds)
+    read_s = per_call(lambda i: src.sum(), seconds)
+    return 2 * COPY_BYTES / copy_s / 1e9, COPY_BYTES / read_s / 1e9
+
+
+def bind(library: ctypes.CDLL, name: str) -> Callable[..., None]:
+    matmul = getattr(library, f"gguf_matmul_{name}")
+    matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+    matmul.argtypes += [ctypes.c_void_p]
+    matmul.restype = None
+    return matmul
+
+
+def call(
+    matmul: Callable[..., None], x: torch.Tensor, weights: list[np.ndarray], y: torch.Tensor
+) -> Callable[[int], None]:
+    """The i-th call multiplies by weights[i % len(weights)]."""
+    m, k = x.shape
+
+    def run(i: int) -> None:
+        matmul(x.data_ptr(), m, k, weights[i % len(weights)].ctypes.data, y.shape[1], y.data_ptr())
+
+    return run
+
+
+def torch_call(x: torch.Tensor, weight: torch.Tensor) -> Callable[[int], None]:
+    return lambda i: torch.mm(x, weight.T)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--k", type=int, default=4096)
+    parser.add_argument("--threads", default=f"1,{torch.get_num_threads()}", help="thread counts for m = 1")
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
     args = parser.parse_args()
     n, k = args.n, args.k
     library = cpu.load()
     if library is None:
         raise SystemExit("the CPU kernels could not be built here (see the warning above)")
-    print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; n x k = {n} x {k}")
-
-    src = torch.ones(DRAM_BYTES // 4)
-    dst = torch.empty_like(src)
-    copy_s = per_call(lambda i: dst.copy_(src), args.seconds)
-    read_s = per_call(lambda i: src.sum(), args.seconds)
-    copy_gbs, read_gbs = 2 * DRAM_BYTES / copy_s / 1e9, DRAM_BYTES / read_s / 1e9
-    print(f"memory: copy {copy_gbs:.1f} GB/s (read + write), read {read_gbs:.1f} GB/s ({DRAM_BYTES >> 20} MiB)")
-    del src, dst
-
+    print(f"CPU: {cpu_name()}; n x k = {n} x {k}; the fastest call of each")
     rng = np.random.default_rng(0)
-    x1 = torch.randn(1, k)
-    y1 = torch.empty(1, n)
-    for name in TYPES:
-        matmul = getattr(library, f"gguf_matmul_{name}")
-        matmul.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-        ]
-        matmul.restype = None
-        weight = random_weight(name, n, k, rng)
-        copies = [weight] + [weight.copy() for _ in range(max(1, DRAM_BYTES // weight.nbytes) - 1)]
-
-        def gemv(i: int, copies: list[np.ndarray] = copies) -> None:
-            matmul(x1.data_ptr(), 1, k, copies[i % len(copies)].ctypes.data, n, y1.data_ptr())
-
-        cold = per_call(gemv, args.seconds)
-        hot = per_call(lambda i: matmul(x1.data_ptr(), 1, k, weight.ctypes.data, n, y1.data_ptr()), args.seconds)
-        gbs = weight.nbytes / cold / 1e9
-        line = (
-            f"{name} m=1: {cold * 1e3:6.3f} ms, {gbs:5.1f} GB/s of weights ({gbs / read_gbs:4.0%} of read,"
-            f" {gbs / copy_gbs:4.0%} of copy); hot {weight.nbytes / hot / 1e9:5.1f} GB/s"
-        )
-        dense = torch.from_numpy(quants.dequantize(weight, GGUF_TYPES[name]).astype(np.float32))
-        torch_s = per_call(lambda i: torch.mm(x1, dense.T), args.seconds)
-        line += f"; torch fp32 GEMV {torch_s * 1e3:6.3f} ms ({torch_s / cold:.1f}x slower)"
-        print(line)
-        for m in (8, 32):
-            x = torch.randn(m, k)
-            y = torch.empty(m, n)
-            ours = per_call(lambda i: matmul(x.data_ptr(), m, k, weight.ctypes.data, n, y.data_ptr()), args.seconds)
-            theirs = per_call(lambda i: torch.mm(x, dense.T), args.seconds)
+    weights = {name: random_weight(name, n, k, rng) for name in TYPES}
+    dense = {
+        name: torch.from_numpy(quants.dequantize(w, GGUF_TYPES[name]).astype(np.float32)) for name, w in weights.items()
+    }
+    x1, y1 = torch.randn(1, k), torch.empty(1, n)
+    for threads in sorted({int(t) for t in args.threads.split(",")}):
+        torch.set_num_threads(threads)  # also the kernels' OpenMP threads: one libgomp
+        copy_gbs, read_gbs = memory_bandwidth(args.seconds)
+        print(f"{threads} thread(s): memory copy {copy_gbs:.1f} GB/s (read + write), read {read_gbs:.1f} GB/s")
+        for name, weight in weights.items():
+            matmul = bind(library, name)
+            copies = [weight] + [weight.copy() for _ in range(max(1, WEIGHT_BYTES // weight.nbytes) - 1)]
+            cold = per_call(call(matmul, x1, copies, y1), args.seconds)
+            hot = per_call(call(matmul, x1, [weight], y1), args.seconds)
+            torch_s = per_call(torch_call(x1, dense[name]), args.seconds)
+            gbs = weight.nbytes / cold / 1e9
+            print(
+                f"  {name} m=1: {cold * 1e3:6.3f} ms, {gbs:5.1f} GB/s of weights ({gbs / read_gbs:4.0%} of read,"
+                f" {gbs / copy_gbs:4.0%} of copy); L3-hot {weight.nbytes / hot / 1e9:5.1f} GB/s;"
+                f" torch fp32 GEMV on the dequantized weight {torch_s * 1e3:6.3f} ms ({torch_s / cold:.1f}x our time)"
+            )
+            del copies
+    for m in (8, 32):
+        x, y = torch.randn(m, k), torch.empty(m, n)
+        for name, weight in weights.items():
+            ours = per_call(call(bind(library, name), x, [weight], y), args.seconds)
+            theirs = per_call(torch_call(x, dense[name]), args.seconds)
             flops = 2 * m * n * k
             print(
-                f"{name} m={m}: {flops / ours / 1e9:6.1f} GFLOP/s ({ours * 1e3:6.2f} ms);"
-                f" torch fp32 on the dequantized weight {flops / theirs / 1e9:6.1f} GFLOP/s"
+                f"{torch.get_num_threads()} thread(s): {name} m={m}: {flops / ours / 1e9:6.1f} GFLOP/s"
+                f" ({ours * 1e3:6.2f} ms); torch fp32 on the dequantized weight {flops / theirs / 1e9:6.1f} GFLOP/s"
             )
-        del copies, dense
 
 
 if __name__ == "__main__":

@@ -135,13 +135,34 @@ KQ_INLINE float kq_f16(const uint8_t *p) {
 
 /* Q4_K/Q5_K: 8 six-bit scales and 8 six-bit mins packed in 12 bytes. Bytes 0-3 hold scales 0-3
  * (low 6 bits) and the top 2 bits of scales 4-7; bytes 4-7 the same for the mins; bytes 8-11 the
- * low nibbles of scales 4-7 (low half) and of mins 4-7 (high half). */
-KQ_INLINE void kq_scale_min(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0f) | ((s[j] >> 6) << 4));
-        mn[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+ * low nibbles of scales 4-7 (low half) and of mins 4-7 (high half). Unpacked four at a time in
+ * 32-bit words (little-endian) -> out[16] = d * sc[0..7], -dmin * mn[0..7] (the mins negated: they
+ * are subtracted). */
+KQ_INLINE void kq_q45_scales(const uint8_t *s, float d, float dmin, float *out) {
+    uint32_t u[3], v[4];
+    memcpy(u, s, 12);
+    v[0] = u[0] & 0x3f3f3f3fu;
+    v[1] = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
+    v[2] = u[1] & 0x3f3f3f3fu;
+    v[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
+    const uint8_t *b = (const uint8_t *)v;
+#if KQ_VLEN == 16
+    kq_store(out, kq_mul(kq_cvt(kq_u8(b)), _mm512_mask_blend_ps(0xff00, kq_set1(d), kq_set1(-dmin))));
+#else
+    for (int i = 0; i < 8; i += KQ_VLEN) {
+        kq_store(out + i, kq_mul(kq_cvt(kq_u8(b + i)), kq_set1(d)));
+        kq_store(out + 8 + i, kq_mul(kq_cvt(kq_u8(b + 8 + i)), kq_set1(-dmin)));
+    }
+#endif
+}
+
+/* Q6_K's 16 int8 scales -> ds[16] = d * sc, n32[16] = -32 * ds (exact). */
+KQ_INLINE void kq_q6_scales(const uint8_t *blk, float *ds, float *n32) {
+    const kq_vf d = kq_set1(kq_f16(blk + 208));
+    KQ_UNROLL for (int i = 0; i < 16; i += KQ_VLEN) {
+        const kq_vf v = kq_mul(kq_cvt(kq_i8(blk + 192 + i)), d);
+        kq_store(ds + i, v);
+        kq_store(n32 + i, kq_mul(v, kq_set1(-32.f)));
     }
 }
 
@@ -153,15 +174,12 @@ KQ_INLINE void kq_scale_min(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
 #define KQ_Q4K_BLOCK(blk, EMIT)                                                                         \
     do {                                                                                                \
         const uint8_t *kq_b = (blk);                                                                    \
-        const float kq_d = kq_f16(kq_b), kq_dmin = kq_f16(kq_b + 2);                                    \
-        uint8_t kq_sc[8], kq_mn[8];                                                                     \
-        kq_scale_min(kq_b + 4, kq_sc, kq_mn);                                                           \
+        KQ_ALIGN64 float kq_sm[16];                                                                     \
+        kq_q45_scales(kq_b + 4, kq_f16(kq_b), kq_f16(kq_b + 2), kq_sm);                                 \
         const uint8_t *kq_qs = kq_b + 16;                                                               \
         KQ_UNROLL for (int kq_p = 0; kq_p < 4; kq_p++) {                                                \
-            const kq_vf kq_d1 = kq_set1(kq_d * kq_sc[2 * kq_p]);                                        \
-            const kq_vf kq_m1 = kq_set1(-(kq_dmin * kq_mn[2 * kq_p]));                                  \
-            const kq_vf kq_d2 = kq_set1(kq_d * kq_sc[2 * kq_p + 1]);                                    \
-            const kq_vf kq_m2 = kq_set1(-(kq_dmin * kq_mn[2 * kq_p + 1]));                              \
+            const kq_vf kq_d1 = kq_set1(kq_sm[2 * kq_p]), kq_m1 = kq_set1(kq_sm[8 + 2 * kq_p]);           \
+            const kq_vf kq_d2 = kq_set1(kq_sm[2 * kq_p + 1]), kq_m2 = kq_set1(kq_sm[9 + 2 * kq_p]);       \
             KQ_UNROLL for (int kq_l = 0; kq_l < 32; kq_l += KQ_VLEN) {                                  \
                 const kq_vi kq_q = kq_u8(kq_qs + 32 * kq_p + kq_l);                                     \
                 EMIT(64 * kq_p + kq_l, kq_fma(kq_cvt(kq_and(kq_q, 15)), kq_d1, kq_m1), 2 * (kq_p & 1));  \
@@ -175,15 +193,12 @@ KQ_INLINE void kq_scale_min(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
 #define KQ_Q5K_BLOCK(blk, EMIT)                                                                         \
     do {                                                                                                \
         const uint8_t *kq_b = (blk);                                                                    \
-        const float kq_d = kq_f16(kq_b), kq_dmin = kq_f16(kq_b + 2);                                    \
-        uint8_t kq_sc[8], kq_mn[8];                                                                     \
-        kq_scale_min(kq_b + 4, kq_sc, kq_mn);                                                           \
+        KQ_ALIGN64 float kq_sm[16];                                                                     \
+        kq_q45_scales(kq_b + 4, kq_f16(kq_b), kq_f16(kq_b + 2), kq_sm);                                 \
         const uint8_t *kq_qh = kq_b + 16, *kq_qs = kq_b + 48;                                           \
         KQ_UNROLL for (int kq_p = 0; kq_p < 4; kq_p++) {                                                \
-            const kq_vf kq_d1 = kq_set1(kq_d * kq_sc[2 * kq_p]);                                        \
-            const kq_vf kq_m1 = kq_set1(-(kq_dmin * kq_mn[2 * kq_p]));                                  \
-            const kq_vf kq_d2 = kq_set1(kq_d * kq_sc[2 * kq_p + 1]);                                    \
-            const kq_vf kq_m2 = kq_set1(-(kq_dmin * kq_mn[2 * kq_p + 1]));                              \
+            const kq_vf kq_d1 = kq_set1(kq_sm[2 * kq_p]), kq_m1 = kq_set1(kq_sm[8 + 2 * kq_p]);           \
+            const kq_vf kq_d2 = kq_set1(kq_sm[2 * kq_p + 1]), kq_m2 = kq_set1(kq_sm[9 + 2 * kq_p]);       \
             KQ_UNROLL for (int kq_l = 0; kq_l < 32; kq_l += KQ_VLEN) {                                  \
                 const kq_vi kq_q = kq_u8(kq_qs + 32 * kq_p + kq_l);                                     \
                 const kq_vi kq_h = kq_srli(kq_u8(kq_qh + kq_l), 2 * kq_p);                              \
@@ -201,24 +216,22 @@ KQ_INLINE void kq_scale_min(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
 #define KQ_Q6K_BLOCK(blk, EMIT)                                                                         \
     do {                                                                                                \
         const uint8_t *kq_b = (blk);                                                                    \
-        const float kq_d = kq_f16(kq_b + 208);                                                          \
-        const int8_t *kq_sc = (const int8_t *)(const void *)(kq_b + 192);                               \
+        KQ_ALIGN64 float kq_ds[16], kq_n32[16];                                                         \
+        kq_q6_scales(kq_b, kq_ds, kq_n32);                                                              \
         KQ_UNROLL for (int kq_h = 0; kq_h < 2; kq_h++) {                                                \
             const uint8_t *kq_ql = kq_b + 64 * kq_h, *kq_qh = kq_b + 128 + 32 * kq_h;                   \
             KQ_UNROLL for (int kq_l = 0; kq_l < 32; kq_l += KQ_VLEN) {                                  \
                 const int kq_s = 8 * kq_h + kq_l / 16;                                                  \
-                const float kq_d0 = kq_d * kq_sc[kq_s], kq_d1 = kq_d * kq_sc[kq_s + 2];                 \
-                const float kq_d2 = kq_d * kq_sc[kq_s + 4], kq_d3 = kq_d * kq_sc[kq_s + 6];             \
                 const kq_vi kq_a = kq_u8(kq_ql + kq_l), kq_c = kq_u8(kq_ql + 32 + kq_l);                \
                 const kq_vi kq_hb = kq_u8(kq_qh + kq_l);                                                \
                 const kq_vi kq_q0 = kq_or(kq_and(kq_a, 15), kq_and(kq_slli(kq_hb, 4), 0x30));           \
                 const kq_vi kq_q1 = kq_or(kq_and(kq_c, 15), kq_and(kq_slli(kq_hb, 2), 0x30));           \
                 const kq_vi kq_q2 = kq_or(kq_srli(kq_a, 4), kq_and(kq_hb, 0x30));                        \
                 const kq_vi kq_q3 = kq_or(kq_srli(kq_c, 4), kq_and(kq_srli(kq_hb, 2), 0x30));           \
-                EMIT(128 * kq_h + kq_l, kq_fma(kq_cvt(kq_q0), kq_set1(kq_d0), kq_set1(-32.f * kq_d0)), 0); \
-                EMIT(128 * kq_h + 32 + kq_l, kq_fma(kq_cvt(kq_q1), kq_set1(kq_d1), kq_set1(-32.f * kq_d1)), 1); \
-                EMIT(128 * kq_h + 64 + kq_l, kq_fma(kq_cvt(kq_q2), kq_set1(kq_d2), kq_set1(-32.f * kq_d2)), 2); \
-                EMIT(128 * kq_h + 96 + kq_l, kq_fma(kq_cvt(kq_q3), kq_set1(kq_d3), kq_set1(-32.f * kq_d3)), 3); \
+                EMIT(128 * kq_h + kq_l, kq_fma(kq_cvt(kq_q0), kq_set1(kq_ds[kq_s]), kq_set1(kq_n32[kq_s])), 0); \
+                EMIT(128 * kq_h + 32 + kq_l, kq_fma(kq_cvt(kq_q1), kq_set1(kq_ds[kq_s + 2]), kq_set1(kq_n32[kq_s + 2])), 1); \
+                EMIT(128 * kq_h + 64 + kq_l, kq_fma(kq_cvt(kq_q2), kq_set1(kq_ds[kq_s + 4]), kq_set1(kq_n32[kq_s + 4])), 2); \
+                EMIT(128 * kq_h + 96 + kq_l, kq_fma(kq_cvt(kq_q3), kq_set1(kq_ds[kq_s + 6]), kq_set1(kq_n32[kq_s + 6])), 3); \
             }                                                                                           \
         }                                                                                               \
     } while (0)
@@ -290,26 +303,6 @@ static void kq_block_sums(const float *x, int64_t k, int width, float *sums) {
     }
 }
 
-/* Q4_K/Q5_K's 12 scale bytes -> out[16] = d * sc[0..7], dmin * mn[0..7], unpacked four at a time
- * in 32-bit words (little-endian). */
-KQ_INLINE void kq_q45_scales(const uint8_t *s, float d, float dmin, float *out) {
-    uint32_t u[3], v[4];
-    memcpy(u, s, 12);
-    v[0] = u[0] & 0x3f3f3f3fu;
-    v[1] = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
-    v[2] = u[1] & 0x3f3f3f3fu;
-    v[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
-    const uint8_t *b = (const uint8_t *)v;
-#if KQ_VLEN == 16
-    kq_store(out, kq_mul(kq_cvt(kq_u8(b)), _mm512_mask_blend_ps(0xff00, kq_set1(d), kq_set1(dmin))));
-#else
-    for (int i = 0; i < 8; i += KQ_VLEN) {
-        kq_store(out + i, kq_mul(kq_cvt(kq_u8(b + i)), kq_set1(d)));
-        kq_store(out + 8 + i, kq_mul(kq_cvt(kq_u8(b + 8 + i)), kq_set1(dmin)));
-    }
-#endif
-}
-
 /* acc + a*b, or a*b where acc has nothing yet (FIRST is a constant once unrolled). */
 #define KQ_MAC(first, a, b, acc) ((first) ? kq_mul((a), (b)) : kq_fma((a), (b), (acc)))
 
@@ -340,22 +333,18 @@ KQ_INLINE float kq_gemv_q45_k(const float *x, const float *xs, int64_t nb, const
             acc1 = kq_fma(s_hi, kq_set1(sm[2 * p + 1]), acc1);
         }
     }
-    return kq_hsum(acc0 + acc1) - kq_hsum(corr);
+    return kq_hsum(acc0 + acc1) + kq_hsum(corr);  /* corr: the (negated) mins times the sums of x */
 }
 
 /* Q6_K: 16 sub-blocks of 16, int8 scales, quants 0..63 offset by -32. */
 static float kq_gemv_q6_k(const float *x, const float *xs, int64_t nb, const uint8_t *w) {
     kq_vf acc[4] = {kq_zero(), kq_zero(), kq_zero(), kq_zero()}, corr = kq_zero();
-    KQ_ALIGN64 float ds[16];
+    KQ_ALIGN64 float ds[16], n32[16];
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * KQ_Q6K_BYTES;
         const float *xb = x + b * KQ_QK;
-        const kq_vf d = kq_set1(kq_f16(blk + 208));
-        KQ_UNROLL for (int i = 0; i < 16; i += KQ_VLEN) {
-            const kq_vf v = kq_mul(kq_cvt(kq_i8(blk + 192 + i)), d);
-            kq_store(ds + i, v);
-            corr = kq_fma(v, kq_load(xs + b * 16 + i), corr);
-        }
+        kq_q6_scales(blk, ds, n32);
+        KQ_UNROLL for (int i = 0; i < 16; i += KQ_VLEN) corr = kq_fma(kq_load(n32 + i), kq_load(xs + b * 16 + i), corr);
         KQ_UNROLL for (int h = 0; h < 2; h++) {
             const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
             const float *xh = xb + 128 * h;
@@ -376,7 +365,7 @@ static float kq_gemv_q6_k(const float *x, const float *xs, int64_t nb, const uin
             }
         }
     }
-    return kq_hsum((acc[0] + acc[1]) + (acc[2] + acc[3])) - 32.f * kq_hsum(corr);
+    return kq_hsum((acc[0] + acc[1]) + (acc[2] + acc[3])) + kq_hsum(corr);
 }
 
 static float kq_gemv_q4_k(const float *x, const float *xs, int64_t nb, const uint8_t *w) {
@@ -413,7 +402,7 @@ KQ_INLINE void kq_rows_##TYPE(const float *x, int64_t k, const uint8_t *wrow, fl
                                                                                                         \
 static void kq_small_m_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
     const int64_t row_bytes = k / KQ_QK * (BYTES);                                                      \
-    _Pragma("omp parallel for schedule(static)")                                                       \
+    _Pragma("omp parallel for schedule(dynamic, 16)")                                                       \
     for (int64_t j = 0; j < n; j++) {                                                                   \
         const uint8_t *wrow = w + j * row_bytes;                                                        \
         switch (m) {                                                                                    \
@@ -431,7 +420,7 @@ static void kq_tiled_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t 
     {                                                                                                   \
         KQ_ALIGN64 float wbuf[KQ_NR * KQ_QK];                                                           \
         kq_vf acc[KQ_MT * KQ_NR];                                                                       \
-        _Pragma("omp for schedule(static)")                                                            \
+        _Pragma("omp for schedule(dynamic, 1)")                                                            \
         for (int64_t g = 0; g < groups; g++) {                                                          \
             const int64_t j0 = g * KQ_NR;                                                               \
             const int nr = n - j0 < KQ_NR ? (int)(n - j0) : KQ_NR;                                      \
@@ -466,7 +455,7 @@ void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, 
         if (xs) {                                                                                       \
             const int64_t nb = k / KQ_QK, row_bytes = nb * (BYTES);                                     \
             kq_block_sums(x, k, (SUB), xs);                                                             \
-            _Pragma("omp parallel for schedule(static)")                                               \
+            _Pragma("omp parallel for schedule(dynamic, 32)")                                               \
             for (int64_t j = 0; j < n; j++) y[j] = kq_gemv_##TYPE(x, xs, nb, w + j * row_bytes);       \
             free(xs);                                                                                   \
             return;                                                                                     \
