@@ -50,7 +50,8 @@
 #define KQ_ALIGN64 __attribute__((aligned(64)))
 
 /* ------------------------------------------------------------------------------------------- */
-/* The vector vocabulary. kq_u8 / kq_i8 (p) zero- / sign-extend KQ_VLEN bytes at p into 32-bit lanes. */
+/* The vector vocabulary. kq_u8 / kq_i8 (p) zero- / sign-extend KQ_VLEN bytes at p into 32-bit lanes;
+ * kq_bit4(bits, first): lane i is 16 where bit first + i of the uint32 bits is set, else 0. */
 
 #if defined(__AVX512F__)
 #define KQ_VLEN 16
@@ -70,6 +71,7 @@ typedef __m512i kq_vi;
 #define kq_slli(a, s) _mm512_slli_epi32((a), (s))
 #define kq_cvt(a) _mm512_cvtepi32_ps(a)
 #define kq_hsum(v) _mm512_reduce_add_ps(v)
+#define kq_bit4(bits, first) _mm512_maskz_mov_epi32((__mmask16)((bits) >> (first)), _mm512_set1_epi32(16))
 #elif defined(__AVX2__) && defined(__FMA__)
 #define KQ_VLEN 8
 typedef __m256 kq_vf;
@@ -87,6 +89,11 @@ typedef __m256i kq_vi;
 #define kq_srli(a, s) _mm256_srli_epi32((a), (s))
 #define kq_slli(a, s) _mm256_slli_epi32((a), (s))
 #define kq_cvt(a) _mm256_cvtepi32_ps(a)
+#define kq_bit4(bits, first)                                                                            \
+    _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)((bits) >> (first))),           \
+                                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),             \
+                                       _mm256_set1_epi32(1)),                                                    \
+                      4)
 KQ_INLINE float kq_hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -111,6 +118,7 @@ typedef int32_t kq_vi;
 #define kq_slli(a, s) ((a) << (s))
 #define kq_cvt(a) ((float)(a))
 #define kq_hsum(v) (v)
+#define kq_bit4(bits, first) ((int32_t)(((bits) >> (first)) & 1u) << 4)
 #endif
 
 /* IEEE half -> float, exact (subnormals included). */
@@ -236,6 +244,31 @@ KQ_INLINE void kq_q6_scales(const uint8_t *blk, float *ds, float *n32) {
         }                                                                                               \
     } while (0)
 
+/* Q5_0 (22 bytes / 32 weights: f16 d, 32 fifth bits qh, 16 bytes of nibbles; w = d*(q - 16)) and
+ * Q5_1 (24 bytes: f16 d, f16 m, qh, nibbles; w = d*q + m). Weight j < 16 is the low nibble of
+ * qs[j], weight 16 + j the high one; weight i's fifth bit is bit i of qh. Both round once, as gguf
+ * does: d*q is exact, and -16*d is. */
+#define KQ_Q5_BLOCK(blk, EMIT, HAS_MIN)                                                                 \
+    do {                                                                                                \
+        const uint8_t *kq_b = (blk);                                                                    \
+        const float kq_d = kq_f16(kq_b);                                                                \
+        const kq_vf kq_dv = kq_set1(kq_d), kq_add = kq_set1((HAS_MIN) ? kq_f16(kq_b + 2) : -16.f * kq_d); \
+        uint32_t kq_qh;                                                                                 \
+        memcpy(&kq_qh, kq_b + ((HAS_MIN) ? 4 : 2), 4);                                                  \
+        const uint8_t *kq_qs = kq_b + ((HAS_MIN) ? 8 : 6);                                              \
+        KQ_UNROLL for (int kq_l = 0; kq_l < 16; kq_l += KQ_VLEN) {                                      \
+            const kq_vi kq_q = kq_u8(kq_qs + kq_l);                                                     \
+            const kq_vi kq_lo = kq_or(kq_and(kq_q, 15), kq_bit4(kq_qh, kq_l));                           \
+            const kq_vi kq_hi = kq_or(kq_srli(kq_q, 4), kq_bit4(kq_qh, 16 + kq_l));                      \
+            EMIT(kq_l, kq_fma(kq_cvt(kq_lo), kq_dv, kq_add), (kq_l / KQ_VLEN) & 1);                      \
+            EMIT(16 + kq_l, kq_fma(kq_cvt(kq_hi), kq_dv, kq_add), 2 + ((kq_l / KQ_VLEN) & 1));           \
+        }                                                                                               \
+    } while (0)
+#define KQ_Q50_BYTES 22
+#define KQ_Q51_BYTES 24
+#define KQ_Q50_BLOCK(blk, EMIT) KQ_Q5_BLOCK(blk, EMIT, 0)
+#define KQ_Q51_BLOCK(blk, EMIT) KQ_Q5_BLOCK(blk, EMIT, 1)
+
 /* ------------------------------------------------------------------------------------------- */
 /* Kernels, instantiated per type.                                                              */
 
@@ -253,23 +286,25 @@ KQ_INLINE void kq_q6_scales(const uint8_t *blk, float *ds, float *n32) {
     } while (0)
 #define KQ_SLOTS(mr) ((mr) == 1 ? 4 : (mr) == 2 ? 2 : 1)
 
-/* m > 4: per group of KQ_NR weight rows and tile of up to KQ_MT activation rows, each block is
- * dequantized once into wbuf; vector partial sums live in acc between blocks and are reduced at
- * the end of the tile. */
+/* m > 4: per group of KQ_NR weight rows and tile of up to KQ_MT activation rows, each span of
+ * KQ_SPAN weights (one K-quant block, 8 Q5_0 blocks) is dequantized once into wbuf; vector partial
+ * sums live in acc between spans and are reduced at the end of the tile. */
 #define KQ_NR 4
 #define KQ_MT 16
+#define KQ_SPAN 256
 
-/* rows i0, i0+1 (MR2 = 2) or i0 alone, against NRR weight rows of wbuf, over one block. */
-KQ_INLINE void kq_tile_kernel(const float *x, int64_t k, int mr2, int nrr, const float *wbuf, kq_vf *acc) {
+/* rows i0, i0+1 (MR2 = 2) or i0 alone, against NRR weight rows of wbuf (row stride KQ_SPAN), over
+ * the span's `len` weights. */
+KQ_INLINE void kq_tile_kernel(const float *x, int64_t k, int mr2, int nrr, const float *wbuf, int len, kq_vf *acc) {
     kq_vf a[2][KQ_NR];
     KQ_UNROLL for (int i = 0; i < 2; i++) KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
         if (i < mr2 && r < nrr) a[i][r] = acc[i * KQ_NR + r];
     }
-    for (int c = 0; c < KQ_QK; c += KQ_VLEN) {
+    for (int c = 0; c < len; c += KQ_VLEN) {
         const kq_vf x0 = kq_load(x + c), x1 = mr2 > 1 ? kq_load(x + k + c) : kq_zero();
         KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
             if (r < nrr) {
-                const kq_vf wv = kq_load(wbuf + r * KQ_QK + c);
+                const kq_vf wv = kq_load(wbuf + r * KQ_SPAN + c);
                 a[0][r] = kq_fma(x0, wv, a[0][r]);
                 if (mr2 > 1) a[1][r] = kq_fma(x1, wv, a[1][r]);
             }
@@ -375,22 +410,23 @@ static float kq_gemv_q5_k(const float *x, const float *xs, int64_t nb, const uin
     return kq_gemv_q45_k(x, xs, nb, w, 1);
 }
 
-#define KQ_DEFINE(TYPE, BYTES, BLOCK, SUB)                                                                  \
+/* The entry points of one type: QK weights per block of BYTES bytes, BLOCK its chunk macro. */
+#define KQ_DEFINE(TYPE, QK, BYTES, BLOCK)                                                               \
 static void kq_dequant_block_##TYPE(const uint8_t *blk, float *kq_out) { BLOCK(blk, KQ_EMIT_STORE); }    \
                                                                                                         \
 void gguf_dequantize_##TYPE(const uint8_t *blocks, float *out, int64_t n_elements) {                    \
-    const int64_t nblocks = n_elements / KQ_QK;                                                         \
-    _Pragma("omp parallel for schedule(static) if (nblocks >= 256)")                                   \
-    for (int64_t b = 0; b < nblocks; b++) kq_dequant_block_##TYPE(blocks + b * (BYTES), out + b * KQ_QK); \
+    const int64_t nblocks = n_elements / (QK);                                                          \
+    _Pragma("omp parallel for schedule(static) if (nblocks >= 2048)")                                  \
+    for (int64_t b = 0; b < nblocks; b++) kq_dequant_block_##TYPE(blocks + b * (BYTES), out + b * (QK)); \
 }                                                                                                       \
                                                                                                         \
 /* y[i * n] for the MR activation rows at x (row stride k) against one weight row. */                   \
 KQ_INLINE void kq_rows_##TYPE(const float *x, int64_t k, const uint8_t *wrow, float *y, int64_t n, const int MR) { \
     kq_vf kq_acc[4][4];                                                                                 \
     KQ_UNROLL for (int i = 0; i < 4; i++) KQ_UNROLL for (int s = 0; s < 4; s++) kq_acc[i][s] = kq_zero(); \
-    const int64_t nb = k / KQ_QK;                                                                       \
+    const int64_t nb = k / (QK);                                                                        \
     for (int64_t b = 0; b < nb; b++) {                                                                  \
-        const float *kq_xb = x + b * KQ_QK;                                                             \
+        const float *kq_xb = x + b * (QK);                                                              \
         BLOCK(wrow + b * (BYTES), KQ_EMIT_FMA);                                                         \
     }                                                                                                   \
     KQ_UNROLL for (int i = 0; i < MR; i++) {                                                            \
@@ -401,8 +437,8 @@ KQ_INLINE void kq_rows_##TYPE(const float *x, int64_t k, const uint8_t *wrow, fl
 }                                                                                                       \
                                                                                                         \
 static void kq_small_m_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
-    const int64_t row_bytes = k / KQ_QK * (BYTES);                                                      \
-    _Pragma("omp parallel for schedule(dynamic, 16)")                                                       \
+    const int64_t row_bytes = k / (QK) * (BYTES);                                                       \
+    _Pragma("omp parallel for schedule(dynamic, 16)")                                                  \
     for (int64_t j = 0; j < n; j++) {                                                                   \
         const uint8_t *wrow = w + j * row_bytes;                                                        \
         switch (m) {                                                                                    \
@@ -415,30 +451,33 @@ static void kq_small_m_##TYPE(const float *x, int64_t m, int64_t k, const uint8_
 }                                                                                                       \
                                                                                                         \
 static void kq_tiled_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
-    const int64_t nb = k / KQ_QK, row_bytes = nb * (BYTES), groups = (n + KQ_NR - 1) / KQ_NR;         \
+    const int64_t row_bytes = k / (QK) * (BYTES), groups = (n + KQ_NR - 1) / KQ_NR;                     \
     _Pragma("omp parallel")                                                                            \
     {                                                                                                   \
-        KQ_ALIGN64 float wbuf[KQ_NR * KQ_QK];                                                           \
+        KQ_ALIGN64 float wbuf[KQ_NR * KQ_SPAN];                                                         \
         kq_vf acc[KQ_MT * KQ_NR];                                                                       \
-        _Pragma("omp for schedule(dynamic, 1)")                                                            \
+        _Pragma("omp for schedule(dynamic, 1)")                                                        \
         for (int64_t g = 0; g < groups; g++) {                                                          \
             const int64_t j0 = g * KQ_NR;                                                               \
             const int nr = n - j0 < KQ_NR ? (int)(n - j0) : KQ_NR;                                      \
             for (int64_t t0 = 0; t0 < m; t0 += KQ_MT) {                                                 \
                 const int mt = m - t0 < KQ_MT ? (int)(m - t0) : KQ_MT;                                  \
                 for (int i = 0; i < mt * KQ_NR; i++) acc[i] = kq_zero();                                \
-                for (int64_t b = 0; b < nb; b++) {                                                      \
+                for (int64_t s0 = 0; s0 < k; s0 += KQ_SPAN) {                                           \
+                    const int len = k - s0 < KQ_SPAN ? (int)(k - s0) : KQ_SPAN;                         \
                     for (int r = 0; r < nr; r++)                                                        \
-                        kq_dequant_block_##TYPE(w + (j0 + r) * row_bytes + b * (BYTES), wbuf + r * KQ_QK); \
-                    const float *xb = x + t0 * k + b * KQ_QK;                                           \
+                        for (int e = 0; e < len; e += (QK))                                             \
+                            kq_dequant_block_##TYPE(w + (j0 + r) * row_bytes + (s0 + e) / (QK) * (BYTES), \
+                                                    wbuf + r * KQ_SPAN + e);                            \
+                    const float *xs = x + t0 * k + s0;                                                  \
                     int i = 0;                                                                          \
                     if (nr == KQ_NR) {                                                                  \
-                        for (; i + 1 < mt; i += 2) kq_tile_kernel(xb + i * k, k, 2, KQ_NR, wbuf, acc + i * KQ_NR); \
-                        if (i < mt) kq_tile_kernel(xb + i * k, k, 1, KQ_NR, wbuf, acc + i * KQ_NR);     \
+                        for (; i + 1 < mt; i += 2) kq_tile_kernel(xs + i * k, k, 2, KQ_NR, wbuf, len, acc + i * KQ_NR); \
+                        if (i < mt) kq_tile_kernel(xs + i * k, k, 1, KQ_NR, wbuf, len, acc + i * KQ_NR); \
                     } else { /* the last, partial group */                                              \
                         for (int r = 0; r < nr; r++)                                                    \
                             for (i = 0; i < mt; i++)                                                    \
-                                kq_tile_kernel(xb + i * k, k, 1, 1, wbuf + r * KQ_QK, acc + i * KQ_NR + r); \
+                                kq_tile_kernel(xs + i * k, k, 1, 1, wbuf + r * KQ_SPAN, len, acc + i * KQ_NR + r); \
                     }                                                                                   \
                 }                                                                                       \
                 for (int i = 0; i < mt; i++)                                                            \
@@ -446,8 +485,10 @@ static void kq_tiled_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t 
             }                                                                                           \
         }                                                                                               \
     }                                                                                                   \
-}                                                                                                       \
-                                                                                                        \
+}
+
+/* K-quants: m = 1 through the type's GEMV (SUB: its sub-block width, for the sums of x). */
+#define KQ_DEFINE_MATMUL_GEMV(TYPE, BYTES, SUB)                                                         \
 void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {  \
     if (m <= 0 || n <= 0) return;                                                                       \
     if (m == 1) {                                                                                       \
@@ -455,7 +496,7 @@ void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, 
         if (xs) {                                                                                       \
             const int64_t nb = k / KQ_QK, row_bytes = nb * (BYTES);                                     \
             kq_block_sums(x, k, (SUB), xs);                                                             \
-            _Pragma("omp parallel for schedule(dynamic, 32)")                                               \
+            _Pragma("omp parallel for schedule(dynamic, 32)")                                          \
             for (int64_t j = 0; j < n; j++) y[j] = kq_gemv_##TYPE(x, xs, nb, w + j * row_bytes);       \
             free(xs);                                                                                   \
             return;                                                                                     \
@@ -465,6 +506,21 @@ void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, 
     else kq_tiled_##TYPE(x, m, k, w, n, y);                                                             \
 }
 
-KQ_DEFINE(q4_k, KQ_Q4K_BYTES, KQ_Q4K_BLOCK, 32)
-KQ_DEFINE(q5_k, KQ_Q5K_BYTES, KQ_Q5K_BLOCK, 32)
-KQ_DEFINE(q6_k, KQ_Q6K_BYTES, KQ_Q6K_BLOCK, 16)
+/* 32-weight types: every m <= 4 dequantizes in registers. */
+#define KQ_DEFINE_MATMUL(TYPE)                                                                          \
+void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {  \
+    if (m <= 0 || n <= 0) return;                                                                       \
+    if (m <= 4) kq_small_m_##TYPE(x, m, k, w, n, y);                                                    \
+    else kq_tiled_##TYPE(x, m, k, w, n, y);                                                             \
+}
+
+KQ_DEFINE(q4_k, KQ_QK, KQ_Q4K_BYTES, KQ_Q4K_BLOCK)
+KQ_DEFINE_MATMUL_GEMV(q4_k, KQ_Q4K_BYTES, 32)
+KQ_DEFINE(q5_k, KQ_QK, KQ_Q5K_BYTES, KQ_Q5K_BLOCK)
+KQ_DEFINE_MATMUL_GEMV(q5_k, KQ_Q5K_BYTES, 32)
+KQ_DEFINE(q6_k, KQ_QK, KQ_Q6K_BYTES, KQ_Q6K_BLOCK)
+KQ_DEFINE_MATMUL_GEMV(q6_k, KQ_Q6K_BYTES, 16)
+KQ_DEFINE(q5_0, 32, KQ_Q50_BYTES, KQ_Q50_BLOCK)
+KQ_DEFINE_MATMUL(q5_0)
+KQ_DEFINE(q5_1, 32, KQ_Q51_BYTES, KQ_Q51_BLOCK)
+KQ_DEFINE_MATMUL(q5_1)

@@ -1,9 +1,10 @@
-"""The K-quant kernels of kernels/quant_kquants.c (Q4_K, Q5_K, Q6_K: what Q4_K_M / Q5_K_M GGUF files
-hold) against the gguf package's numpy dequantization: random but valid blocks (every byte random,
-the f16 super-scales finite, subnormals and zero included), dequantized exactly as gguf does, and
-the matmul equal to "gguf dequantize, then a float matmul" for decode (m <= 4, weights dequantized
-in registers) and batch (m > 4, the tiled path) shapes. Each build is checked: the native one
-(AVX-512 here), x86-64-v3 (the AVX2 path) and x86-64 (the plain C fallback)."""
+"""The kernels of kernels/quant_kquants.c (Q4_K, Q5_K, Q6_K: what Q4_K_M / Q5_K_M GGUF files hold; and
+Q5_0, Q5_1, llama.cpp's fallback for rows that are no whole number of 256-weight blocks) against the
+gguf package's numpy dequantization: random but valid blocks (every byte random, the f16 scales
+finite, subnormals and zero included), dequantized exactly as gguf does, and the matmul equal to
+"gguf dequantize, then a float matmul" for decode (m <= 4, weights dequantized in registers) and
+batch (m > 4, the tiled path) shapes. Each build is checked: the native one (AVX-512 here),
+x86-64-v3 (the AVX2 path) and x86-64 (the plain C fallback)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from vllm_cli.kernels import cpu
 if cpu._compiler() is None:
     pytest.skip("no C compiler on this machine: the CPU kernels are not built", allow_module_level=True)
 
-# type -> (gguf type, bytes per 256-weight block, offsets of its f16 super-scales)
-KQUANTS = {
-    "q4_k": (GGMLQuantizationType.Q4_K, 144, (0, 2)),
-    "q5_k": (GGMLQuantizationType.Q5_K, 176, (0, 2)),
-    "q6_k": (GGMLQuantizationType.Q6_K, 210, (208,)),
+# type -> (gguf type, weights per block, bytes per block, offsets of its f16 scales)
+TYPES = {
+    "q4_k": (GGMLQuantizationType.Q4_K, 256, 144, (0, 2)),
+    "q5_k": (GGMLQuantizationType.Q5_K, 256, 176, (0, 2)),
+    "q6_k": (GGMLQuantizationType.Q6_K, 256, 210, (208,)),
+    "q5_0": (GGMLQuantizationType.Q5_0, 32, 22, (0,)),
+    "q5_1": (GGMLQuantizationType.Q5_1, 32, 24, (0, 2)),
 }
 X86 = platform.machine() in ("x86_64", "AMD64")
 BUILDS = ["native", *(["x86-64-v3", "x86-64"] if X86 else [])]
@@ -38,7 +41,7 @@ def library(build: str) -> ctypes.CDLL:
         lib = cpu.load() if build == "native" else cpu.load_variant(build)
         if lib is None:
             pytest.skip(f"the {build} build of the CPU kernels is not available")
-        for name in KQUANTS:
+        for name in TYPES:
             dequantize = getattr(lib, f"gguf_dequantize_{name}")
             dequantize.argtypes, dequantize.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64], None
             matmul = getattr(lib, f"gguf_matmul_{name}")
@@ -65,7 +68,7 @@ def rng(request):
 
 def random_blocks(name: str, count: int, rng: np.random.Generator) -> np.ndarray:
     """count valid blocks [count, block bytes]: random bytes, finite f16 super-scales."""
-    _, block_bytes, scale_offsets = KQUANTS[name]
+    _, _, block_bytes, scale_offsets = TYPES[name]
     blocks = rng.integers(0, 256, size=(count, block_bytes), dtype=np.uint8)
     for offset in scale_offsets:
         scales = (rng.standard_normal(count) * 0.02).astype(np.float16)
@@ -76,12 +79,12 @@ def random_blocks(name: str, count: int, rng: np.random.Generator) -> np.ndarray
 
 
 def gguf_dequantize(name: str, blocks: np.ndarray, rows: int) -> np.ndarray:
-    return quants.dequantize(blocks.reshape(rows, -1), KQUANTS[name][0]).astype(np.float32)
+    return quants.dequantize(blocks.reshape(rows, -1), TYPES[name][0]).astype(np.float32)
 
 
 def c_dequantize(lib: ctypes.CDLL, name: str, blocks: np.ndarray) -> np.ndarray:
     blocks = np.ascontiguousarray(blocks)
-    out = np.full(blocks.shape[0] * 256, np.nan, dtype=np.float32)
+    out = np.full(blocks.shape[0] * TYPES[name][1], np.nan, dtype=np.float32)
     getattr(lib, f"gguf_dequantize_{name}")(blocks.ctypes.data, out.ctypes.data, out.size)
     return out
 
@@ -94,28 +97,34 @@ def c_matmul(lib: ctypes.CDLL, name: str, x: np.ndarray, blocks: np.ndarray, n: 
 
 
 def test_block_sizes_match_gguf():
-    for gguf_type, block_bytes, _ in KQUANTS.values():
-        assert quants.GGML_QUANT_SIZES[gguf_type] == (256, block_bytes)
+    for gguf_type, block_elems, block_bytes, _ in TYPES.values():
+        assert quants.GGML_QUANT_SIZES[gguf_type] == (block_elems, block_bytes)
 
 
 @pytest.mark.parametrize("build", BUILDS)
-@pytest.mark.parametrize("name", list(KQUANTS))
+@pytest.mark.parametrize("name", list(TYPES))
 def test_dequantize_matches_gguf(name, build, rng):
     blocks = random_blocks(name, 300, rng)
-    expected = gguf_dequantize(name, blocks, 1).reshape(300, 256)
-    actual = c_dequantize(library(build), name, blocks).reshape(300, 256)
-    # Bit for bit, though the C code fuses multiply and add: Q4_K/Q5_K's d*sc*q (at most 11 + 6 + 5
-    # significant bits) is exact in float32, and Q6_K's q*ds - 32*ds is ds*(q - 32) before its one rounding.
+    expected = gguf_dequantize(name, blocks, 1).reshape(300, -1)
+    actual = c_dequantize(library(build), name, blocks).reshape(300, -1)
+    # Bit for bit, though the C code fuses multiply and add: d*sc*q (Q4_K/Q5_K: at most 11 + 6 + 5
+    # significant bits) and d*q (Q5_1) are exact in float32, and Q6_K's q*ds - 32*ds (Q5_0's
+    # q*d - 16*d) is ds*(q - 32) before its one rounding.
     np.testing.assert_array_equal(actual, expected)
 
 
+# 576 (SmolLM2's hidden size): rows of whole 32-weight blocks that are no whole number of 256-weight
+# spans, for the tiled path's last span
+SHAPES = [(name, k) for name in TYPES for k in (256, 1024, 576) if k % TYPES[name][1] == 0]
+
+
 @pytest.mark.parametrize("build", BUILDS)
-@pytest.mark.parametrize("name", list(KQUANTS))
+@pytest.mark.parametrize("name,k", SHAPES)
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 17])
-@pytest.mark.parametrize("k", [256, 1024])
-def test_matmul_matches_dequantize_then_float_matmul(name, build, m, k, rng):
+def test_matmul_matches_dequantize_then_float_matmul(name, k, build, m, rng):
+    block_elems = TYPES[name][1]
     n = int(rng.integers(1, 40)) * 2 + 1  # odd: the last row group of the tiled path is partial
-    blocks = random_blocks(name, n * k // 256, rng)
+    blocks = random_blocks(name, n * k // block_elems, rng)
     rng.shuffle(blocks)  # the special super-scales land on random rows
     weight = torch.from_numpy(gguf_dequantize(name, blocks, n))  # [n, k]
     x = rng.standard_normal((m, k), dtype=np.float32)
