@@ -1,13 +1,13 @@
-"""The K-quant matmul kernels (kernels/quant_kquants.c) against the machine's memory bandwidth, in one run.
+"""The GGUF matmul kernels of kernels/quant_kquants.c against the machine's memory bandwidth, in one run.
 
-m = 1 (decode) is bound by the weight bytes read: GB/s of Q4_K/Q5_K/Q6_K blocks read per second,
+m = 1 (decode) is bound by the weight bytes read: GB/s of Q4_K/Q5_K/Q6_K/Q5_0/Q5_1 blocks read per second,
 next to a plain copy (torch, all threads; bytes read + written) and a plain read (torch.sum) of a
 buffer far larger than the L3 cache. The weights are several copies of an n x k matrix (together
 well over L3) used in turn, so each call reads from DRAM as a model's layers do; "hot" repeats one
 copy (L3-resident when it fits). m = 8 and 32 (batched decode, short prefill) report GFLOP/s, next
 to torch's float32 matmul (MKL) on the dequantized weight, which reads 4 bytes a weight.
 
-    python benchmarks/quant_kernels.py [--n 4096] [--k 4096] [--seconds 1.0]
+    python benchmarks/quant_kernels.py [--n 4096] [--k 4096] [--threads 1,2] [--seconds 1.0]
 """
 
 from __future__ import annotations
@@ -23,9 +23,15 @@ import torch
 from gguf import GGMLQuantizationType, quants
 from vllm_cli.kernels import cpu
 
-# The quantized types' block bytes and the offsets of their f16 super-scales (ggml's layouts).
-TYPES = {"q4_k": (144, (0, 2)), "q5_k": (176, (0, 2)), "q6_k": (210, (208,))}
-GGUF_TYPES = {"q4_k": GGMLQuantizationType.Q4_K, "q5_k": GGMLQuantizationType.Q5_K, "q6_k": GGMLQuantizationType.Q6_K}
+# type -> (weights per block, bytes per block, offsets of its f16 scales): ggml's layouts
+TYPES = {
+    "q4_k": (256, 144, (0, 2)),
+    "q5_k": (256, 176, (0, 2)),
+    "q6_k": (256, 210, (208,)),
+    "q5_0": (32, 22, (0,)),
+    "q5_1": (32, 24, (0, 2)),
+}
+GGUF_TYPES = {name: GGMLQuantizationType[name.upper()] for name in TYPES}
 COPY_BYTES = 128 << 20  # the copy/read buffers: 4x a 32 MiB L3
 WEIGHT_BYTES = 512 << 20  # weight copies cycled through at m = 1
 
@@ -42,8 +48,8 @@ def cpu_name() -> str:
 
 
 def random_weight(name: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    block_bytes, scale_offsets = TYPES[name]
-    blocks = rng.integers(0, 256, size=(n * k // 256, block_bytes), dtype=np.uint8)
+    block_elems, block_bytes, scale_offsets = TYPES[name]
+    blocks = rng.integers(0, 256, size=(n * k // block_elems, block_bytes), dtype=np.uint8)
     for offset in scale_offsets:
         blocks[:, offset : offset + 2] = (
             (rng.random(len(blocks)) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)

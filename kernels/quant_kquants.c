@@ -1,23 +1,30 @@
-/* K-quant kernels for GGUF weights kept quantized in memory: Q4_K, Q5_K and Q6_K (what Q4_K_M and
- * Q5_K_M files are made of), byte for byte in ggml's block layouts (ggml-common.h):
+/* GGUF matmul kernels for weights kept quantized in memory: the K-quants Q4_K, Q5_K and Q6_K (what
+ * Q4_K_M and Q5_K_M files are made of) and Q5_0, Q5_1 (what llama.cpp falls back to in those files
+ * for rows that are no whole number of 256-weight blocks), byte for byte in ggml's block layouts
+ * (ggml-common.h):
  *   Q4_K, 144 bytes / 256 weights: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins (8 sub-blocks
  *         of 32), 128 bytes of nibbles; w = d*sc[j]*q - dmin*mn[j]
  *   Q5_K, 176 bytes: as Q4_K plus 32 bytes holding each weight's fifth bit (qh) before the nibbles
  *   Q6_K, 210 bytes: 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 int8 scales (sub-blocks
  *         of 16), f16 d; w = d*sc[j]*(q - 32)
+ *   Q5_0, 22 bytes / 32 weights: f16 d, 4 bytes of fifth bits, 16 of nibbles; w = d*(q - 16)
+ *   Q5_1, 24 bytes: f16 d, f16 m, then as Q5_0; w = d*q + m
  *
  *   gguf_dequantize_<type>(blocks, out, n_elements)
  *   gguf_matmul_<type>(x, m, k, w, n, y): y[m, n] = x[m, k] @ dequant(w)[n, k]^T, w row-major, n rows
- *         of k/256 blocks each
+ *         of k / (weights per block) blocks each
  *
  * Activations and sums stay float32 (activations are not quantized): the result is "dequantize,
- * then a float matmul" up to summation order. m <= 4 (decode): each weight chunk is dequantized in
- * registers (a few integer ops, a conversion and one FMA apply the scale and min) and multiplied
- * into every row's accumulators at once, so the weights stream from memory exactly once and
- * nothing is written back; at m = 1 this is bound by the weight bytes read. m > 4 (a batch, a
- * prefill chunk): per group of 4 weight rows and tile of up to 16 activation rows, each weight
- * block is dequantized once into a 4 KB buffer in L1, then a 2x4 register-blocked FMA kernel runs
- * over it. Rows of w (n) are spread over OpenMP threads (torch's libgomp, see cpu_ops.c).
+ * then a float matmul" up to summation order, and dequantize matches gguf/ggml bit for bit.
+ * m = 1 (decode), K-quants: per sub-block the raw quants are converted in registers and multiplied
+ * into x, the sum scaled once; the mins (and Q6_K's -32) come from per-call sums of x over each
+ * sub-block, so a weight costs a few integer ops, a conversion and one FMA, and the weights stream
+ * from memory once. m <= 4 (and Q5_0/Q5_1 at m = 1): each chunk is dequantized in registers (the
+ * scale and min in one FMA) and multiplied into every row's accumulators. m > 4 (a batch, a
+ * prefill chunk): per group of 4 weight rows and tile of up to 16 activation rows, each 256-weight
+ * span is dequantized once into a buffer in L1, then a 2x4 register-blocked FMA kernel runs over
+ * it. Rows of w (n) are spread over OpenMP threads (torch's libgomp, see cpu_ops.c), scheduled
+ * dynamically: on a shared machine a descheduled thread then delays only its own rows.
  *
  * One body per kernel, written on a small vector vocabulary (kq_vf / kq_vi and kq_* operations)
  * defined three times: AVX-512 (16 lanes), AVX2+FMA (8 lanes) and plain C (1 lane, the fallback
