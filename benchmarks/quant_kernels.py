@@ -1,11 +1,13 @@
 """The GGUF matmul kernels of kernels/quant_kquants.c against the machine's memory bandwidth, in one run.
 
 m = 1 (decode) is bound by the weight bytes read: GB/s of Q4_K/Q5_K/Q6_K/Q5_0/Q5_1 blocks read per second,
-next to a plain copy (torch, all threads; bytes read + written) and a plain read (torch.sum) of a
-buffer far larger than the L3 cache. The weights are several copies of an n x k matrix (together
+next to a plain copy (torch; bytes read + written) and a plain read (torch.sum) of 8 MiB slices of
+buffers far larger than the L3 cache. The weights are several copies of an n x k matrix (together
 well over L3) used in turn, so each call reads from DRAM as a model's layers do; "hot" repeats one
 copy (L3-resident when it fits). m = 8 and 32 (batched decode, short prefill) report GFLOP/s, next
-to torch's float32 matmul (MKL) on the dequantized weight, which reads 4 bytes a weight.
+to torch's float32 matmul on the dequantized weight, which reads 4 bytes a weight. Every figure is
+the fastest call; with one thread timed in CPU time (a call that loses its core to another process
+does not count the wait), with more in wall-clock time.
 
     python benchmarks/quant_kernels.py [--n 4096] [--k 4096] [--threads 1,2] [--seconds 1.0]
 """
@@ -32,8 +34,8 @@ TYPES = {
     "q5_1": (32, 24, (0, 2)),
 }
 GGUF_TYPES = {name: GGMLQuantizationType[name.upper()] for name in TYPES}
-COPY_BYTES = 128 << 20  # the copy/read buffers: 4x a 32 MiB L3
-WEIGHT_BYTES = 512 << 20  # weight copies cycled through at m = 1
+WEIGHT_BYTES = 512 << 20  # weight copies cycled through at m = 1, and the copy/read buffers
+SLICE_BYTES = 8 << 20  # bytes per copy/read call: about one 4096 x 4096 weight (Q4_K 9.4 MB)
 
 
 def cpu_name() -> str:
@@ -57,27 +59,28 @@ def random_weight(name: str, n: int, k: int, rng: np.random.Generator) -> np.nda
     return blocks.reshape(n, -1)
 
 
-def per_call(fn: Callable[[int], None], seconds: float) -> float:
-    """The fastest single call (fn(i): the i-th call) over `seconds`, at least 10 calls. The fastest,
-    not the median: on a shared machine most calls wait for a core, and the others' load is not the
-    kernel's speed."""
+def per_call(fn: Callable[[int], None], seconds: float, clock: Callable[[], float]) -> float:
+    """The fastest single call (fn(i): the i-th call) over `seconds`, at least 10 calls, by `clock`.
+    The fastest, not the median: on a shared machine most calls wait for a core, and the others'
+    load is not the kernel's speed."""
     fn(0)
     best, calls, start = float("inf"), 0, time.perf_counter()
     while calls < 10 or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn(calls)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
         calls += 1
     return best
 
 
-def memory_bandwidth(seconds: float) -> tuple[float, float]:
-    """GB/s of a torch copy (bytes read + written) and of a torch.sum (bytes read), far beyond L3."""
-    src = torch.ones(COPY_BYTES // 4)
-    dst = torch.empty_like(src)
-    copy_s = per_call(lambda i: dst.copy_(src), seconds)
-    read_s = per_call(lambda i: src.sum(), seconds)
-    return 2 * COPY_BYTES / copy_s / 1e9, COPY_BYTES / read_s / 1e9
+def memory_bandwidth(seconds: float, clock: Callable[[], float]) -> tuple[float, float]:
+    """GB/s of a torch copy (bytes read + written) and of a torch.sum (bytes read), timed as the
+    kernels are: the fastest call, each on the next SLICE_BYTES of buffers far beyond L3."""
+    src = torch.ones(WEIGHT_BYTES // 4).view(-1, SLICE_BYTES // 4)
+    dst = torch.empty(src.shape[0] // 2, src.shape[1])  # copy: half of the slices read, half written
+    copy_s = per_call(lambda i: dst[i % len(dst)].copy_(src[i % len(dst) + len(dst)]), seconds, clock)
+    read_s = per_call(lambda i: src[i % len(src)].sum(), seconds, clock)
+    return 2 * SLICE_BYTES / copy_s / 1e9, SLICE_BYTES / read_s / 1e9
 
 
 def bind(library: ctypes.CDLL, name: str) -> Callable[..., None]:
@@ -108,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--k", type=int, default=4096)
-    parser.add_argument("--threads", default=f"1,{torch.get_num_threads()}", help="thread counts for m = 1")
+    parser.add_argument("--threads", default=f"1,{torch.get_num_threads()}", help="thread counts to measure")
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
     args = parser.parse_args()
     n, k = args.n, args.k
@@ -124,14 +127,20 @@ def main() -> None:
     x1, y1 = torch.randn(1, k), torch.empty(1, n)
     for threads in sorted({int(t) for t in args.threads.split(",")}):
         torch.set_num_threads(threads)  # also the kernels' OpenMP threads: one libgomp
-        copy_gbs, read_gbs = memory_bandwidth(args.seconds)
-        print(f"{threads} thread(s): memory copy {copy_gbs:.1f} GB/s (read + write), read {read_gbs:.1f} GB/s")
+        # One thread: the process's CPU time (the calls run on this thread alone), which a call that
+        # loses its core to another process does not accrue; more threads: wall-clock time.
+        clock = time.process_time if threads == 1 else time.perf_counter
+        copy_gbs, read_gbs = memory_bandwidth(args.seconds, clock)
+        print(
+            f"{threads} thread(s), {'CPU time' if threads == 1 else 'wall clock'}:"
+            f" memory copy {copy_gbs:.1f} GB/s (read + write), read {read_gbs:.1f} GB/s"
+        )
         for name, weight in weights.items():
             matmul = bind(library, name)
             copies = [weight] + [weight.copy() for _ in range(max(1, WEIGHT_BYTES // weight.nbytes) - 1)]
-            cold = per_call(call(matmul, x1, copies, y1), args.seconds)
-            hot = per_call(call(matmul, x1, [weight], y1), args.seconds)
-            torch_s = per_call(torch_call(x1, dense[name]), args.seconds)
+            cold = per_call(call(matmul, x1, copies, y1), args.seconds, clock)
+            hot = per_call(call(matmul, x1, [weight], y1), args.seconds, clock)
+            torch_s = per_call(torch_call(x1, dense[name]), args.seconds, clock)
             gbs = weight.nbytes / cold / 1e9
             print(
                 f"  {name} m=1: {cold * 1e3:6.3f} ms, {gbs:5.1f} GB/s of weights ({gbs / read_gbs:4.0%} of read,"
@@ -139,16 +148,16 @@ def main() -> None:
                 f" torch fp32 GEMV on the dequantized weight {torch_s * 1e3:6.3f} ms ({torch_s / cold:.1f}x our time)"
             )
             del copies
-    for m in (8, 32):
-        x, y = torch.randn(m, k), torch.empty(m, n)
-        for name, weight in weights.items():
-            ours = per_call(call(bind(library, name), x, [weight], y), args.seconds)
-            theirs = per_call(torch_call(x, dense[name]), args.seconds)
-            flops = 2 * m * n * k
-            print(
-                f"{torch.get_num_threads()} thread(s): {name} m={m}: {flops / ours / 1e9:6.1f} GFLOP/s"
-                f" ({ours * 1e3:6.2f} ms); torch fp32 on the dequantized weight {flops / theirs / 1e9:6.1f} GFLOP/s"
-            )
+        for m in (8, 32):
+            x, y = torch.randn(m, k), torch.empty(m, n)
+            for name, weight in weights.items():
+                ours = per_call(call(bind(library, name), x, [weight], y), args.seconds, clock)
+                theirs = per_call(torch_call(x, dense[name]), args.seconds, clock)
+                flops = 2 * m * n * k
+                print(
+                    f"  {name} m={m}: {flops / ours / 1e9:6.1f} GFLOP/s"
+                    f" ({ours * 1e3:6.2f} ms); torch fp32 on the dequantized weight {flops / theirs / 1e9:6.1f} GFLOP/s"
+                )
 
 
 if __name__ == "__main__":
