@@ -255,6 +255,27 @@ KQ_INLINE void kq_q6_scales(const uint8_t *blk, float *ds, float *n32) {
  * Q5_1 (24 bytes: f16 d, f16 m, qh, nibbles; w = d*q + m). Weight j < 16 is the low nibble of
  * qs[j], weight 16 + j the high one; weight i's fifth bit is bit i of qh. Both round once, as gguf
  * does: d*q is exact, and -16*d is. */
+#if KQ_VLEN == 16
+/* AVX-512: the block's 32 possible weights as two 16-entry tables (d*q + add for q < 16 and >= 16,
+ * each one rounding, as gguf's), looked up by the nibbles (vpermps reads only an index's low 4
+ * bits: no masking, no conversion), the fifth bit choosing the table through a lane mask. */
+#define KQ_Q5_BLOCK(blk, EMIT, HAS_MIN)                                                                 \
+    do {                                                                                                \
+        const uint8_t *kq_b = (blk);                                                                    \
+        const float kq_d = kq_f16(kq_b);                                                                \
+        const __m512 kq_dv = _mm512_set1_ps(kq_d);                                                      \
+        const __m512 kq_add = _mm512_set1_ps((HAS_MIN) ? kq_f16(kq_b + 2) : -16.f * kq_d);              \
+        const __m512 kq_iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);    \
+        const __m512 kq_t0 = _mm512_fmadd_ps(kq_iota, kq_dv, kq_add);                                   \
+        const __m512 kq_t1 = _mm512_fmadd_ps(_mm512_add_ps(kq_iota, _mm512_set1_ps(16.f)), kq_dv, kq_add); \
+        uint32_t kq_qh;                                                                                 \
+        memcpy(&kq_qh, kq_b + ((HAS_MIN) ? 4 : 2), 4);                                                  \
+        const __m512i kq_q = kq_u8(kq_b + ((HAS_MIN) ? 8 : 6));                                         \
+        const __m512i kq_hi = kq_srli(kq_q, 4);                                                         \
+        EMIT(0, _mm512_mask_permutexvar_ps(_mm512_permutexvar_ps(kq_q, kq_t0), (__mmask16)kq_qh, kq_q, kq_t1), 0); \
+        EMIT(16, _mm512_mask_permutexvar_ps(_mm512_permutexvar_ps(kq_hi, kq_t0), (__mmask16)(kq_qh >> 16), kq_hi, kq_t1), 1); \
+    } while (0)
+#else
 #define KQ_Q5_BLOCK(blk, EMIT, HAS_MIN)                                                                 \
     do {                                                                                                \
         const uint8_t *kq_b = (blk);                                                                    \
@@ -271,6 +292,7 @@ KQ_INLINE void kq_q6_scales(const uint8_t *blk, float *ds, float *n32) {
             EMIT(16 + kq_l, kq_fma(kq_cvt(kq_hi), kq_dv, kq_add), 2 + ((kq_l / KQ_VLEN) & 1));           \
         }                                                                                               \
     } while (0)
+#endif
 #define KQ_Q50_BYTES 22
 #define KQ_Q51_BYTES 24
 #define KQ_Q50_BLOCK(blk, EMIT) KQ_Q5_BLOCK(blk, EMIT, 0)
