@@ -67,8 +67,8 @@ _vllm_cli_bench_latency() {
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
-        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM).]:kv-cache-memory:_files' \
-        '--gpu-memory-utilization[Share of GPU memory the engine may use.]:gpu-memory-utilization: ' \
+        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 Gi...]:kv-cache-memory:_files' \
+        '--gpu-memory-utilization[Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.]:gpu-memory-utilization: ' \
         '--max-num-seqs[Most sequences running at once.]:max-num-seqs: ' \
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
@@ -131,8 +131,8 @@ _vllm_cli_bench_throughput() {
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
-        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM).]:kv-cache-memory:_files' \
-        '--gpu-memory-utilization[Share of GPU memory the engine may use.]:gpu-memory-utilization: ' \
+        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 Gi...]:kv-cache-memory:_files' \
+        '--gpu-memory-utilization[Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.]:gpu-memory-utilization: ' \
         '--max-num-seqs[Most sequences running at once.]:max-num-seqs: ' \
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
@@ -181,8 +181,8 @@ _vllm_cli_chat() {
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
-        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM).]:kv-cache-memory:_files' \
-        '--gpu-memory-utilization[Share of GPU memory the engine may use.]:gpu-memory-utilization: ' \
+        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 Gi...]:kv-cache-memory:_files' \
+        '--gpu-memory-utilization[Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.]:gpu-memory-utilization: ' \
         '--max-num-seqs[Most sequences running at once.]:max-num-seqs: ' \
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
@@ -222,8 +222,8 @@ _vllm_cli_generate() {
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
-        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM).]:kv-cache-memory:_files' \
-        '--gpu-memory-utilization[Share of GPU memory the engine may use.]:gpu-memory-utilization: ' \
+        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 Gi...]:kv-cache-memory:_files' \
+        '--gpu-memory-utilization[Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.]:gpu-memory-utilization: ' \
         '--max-num-seqs[Most sequences running at once.]:max-num-seqs: ' \
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
@@ -268,8 +268,8 @@ _vllm_cli_serve() {
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
-        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM).]:kv-cache-memory:_files' \
-        '--gpu-memory-utilization[Share of GPU memory the engine may use.]:gpu-memory-utilization: ' \
+        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 Gi...]:kv-cache-memory:_files' \
+        '--gpu-memory-utilization[Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.]:gpu-memory-utilization: ' \
         '--max-num-seqs[Most sequences running at once.]:max-num-seqs: ' \
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \

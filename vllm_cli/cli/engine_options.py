@@ -62,8 +62,15 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     "seed": (int, "Random seed."),
     "max_model_len": (Optional[int], "Context length (default: the model's)."),
     "block_size": (int, "Tokens per KV-cache block."),
-    "kv_cache_memory": (Optional[str], "KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM)."),
-    "gpu_memory_utilization": (float, "Share of GPU memory the engine may use."),
+    "kv_cache_memory": (
+        Optional[str],
+        "KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 GiB or a third of "
+        "free RAM).",
+    ),
+    "gpu_memory_utilization": (
+        Optional[float],
+        "Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.",
+    ),
     "max_num_seqs": (int, "Most sequences running at once."),
     "max_num_batched_tokens": (Optional[int], "Token budget of one step (default 2048)."),
     "enable_prefix_caching": (bool, "Reuse the KV cache of shared prompt prefixes."),
