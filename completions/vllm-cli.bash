@@ -1,5 +1,5 @@
 # bash vllm-cli completion, generated from the Typer app by scripts/gen_completions.py: do not edit.
-# Install: source this file from ~/.bashrc, or copy it to ~/.local/share/bash-completion/completions/vllm-cli
+# Install: source this file from ~/.bashrc, or (with the bash-completion package) mkdir -p ~/.local/share/bash-completion/completions && cp vllm-cli.bash ~/.local/share/bash-completion/completions/vllm-cli
 
 _vllm_cli() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"

@@ -1,5 +1,5 @@
 # fish vllm-cli completion, generated from the Typer app by scripts/gen_completions.py: do not edit.
-# Install: copy it to ~/.config/fish/completions/vllm-cli.fish
+# Install: mkdir -p ~/.config/fish/completions && cp vllm-cli.fish ~/.config/fish/completions/
 
 # Which (sub)command the words so far name, e.g. bench/latency; an option's value is not one.
 function __vllm_cli_path

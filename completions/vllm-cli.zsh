@@ -1,6 +1,6 @@
 #compdef vllm-cli
 # zsh vllm-cli completion, generated from the Typer app by scripts/gen_completions.py: do not edit.
-# Install: copy it as _vllm-cli into a directory on $fpath (before compinit runs).
+# Install: mkdir -p ~/.zfunc && cp vllm-cli.zsh ~/.zfunc/_vllm-cli, then in ~/.zshrc before compinit (add `autoload -Uz compinit && compinit` if it has none): fpath=(~/.zfunc $fpath)
 
 _vllm_cli() {
     local curcontext=$curcontext state line ret=1

@@ -73,12 +73,8 @@ def _value(param: Any) -> tuple[list[str], bool]:
         return [str(v) for v in typing.get_args(annotation)], False
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return [str(m.value) for m in annotation], False
-    numeric = annotation in (int, float) or getattr(kind, "name", "") in (
-        "integer",
-        "float",
-        "integer range",
-        "float range",
-    )
+    numeric = annotation in (int, float) or getattr(kind, "name", "") in ("integer", "float", "integer range",
+                                                                          "float range")
     return [], not numeric
 
 
@@ -92,9 +88,8 @@ def describe(cmd: Any, path: list[str], help_names: list[str]) -> Command:
             has_args = True
         elif p.param_type_name == "option":
             names, flag = list(p.opts) + list(p.secondary_opts), bool(p.is_flag or p.count)
-            options.append(
-                Option(names, _help(p.help), False) if flag else Option(names, _help(p.help), True, *_value(p))
-            )
+            options.append(Option(names, _help(p.help), False) if flag
+                           else Option(names, _help(p.help), True, *_value(p)))
     # Subcommands inherit the group's help_option_names (-h, --help) through Click's context.
     help_names = (getattr(cmd, "context_settings", None) or {}).get("help_option_names") or help_names
     options.append(Option(list(help_names), "Show this message and exit.", False))
@@ -114,44 +109,38 @@ def load_app() -> Command:
 
 # ---------------------------------------------------------------- bash
 
-
 def _sq(text: str) -> str:
     """Single-quoted for any POSIX shell."""
     return "'" + text.replace("'", "'\\''") + "'"
 
 
 def bash(root: Command) -> str:
-    out = [
-        f"# bash {HEADER}.",
-        f"# Install: source this file from ~/.bashrc, or copy it to ~/.local/share/bash-completion/completions/{PROG}",
-        "",
-        "_vllm_cli() {",
-        '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"',
-        '    local path="" skip=0 i word',
-        "    # Which (sub)command the words so far name; an option's value is not a subcommand.",
-        "    for ((i = 1; i < COMP_CWORD; i++)); do",
-        '        word="${COMP_WORDS[i]}"',
-        "        if ((skip)); then skip=0; continue; fi",
-        '        case "$path:$word" in',
-    ]
+    out = [f"# bash {HEADER}.", f"# Install: source this file from ~/.bashrc, or (with the bash-completion package) "
+           f"mkdir -p ~/.local/share/bash-completion/completions && cp {PROG}.bash "
+           f"~/.local/share/bash-completion/completions/{PROG}", "",
+           "_vllm_cli() {",
+           '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"',
+           '    local path="" skip=0 i word',
+           "    # Which (sub)command the words so far name; an option's value is not a subcommand.",
+           "    for ((i = 1; i < COMP_CWORD; i++)); do",
+           '        word="${COMP_WORDS[i]}"',
+           "        if ((skip)); then skip=0; continue; fi",
+           '        case "$path:$word" in']
     for node in root.walk():
         for name, sub in node.commands.items():
-            out.append(f"            {_sq(node.key + ':' + name)}) path={_sq(sub.key)} ;;")
+            out.append(f'            {_sq(node.key + ":" + name)}) path={_sq(sub.key)} ;;')
         valued = [n for o in node.options if o.takes_value for n in o.names]
         if valued:
             out.append(f"            {'|'.join(_sq(f'{node.key}:{n}') for n in valued)}) skip=1 ;;")
-    out += [
-        "        esac",
-        "    done",
-        "    # The value of an option: its choices, file names (the shell's default), or nothing for a number.",
-        '    case "$path:$prev" in',
-    ]
+    out += ["        esac", "    done",
+            "    # The value of an option: its choices, file names (the shell's default), or nothing for a number.",
+            '    case "$path:$prev" in']
     for node in root.walk():
         for o in node.options:
             if o.choices:
                 arms = "|".join(_sq(f"{node.key}:{n}") for n in o.names)
                 words = _sq(" ".join(o.choices))
-                out.append(f'        {arms}) COMPREPLY=($(compgen -W {words} -- "$cur")); return ;;')
+                out.append(f"        {arms}) COMPREPLY=($(compgen -W {words} -- \"$cur\")); return ;;")
         files = [n for o in node.options if o.files for n in o.names]
         if files:
             out.append(f"        {'|'.join(_sq(f'{node.key}:{n}') for n in files)}) COMPREPLY=(); return ;;")
@@ -162,25 +151,21 @@ def bash(root: Command) -> str:
     out += ["    esac", '    local opts="" cmds=""', '    case "$path" in']
     for node in root.walk():
         opts = " ".join(n for o in node.options for n in o.names)
-        out.append(f"        {_sq(node.key)}) opts={_sq(opts)}; cmds={_sq(' '.join(node.commands))} ;;")
-    out += [
-        "    esac",
-        '    if [[ "$cur" == -* ]]; then',
-        '        COMPREPLY=($(compgen -W "$opts" -- "$cur"))',
-        '    elif [[ -n "$cmds" ]]; then',
-        '        COMPREPLY=($(compgen -W "$cmds" -- "$cur"))',
-        "    else",
-        "        COMPREPLY=()  # a positional (model path): file names, from -o default",
-        "    fi",
-        "}",
-        f"complete -o default -F _vllm_cli {PROG}",
-        "",
-    ]
+        out.append(f'        {_sq(node.key)}) opts={_sq(opts)}; cmds={_sq(" ".join(node.commands))} ;;')
+    out += ["    esac",
+            '    if [[ "$cur" == -* ]]; then',
+            '        COMPREPLY=($(compgen -W "$opts" -- "$cur"))',
+            '    elif [[ -n "$cmds" ]]; then',
+            '        COMPREPLY=($(compgen -W "$cmds" -- "$cur"))',
+            "    else",
+            "        COMPREPLY=()  # a positional (model path): file names, from -o default",
+            "    fi",
+            "}",
+            f"complete -o default -F _vllm_cli {PROG}", ""]
     return "\n".join(out)
 
 
 # ---------------------------------------------------------------- zsh
-
 
 def _zsh_desc(text: str) -> str:
     return text.replace("\\", "\\\\").replace("[", "(").replace("]", ")")
@@ -191,12 +176,9 @@ def _zsh_func(node: Command) -> str:
 
 
 def zsh(root: Command) -> str:
-    out = [
-        f"#compdef {PROG}",
-        f"# zsh {HEADER}.",
-        f"# Install: copy it as _{PROG} into a directory on $fpath (before compinit runs).",
-        "",
-    ]
+    out = [f"#compdef {PROG}", f"# zsh {HEADER}.",
+           f"# Install: mkdir -p ~/.zfunc && cp {PROG}.zsh ~/.zfunc/_{PROG}, then in ~/.zshrc before compinit "
+           "(add `autoload -Uz compinit && compinit` if it has none): fpath=(~/.zfunc $fpath)", ""]
     for node in root.walk():
         specs = []
         for o in node.options:
@@ -219,12 +201,10 @@ def zsh(root: Command) -> str:
         out += [f"        {s} \\" for s in specs[:-1]] + [last]
         if node.commands:
             described = " ".join(_sq(f"{name}:{sub.help}") for name, sub in node.commands.items())
-            out += [
-                "    case $state in",
-                f"        command) local -a commands=({described})",
-                "            _describe -t commands command commands && ret=0 ;;",
-                "        args) case $words[1] in",
-            ]
+            out += ["    case $state in",
+                    f"        command) local -a commands=({described})",
+                    "            _describe -t commands command commands && ret=0 ;;",
+                    "        args) case $words[1] in"]
             out += [f"            {name}) {_zsh_func(sub)} && ret=0 ;;" for name, sub in node.commands.items()]
             out += ["        esac ;;", "    esac", "    return ret"]
         out += ["}", ""]
@@ -234,59 +214,42 @@ def zsh(root: Command) -> str:
 
 # ---------------------------------------------------------------- fish
 
-
 def _fq(text: str) -> str:
     """Single-quoted for fish, where \\ and \\' are escapes inside the quotes."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def fish(root: Command) -> str:
-    out = [
-        f"# fish {HEADER}.",
-        f"# Install: copy it to ~/.config/fish/completions/{PROG}.fish",
-        "",
-        "# Which (sub)command the words so far name, e.g. bench/latency; an option's value is not one.",
-        "function __vllm_cli_path",
-        "    set -l path ''",
-        "    set -l skip 0",
-        "    set -l words (commandline -opc)",
-        "    set -e words[1]",
-        "    for word in $words",
-        "        if test $skip = 1",
-        "            set skip 0",
-        "            continue",
-        "        end",
-        '        switch "$path:$word"',
-    ]
+    out = [f"# fish {HEADER}.", f"# Install: mkdir -p ~/.config/fish/completions && cp {PROG}.fish ~/.config/fish/completions/", "",
+           "# Which (sub)command the words so far name, e.g. bench/latency; an option's value is not one.",
+           "function __vllm_cli_path",
+           "    set -l path ''",
+           "    set -l skip 0",
+           "    set -l words (commandline -opc)",
+           "    set -e words[1]",
+           "    for word in $words",
+           "        if test $skip = 1",
+           "            set skip 0",
+           "            continue",
+           "        end",
+           '        switch "$path:$word"']
     for node in root.walk():
         for name, sub in node.commands.items():
             out.append(f"            case {_fq(node.key + ':' + name)}\n                set path {_fq(sub.key)}")
         valued = [_fq(f"{node.key}:{n}") for o in node.options if o.takes_value for n in o.names]
         if valued:
             out.append(f"            case {' '.join(valued)}\n                set skip 1")
-    out += [
-        "        end",
-        "    end",
-        "    echo $path",
-        "end",
-        "",
-        "function __vllm_cli_at",
-        '    test (__vllm_cli_path) = "$argv[1]"',
-        "end",
-        "",
-        f"complete -c {PROG} -f",
-    ]
+    out += ["        end", "    end", "    echo $path", "end", "",
+            "function __vllm_cli_at", '    test (__vllm_cli_path) = "$argv[1]"', "end", "",
+            f"complete -c {PROG} -f"]
     for node in root.walk():
-        cond = f"-n \"__vllm_cli_at '{node.key}'\""
+        cond = f'-n "__vllm_cli_at \'{node.key}\'"'
         for name, sub in node.commands.items():
             out.append(f"complete -c {PROG} {cond} -a {name} -d {_fq(sub.help)}")
         for o in node.options:
             names = " ".join(f"-l {n[2:]}" if n.startswith("--") else f"-s {n[1:]}" for n in o.names)
-            value = (
-                (f" -x -a {_fq(' '.join(o.choices))}" if o.choices else " -r -F" if o.files else " -x")
-                if o.takes_value
-                else ""
-            )
+            value = (f" -x -a {_fq(' '.join(o.choices))}" if o.choices else " -r -F" if o.files else " -x"
+                     ) if o.takes_value else ""
             out.append(f"complete -c {PROG} {cond} {names}{value} -d {_fq(o.help)}")
         if node.has_args and not node.commands:
             out.append(f"complete -c {PROG} {cond} -F")
