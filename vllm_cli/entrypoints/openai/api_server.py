@@ -449,9 +449,7 @@ async def run_server(
     parsers.resolve()  # a bad parser name fails before the model loads
     ensure_port_free(host, port)  # a busy port too: not after a minute of loading
     logger.info(
-        "Loading %s; the server listens on port %d once it is loaded and warmed up",
-        engine_args.model or "the default model",
-        port,
+        "Loading %s; the server listens once it is loaded and warmed up", engine_args.model or "the default model"
     )
     async_engine = AsyncEngine.from_engine_args(engine_args)
     try:
