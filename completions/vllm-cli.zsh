@@ -1,6 +1,6 @@
 #compdef vllm-cli
 # zsh vllm-cli completion, generated from the Typer app by scripts/gen_completions.py: do not edit.
-# Install: copy it as _vllm-cli into a directory on $fpath (before compinit runs).
+# Install: mkdir -p ~/.zfunc && cp vllm-cli.zsh ~/.zfunc/_vllm-cli, then in ~/.zshrc before compinit (add `autoload -Uz compinit && compinit` if it has none): fpath=(~/.zfunc $fpath)
 
 _vllm_cli() {
     local curcontext=$curcontext state line ret=1
@@ -53,21 +53,22 @@ _vllm_cli_bench_latency() {
         '--num-iters-warmup[Untimed iterations first.]:num-iters-warmup: ' \
         '--num-iters[Timed iterations.]:num-iters: ' \
         '--output-json[Write the results as JSON to this file.]:output-json:_files' \
+        '--model[The same as the MODEL argument (vLLM'\''s flag).]:model:_files' \
         '--tokenizer[Tokenizer dir or hub id (default: the model'\''s own).]:tokenizer:_files' \
         '--revision[Model revision (branch, tag or commit) on the hub.]:revision:_files' \
         '--trust-remote-code[Allow configs/tokenizers that need remote code.]' \
         '--no-trust-remote-code[Allow configs/tokenizers that need remote code.]' \
-        '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
-        '--device[auto | cpu | cuda.]:device:_files' \
-        '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
-        '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
-        '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
-        '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
+        '--dtype[auto: float32 on CPU, the checkpoint'\''s 16-bit type on CUDA.]:dtype:(auto float32 bfloat16 float16)' \
+        '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
+        '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
+        '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
+        '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
+        '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
-        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM).]:kv-cache-memory:_files' \
-        '--gpu-memory-utilization[Share of GPU memory the engine may use.]:gpu-memory-utilization: ' \
+        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 Gi...]:kv-cache-memory:_files' \
+        '--gpu-memory-utilization[Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.]:gpu-memory-utilization: ' \
         '--max-num-seqs[Most sequences running at once.]:max-num-seqs: ' \
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
@@ -116,21 +117,22 @@ _vllm_cli_bench_throughput() {
         '--baseline[Also run the same prompts through '\''transformers'\'' (its generate, static batches) and pri...]:baseline:_files' \
         '--baseline-batch-size[Static batch size of the baseline (default: --max-num-seqs or all).]:baseline-batch-size: ' \
         '--output-json[Write the results as JSON to this file.]:output-json:_files' \
+        '--model[The same as the MODEL argument (vLLM'\''s flag).]:model:_files' \
         '--tokenizer[Tokenizer dir or hub id (default: the model'\''s own).]:tokenizer:_files' \
         '--revision[Model revision (branch, tag or commit) on the hub.]:revision:_files' \
         '--trust-remote-code[Allow configs/tokenizers that need remote code.]' \
         '--no-trust-remote-code[Allow configs/tokenizers that need remote code.]' \
-        '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
-        '--device[auto | cpu | cuda.]:device:_files' \
-        '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
-        '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
-        '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
-        '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
+        '--dtype[auto: float32 on CPU, the checkpoint'\''s 16-bit type on CUDA.]:dtype:(auto float32 bfloat16 float16)' \
+        '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
+        '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
+        '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
+        '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
+        '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
-        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM).]:kv-cache-memory:_files' \
-        '--gpu-memory-utilization[Share of GPU memory the engine may use.]:gpu-memory-utilization: ' \
+        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 Gi...]:kv-cache-memory:_files' \
+        '--gpu-memory-utilization[Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.]:gpu-memory-utilization: ' \
         '--max-num-seqs[Most sequences running at once.]:max-num-seqs: ' \
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
@@ -158,28 +160,29 @@ _vllm_cli_chat() {
         '--stats[Print tokens and tokens/s after each reply (on stderr).]' \
         '--no-stats[Print tokens and tokens/s after each reply (on stderr).]' \
         '--chat-template[Jinja chat template (a file or inline); default: the tokenizer'\''s, else ChatML.]:chat-template:_files' \
-        '--log-level[debug | info | warning | error | critical (default: warning, so that the chat stays rea...]:log-level:_files' \
+        '--log-level[Log level (default: warning, so that the chat stays readable).]:log-level:(debug info warning error critical)' \
         '--url[Chat with an OpenAI-compatible server instead, e.g. http://localhost:8000/v1.]:url:_files' \
         '--api-key[The server'\''s API key.]:api-key:_files' \
         '--model-name[The served model to use (default: the first the server lists).]:model-name:_files' \
         '--temperature[0 = greedy.]:temperature: ' \
         '--top-p[]:top-p: ' \
         '--max-tokens[Longest reply (default: up to the end of the context).]:max-tokens: ' \
+        '--model[The same as the MODEL argument (vLLM'\''s flag).]:model:_files' \
         '--tokenizer[Tokenizer dir or hub id (default: the model'\''s own).]:tokenizer:_files' \
         '--revision[Model revision (branch, tag or commit) on the hub.]:revision:_files' \
         '--trust-remote-code[Allow configs/tokenizers that need remote code.]' \
         '--no-trust-remote-code[Allow configs/tokenizers that need remote code.]' \
-        '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
-        '--device[auto | cpu | cuda.]:device:_files' \
-        '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
-        '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
-        '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
-        '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
+        '--dtype[auto: float32 on CPU, the checkpoint'\''s 16-bit type on CUDA.]:dtype:(auto float32 bfloat16 float16)' \
+        '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
+        '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
+        '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
+        '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
+        '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
-        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM).]:kv-cache-memory:_files' \
-        '--gpu-memory-utilization[Share of GPU memory the engine may use.]:gpu-memory-utilization: ' \
+        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 Gi...]:kv-cache-memory:_files' \
+        '--gpu-memory-utilization[Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.]:gpu-memory-utilization: ' \
         '--max-num-seqs[Most sequences running at once.]:max-num-seqs: ' \
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
@@ -205,21 +208,22 @@ _vllm_cli_generate() {
         '--max-tokens[Tokens to generate per prompt.]:max-tokens: ' \
         '--temperature[0 = greedy.]:temperature: ' \
         '--top-p[]:top-p: ' \
+        '--model[The same as the MODEL argument (vLLM'\''s flag).]:model:_files' \
         '--tokenizer[Tokenizer dir or hub id (default: the model'\''s own).]:tokenizer:_files' \
         '--revision[Model revision (branch, tag or commit) on the hub.]:revision:_files' \
         '--trust-remote-code[Allow configs/tokenizers that need remote code.]' \
         '--no-trust-remote-code[Allow configs/tokenizers that need remote code.]' \
-        '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
-        '--device[auto | cpu | cuda.]:device:_files' \
-        '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
-        '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
-        '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
-        '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
+        '--dtype[auto: float32 on CPU, the checkpoint'\''s 16-bit type on CUDA.]:dtype:(auto float32 bfloat16 float16)' \
+        '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
+        '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
+        '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
+        '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
+        '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
-        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM).]:kv-cache-memory:_files' \
-        '--gpu-memory-utilization[Share of GPU memory the engine may use.]:gpu-memory-utilization: ' \
+        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 Gi...]:kv-cache-memory:_files' \
+        '--gpu-memory-utilization[Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.]:gpu-memory-utilization: ' \
         '--max-num-seqs[Most sequences running at once.]:max-num-seqs: ' \
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
@@ -244,27 +248,28 @@ _vllm_cli_serve() {
         '--api-key[Require `Authorization: Bearer KEY` (all paths but /health, /metrics, /version).]:api-key:_files' \
         '--chat-template[Jinja chat template (a file or inline); default: the tokenizer'\''s, else ChatML.]:chat-template:_files' \
         '--allowed-origins[CORS origins allowed to call the API: '\''*'\'', a list like '\''("https://a.example")'\'' or comma...]:allowed-origins:_files' \
-        '--log-level[debug | info | warning | error | critical.]:log-level:_files' \
+        '--log-level[Server log level.]:log-level:(debug info warning error critical)' \
         '--shutdown-timeout[On SIGINT/SIGTERM, seconds in-flight requests get to finish before they are aborted.]:shutdown-timeout: ' \
         '--enable-auto-tool-choice[Serve tool_choice '\''auto'\'' (and tools without tool_choice) by parsing calls out of the mo...]' \
         '--tool-call-parser[How the model writes tool calls: hermes, llama3_json, mistral, pythonic, or one a --too...]:tool-call-parser:_files' \
         '--tool-parser-plugin[A Python file that registers a tool parser (ToolParserManager.register_module).]:tool-parser-plugin:_files' \
         '--reasoning-parser[Split the model'\''s thinking into reasoning_content: deepseek_r1, qwen3.]:reasoning-parser:_files' \
+        '--model[The same as the MODEL argument (vLLM'\''s flag).]:model:_files' \
         '--tokenizer[Tokenizer dir or hub id (default: the model'\''s own).]:tokenizer:_files' \
         '--revision[Model revision (branch, tag or commit) on the hub.]:revision:_files' \
         '--trust-remote-code[Allow configs/tokenizers that need remote code.]' \
         '--no-trust-remote-code[Allow configs/tokenizers that need remote code.]' \
-        '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
-        '--device[auto | cpu | cuda.]:device:_files' \
-        '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
-        '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
-        '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
-        '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
+        '--dtype[auto: float32 on CPU, the checkpoint'\''s 16-bit type on CUDA.]:dtype:(auto float32 bfloat16 float16)' \
+        '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
+        '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
+        '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
+        '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
+        '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
-        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM).]:kv-cache-memory:_files' \
-        '--gpu-memory-utilization[Share of GPU memory the engine may use.]:gpu-memory-utilization: ' \
+        '--kv-cache-memory[KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 Gi...]:kv-cache-memory:_files' \
+        '--gpu-memory-utilization[Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.]:gpu-memory-utilization: ' \
         '--max-num-seqs[Most sequences running at once.]:max-num-seqs: ' \
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \

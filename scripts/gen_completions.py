@@ -67,8 +67,10 @@ def _value(param: Any) -> tuple[list[str], bool]:
         return [str(c) for c in choices], False
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    while args:  # Optional[int], list[str]: the item type
+    while args and typing.get_origin(annotation) is not typing.Literal:  # Optional[int], list[str]: the item
         annotation, args = args[0], [a for a in typing.get_args(args[0]) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:  # Literal["auto", "cpu", ...]: a fixed set of values
+        return [str(v) for v in typing.get_args(annotation)], False
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return [str(m.value) for m in annotation], False
     numeric = annotation in (int, float) or getattr(kind, "name", "") in ("integer", "float", "integer range",
@@ -113,7 +115,8 @@ def _sq(text: str) -> str:
 
 
 def bash(root: Command) -> str:
-    out = [f"# bash {HEADER}.", f"# Install: source this file from ~/.bashrc, or copy it to "
+    out = [f"# bash {HEADER}.", f"# Install: source this file from ~/.bashrc, or (with the bash-completion package) "
+           f"mkdir -p ~/.local/share/bash-completion/completions && cp {PROG}.bash "
            f"~/.local/share/bash-completion/completions/{PROG}", "",
            "_vllm_cli() {",
            '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"',
@@ -174,7 +177,8 @@ def _zsh_func(node: Command) -> str:
 
 def zsh(root: Command) -> str:
     out = [f"#compdef {PROG}", f"# zsh {HEADER}.",
-           f"# Install: copy it as _{PROG} into a directory on $fpath (before compinit runs).", ""]
+           f"# Install: mkdir -p ~/.zfunc && cp {PROG}.zsh ~/.zfunc/_{PROG}, then in ~/.zshrc before compinit "
+           "(add `autoload -Uz compinit && compinit` if it has none): fpath=(~/.zfunc $fpath)", ""]
     for node in root.walk():
         specs = []
         for o in node.options:
@@ -216,7 +220,7 @@ def _fq(text: str) -> str:
 
 
 def fish(root: Command) -> str:
-    out = [f"# fish {HEADER}.", f"# Install: copy it to ~/.config/fish/completions/{PROG}.fish", "",
+    out = [f"# fish {HEADER}.", f"# Install: mkdir -p ~/.config/fish/completions && cp {PROG}.fish ~/.config/fish/completions/", "",
            "# Which (sub)command the words so far name, e.g. bench/latency; an option's value is not one.",
            "function __vllm_cli_path",
            "    set -l path ''",

@@ -129,11 +129,13 @@ class ServerProcess:
             raise
 
 
-def launch_server(model: str, log: Path, *args: str, env: dict | None = None,
-                  kv_cache_memory: str = "256MiB", timeout: float = 180) -> ServerProcess:
+def launch_server(model: str | None, log: Path, *args: str, env: dict | None = None,
+                  kv_cache_memory: str | None = "256MiB", timeout: float = 180) -> ServerProcess:
+    """model None: the default model, or one the args name (--model). kv_cache_memory None: the
+    server's own default budget."""
     repo = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "vllm_cli.cli.main", "serve", model, "--host", "127.0.0.1", "--port", "0",
-           "--kv-cache-memory", kv_cache_memory, *args]
+    cmd = [sys.executable, "-m", "vllm_cli.cli.main", "serve", *([model] if model else []), "--host", "127.0.0.1",
+           "--port", "0", *(["--kv-cache-memory", kv_cache_memory] if kv_cache_memory else []), *args]
     pythonpath = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath, **(env or {})}
     with open(log, "wb") as out:

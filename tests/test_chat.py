@@ -464,6 +464,18 @@ def test_url_mode_named_model_and_wrong_key(server_url, tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_url_mode_without_v1_and_vllm_model_flag(server_url, tmp_path):
+    """A vLLM user's habits: the server's URL without /v1, the model as --model."""
+    proxy = RecordingProxy(server_url)
+    try:
+        out = _chat(tmp_path, "--url", proxy.url.removesuffix("/v1"), "--model", "tiny-b", "-q", "hi",
+                    "--max-tokens", "2", env={"VLLM_API_KEY": API_KEY}, timeout=60)
+    finally:
+        proxy.close()
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    assert [b["model"] for b in proxy.bodies] == ["tiny-b"]
+
+
 def test_url_mode_unreachable_server_is_one_line_and_imports_no_engine(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,6 +17,9 @@ def cache_home() -> str:
     return os.path.abspath(os.path.join(os.path.expanduser(base), "vllm-cli"))
 
 
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+CPU_KV_CACHE_SPACE_ENV = "VLLM_CPU_KVCACHE_SPACE"  # vLLM CPU's KV-cache budget, in GiB
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 LOAD_FORMATS = ("auto", "dummy")
@@ -39,8 +42,11 @@ class EngineArgs:
     seed: int = 0
     max_model_len: int | None = None  # None: the model's own context length
     block_size: int = 16
-    kv_cache_memory: int | str | None = None  # bytes or "4GiB"; CPU pool size (None: a share of free RAM)
-    gpu_memory_utilization: float = 0.9
+    # The KV pool's budget. CPU: kv_cache_memory (bytes or "4GiB"), else $VLLM_CPU_KVCACHE_SPACE (GiB,
+    # vLLM CPU's variable), else 4 GiB or a third of free RAM. CUDA: the share gpu_memory_utilization
+    # (None: 0.9) of the GPU's memory. Resolved in one place: Worker.determine_num_kv_blocks.
+    kv_cache_memory: int | str | None = None
+    gpu_memory_utilization: float | None = None
     num_kv_blocks: int | None = None  # explicit pool size, overrides the memory budgets (tests)
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None  # None: chosen from max_model_len
@@ -89,7 +95,7 @@ class EngineArgs:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+        if self.gpu_memory_utilization is not None and not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.kv_cache_memory is not None:
             self.kv_cache_memory = parse_bytes(self.kv_cache_memory)

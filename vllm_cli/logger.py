@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")  # --log-level
 _FORMAT = "%(levelname)s %(asctime)s [%(name)s] %(message)s"
 _configured = False
 

@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from vllm_cli.cli.engine_options import with_engine_options
 from vllm_cli.cli.errors import user_errors
+from vllm_cli.cli.help import SectionedHelpCommand
 from vllm_cli.config import EngineArgs
 
 if TYPE_CHECKING:
@@ -37,7 +38,9 @@ class _ThroughputByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-bench_app = typer.Typer(cls=_ThroughputByDefault, help="Benchmark throughput (the default), latency or a server.")
+bench_app = typer.Typer(
+    cls=_ThroughputByDefault, rich_markup_mode=None, help="Benchmark throughput (the default), latency or a server."
+)
 
 NumPrompts = Annotated[int, typer.Option(min=1, help="Number of requests.", rich_help_panel=_WORKLOAD)]
 InputLen = Annotated[int, typer.Option(min=1, help="Random prompt length in tokens.", rich_help_panel=_WORKLOAD)]
@@ -79,11 +82,11 @@ def _settings(engine_args: EngineArgs, bench: EngineBench, **workload: object) -
     }
 
 
-@bench_app.command()
+@bench_app.command(cls=SectionedHelpCommand)
 @with_engine_options()
 def throughput(
     *,
-    model: Annotated[str | None, typer.Argument(help=_MODEL_HELP)] = None,
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help=_MODEL_HELP)] = None,
     num_prompts: NumPrompts = 32,
     input_len: InputLen = 64,
     output_len: OutputLen = None,
@@ -156,11 +159,11 @@ def throughput(
         report.write_json(output_json, result)
 
 
-@bench_app.command()
+@bench_app.command(cls=SectionedHelpCommand)
 @with_engine_options()
 def latency(
     *,
-    model: Annotated[str | None, typer.Argument(help=_MODEL_HELP)] = None,
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help=_MODEL_HELP)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests in the batch.", rich_help_panel=_WORKLOAD)] = 8,
     input_len: InputLen = 32,
     output_len: Annotated[
@@ -214,7 +217,7 @@ def latency(
         report.write_json(output_json, result)
 
 
-@bench_app.command()
+@bench_app.command(cls=SectionedHelpCommand)
 def serve(
     url: Annotated[str, typer.Option(help="The server's base URL.")] = "http://127.0.0.1:8000",
     endpoint: Annotated[str, typer.Option(help="/v1/completions or /v1/chat/completions.")] = "/v1/completions",

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vllm_cli.cli.engine_options import with_engine_options
+from vllm_cli.cli.engine_options import choices, with_engine_options
 from vllm_cli.cli.errors import one_line, user_errors
+from vllm_cli.cli.help import SectionedHelpCommand
 from vllm_cli.config import EngineArgs
-from vllm_cli.logger import set_log_level
+from vllm_cli.logger import LOG_LEVELS, set_log_level
 
 if TYPE_CHECKING:
     from vllm_cli.cli.chat_backends import Backend
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 _CHAT = "Chat options"
 _REMOTE = "Remote server (--url)"
 _SAMPLING = "Sampling (change later with /params)"
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @with_engine_options()
@@ -34,8 +34,9 @@ def chat(
     model: Annotated[
         str | None,
         typer.Argument(
+            metavar="MODEL",
             help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct). With --url: the served "
-            "model's name."
+            "model's name.",
         ),
     ] = None,
     system: Annotated[
@@ -75,9 +76,11 @@ def chat(
         ),
     ] = None,
     log_level: Annotated[
-        str | None,
+        choices(LOG_LEVELS) | None,  # type: ignore[valid-type]
         typer.Option(
-            help=" | ".join(_LOG_LEVELS) + " (default: warning, so that the chat stays readable).",
+            case_sensitive=False,
+            show_default=False,
+            help="Log level (default: warning, so that the chat stays readable).",
             rich_help_panel=_CHAT,
         ),
     ] = None,
@@ -113,8 +116,6 @@ def chat(
 
     Piped stdin: each line is a message and only the replies reach stdout.
     """
-    if log_level is not None and log_level.lower() not in _LOG_LEVELS:
-        raise typer.BadParameter(f"must be one of {', '.join(_LOG_LEVELS)}", param_hint="--log-level")
     with user_errors():
         # asyncio and what the chat needs (SamplingParams here; prompt_toolkit, the engine or openai in
         # _main) load when the command runs, so that --help and shell completion stay instant.
@@ -193,4 +194,4 @@ async def _main(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("chat")(chat)
+    app.command("chat", cls=SectionedHelpCommand)(chat)

@@ -104,18 +104,26 @@ class OpenAIBackend:
     @classmethod
     async def connect(cls, url: str, api_key: str | None, model: str | None) -> OpenAIBackend:
         """Reach the server once up front, so that a wrong URL or key fails before the first
-        message; pick its first model when none is named."""
+        message; pick its first model when none is named. The URL may omit the /v1 that
+        OpenAI-compatible servers put their API under (http://localhost:8000 works)."""
         import openai  # an optional dependency (the engine backend needs none of it), and ~1 s to import
 
-        # No retries: an unreachable server should say so at once, not after back-offs.
-        client = openai.AsyncOpenAI(base_url=url, api_key=api_key or "EMPTY", max_retries=0)
-        try:
-            models = [m.id async for m in client.models.list()]
-        except openai.NotFoundError:
-            models = []  # some servers have no /models; fine when a model is named
-        except openai.OpenAIError as e:
-            await client.close()
-            raise _error(e, url) from None
+        url = url.rstrip("/")
+        candidates = [url] if url.endswith("/v1") else [url, url + "/v1"]
+        for base in candidates:
+            # No retries: an unreachable server should say so at once, not after back-offs.
+            client = openai.AsyncOpenAI(base_url=base, api_key=api_key or "EMPTY", max_retries=0)
+            try:
+                models = [m.id async for m in client.models.list()]
+                break
+            except openai.NotFoundError:
+                models = []  # no /models here: maybe under /v1; else fine when a model is named
+                if base != candidates[-1]:
+                    await client.close()
+            except openai.OpenAIError as e:
+                await client.close()
+                raise _error(e, base) from None
+        url = base
         if model is None:
             if not models:
                 await client.close()

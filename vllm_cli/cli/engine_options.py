@@ -12,43 +12,65 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from vllm_cli.config import EngineArgs
+from vllm_cli.config import (
+    ATTENTION_BACKENDS,
+    DEVICES,
+    DTYPES,
+    LOAD_FORMATS,
+    MODEL_IMPLS,
+    STRUCTURED_OUTPUTS_BACKENDS,
+    EngineArgs,
+)
 
 _PANEL = "Engine options"
+
+
+def choices(values: tuple[str, ...]) -> object:
+    """The annotation of an option whose value is one of `values`: Typer makes it a Click Choice
+    (checked, shown as <a|b|c> in --help, offered by the shell completions)."""
+    return Literal.__getitem__(values)  # Literal[values]: values are only known at run time
+
 
 # name -> (annotation, help)
 _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     "tokenizer": (Optional[str], "Tokenizer dir or hub id (default: the model's own)."),
     "revision": (Optional[str], "Model revision (branch, tag or commit) on the hub."),
     "trust_remote_code": (bool, "Allow configs/tokenizers that need remote code."),
-    "dtype": (str, "auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint's 16-bit type on CUDA)."),
-    "device": (str, "auto | cpu | cuda."),
-    "load_format": (str, "auto | dummy (random weights from config.json alone, for benchmarks)."),
+    "dtype": (
+        choices(DTYPES),
+        "auto: float32 on CPU, the checkpoint's 16-bit type on CUDA.",
+    ),
+    "device": (choices(DEVICES), "Where the model runs (auto: cuda when there is a GPU)."),
+    "load_format": (choices(LOAD_FORMATS), "dummy: random weights from config.json alone, for benchmarks."),
     "model_impl": (
-        str,
-        "auto | native | transformers (auto: our implementation if there is one, else "
-        "transformers' modeling code on the paged KV cache).",
+        choices(MODEL_IMPLS),
+        "auto: our implementation if there is one, else transformers' modeling code on the paged KV cache.",
     ),
     "attention_backend": (
-        str,
-        "auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable "
-        "if set, else torch; triton kernels are opt-in until verified on a GPU, and need "
-        "TRITON_INTERPRET=1 on CPU).",
+        choices(ATTENTION_BACKENDS),
+        "auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton kernels are "
+        "opt-in until verified on a GPU, and need TRITON_INTERPRET=1 on CPU.",
     ),
     "structured_outputs_backend": (
-        str,
-        "auto | xgrammar | guidance: the constrained-decoding backend (auto: "
-        "xgrammar, llguidance for what xgrammar cannot compile).",
+        choices(STRUCTURED_OUTPUTS_BACKENDS),
+        "The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot compile).",
     ),
     "seed": (int, "Random seed."),
     "max_model_len": (Optional[int], "Context length (default: the model's)."),
     "block_size": (int, "Tokens per KV-cache block."),
-    "kv_cache_memory": (Optional[str], "KV-cache size on CPU, e.g. 4GiB (default: 4 GiB or a third of free RAM)."),
-    "gpu_memory_utilization": (float, "Share of GPU memory the engine may use."),
+    "kv_cache_memory": (
+        Optional[str],
+        "KV-cache size on CPU, e.g. 4GiB (default: $VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 GiB or a third of "
+        "free RAM).",
+    ),
+    "gpu_memory_utilization": (
+        Optional[float],
+        "Share of GPU memory the engine may use (default 0.9); on CPU, see --kv-cache-memory.",
+    ),
     "max_num_seqs": (int, "Most sequences running at once."),
     "max_num_batched_tokens": (Optional[int], "Token budget of one step (default 2048)."),
     "enable_prefix_caching": (bool, "Reuse the KV cache of shared prompt prefixes."),
@@ -75,8 +97,32 @@ def _option(name: str, annotation: object, help_text: str) -> inspect.Parameter:
     )
 
 
+# vLLM's `--model NAME`, beside the positional MODEL, so a vLLM command line works unchanged.
+_MODEL_FLAG = inspect.Parameter(
+    "model_flag",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", metavar="MODEL", show_default=False, help="The same as the MODEL argument (vLLM's flag)."
+        ),
+    ],
+)
+
+
+def resolve_model(positional: str | None, flag: str | None) -> str | None:
+    """MODEL or --model; both naming different models is a usage error."""
+    if positional is not None and flag is not None and positional != flag:
+        raise typer.BadParameter(
+            f"MODEL ({positional!r}) and --model ({flag!r}) name different models: give one", param_hint="--model"
+        )
+    return positional if positional is not None else flag
+
+
 def with_engine_options(*exclude: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a command taking `model` and `engine_args`; `exclude` drops flags it sets itself."""
+    """Decorate a command taking `model` and `engine_args`; `exclude` drops flags it sets itself.
+    A command whose `model` is a positional argument also gets vLLM's `--model` for it."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(func)
@@ -90,10 +136,14 @@ def with_engine_options(*exclude: str) -> Callable[[Callable[..., Any]], Callabl
             _option(n, a, h) for n, (a, h) in _ENGINE_OPTIONS.items() if n not in exclude and n not in sig.parameters
         ]
         added_names = [p.name for p in added]
+        if "model" in sig.parameters:
+            own.append(_MODEL_FLAG)
 
         @functools.wraps(func)
         def wrapper(**kwargs: Any) -> Any:
             values = {n: kwargs.pop(n) for n in added_names}
+            if "model_flag" in kwargs:
+                kwargs["model"] = resolve_model(kwargs.get("model"), kwargs.pop("model_flag"))
             try:
                 engine_args = EngineArgs(model=kwargs.get("model"), **values)
             except ValueError as e:

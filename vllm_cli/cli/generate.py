@@ -9,6 +9,7 @@ import typer
 
 from vllm_cli.cli.engine_options import with_engine_options
 from vllm_cli.cli.errors import user_errors
+from vllm_cli.cli.help import SectionedHelpCommand
 from vllm_cli.config import EngineArgs
 
 
@@ -16,7 +17,10 @@ from vllm_cli.config import EngineArgs
 def generate(
     *,
     model: Annotated[
-        str | None, typer.Argument(help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")
+        str | None,
+        typer.Argument(
+            metavar="MODEL", help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct)."
+        ),
     ] = None,
     prompt: Annotated[
         list[str] | None,
@@ -52,4 +56,4 @@ def generate(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("generate")(generate)
+    app.command("generate", cls=SectionedHelpCommand)(generate)

@@ -15,6 +15,7 @@ app = typer.Typer(
     help="Serve, chat with and benchmark large language models from one command.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain --help: see cli/help.py
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

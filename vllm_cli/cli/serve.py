@@ -7,18 +7,18 @@ import json
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand
 
-from vllm_cli.cli.engine_options import with_engine_options
+from vllm_cli.cli.engine_options import choices, with_engine_options
 from vllm_cli.cli.errors import user_errors
+from vllm_cli.cli.help import SectionedHelpCommand
 from vllm_cli.config import EngineArgs
+from vllm_cli.logger import LOG_LEVELS
 
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SERVER = "Server options"
 _TOOLS = "Tool calling and reasoning"
 
 
-class _ServeCommand(TyperCommand):
+class _ServeCommand(SectionedHelpCommand):
     """Lets `--served-model-name a b c` take several values after one flag, as vLLM's argparse
     nargs='+' does (Click options take one value each; repeating the flag works too)."""
 
@@ -57,7 +57,10 @@ def _origins(values: list[str] | None) -> list[str]:
 def serve(
     *,
     model: Annotated[
-        str | None, typer.Argument(help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct).")
+        str | None,
+        typer.Argument(
+            metavar="MODEL", help="Model: local dir, hub id or .gguf file (default: SmolLM2-135M-Instruct)."
+        ),
     ] = None,
     host: Annotated[
         str | None, typer.Option(help="Interface to listen on (default: all interfaces).", rich_help_panel=_SERVER)
@@ -98,7 +101,10 @@ def serve(
             rich_help_panel=_SERVER,
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help=" | ".join(_LOG_LEVELS) + ".", rich_help_panel=_SERVER)] = "info",
+    log_level: Annotated[
+        choices(LOG_LEVELS),  # type: ignore[valid-type]
+        typer.Option(case_sensitive=False, help="Server log level.", rich_help_panel=_SERVER),
+    ] = "info",
     shutdown_timeout: Annotated[
         float,
         typer.Option(
@@ -143,8 +149,6 @@ def serve(
     engine_args: EngineArgs,
 ) -> None:
     """Serve a model over OpenAI's HTTP API (/v1/chat/completions, /v1/completions, /v1/models, ...)."""
-    if log_level.lower() not in _LOG_LEVELS:
-        raise typer.BadParameter(f"must be one of {', '.join(_LOG_LEVELS)}", param_hint="--log-level")
     origins = _origins(allowed_origins)
     with user_errors():
         import asyncio

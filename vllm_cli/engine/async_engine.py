@@ -155,6 +155,8 @@ class AsyncEngine:
         try:
             if engine_args is not None:
                 self.engine = LLMEngine.from_engine_args(engine_args)
+                # Serve and chat answer their first request as fast as the next ones.
+                self.engine.warm_up()
         except BaseException as e:  # handed to the constructor, which raises it on its thread
             self._start_error = e
             return

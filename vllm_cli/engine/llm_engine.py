@@ -9,6 +9,7 @@ vLLM v1: input processing (processor.py), the step's schedule -> forward -> samp
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -118,6 +119,35 @@ class LLMEngine:
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
         return cls(args)
+
+    def warm_up(self, prompt_len: int = 8, max_tokens: int = 2) -> float:
+        """Run one short request through the whole step (prefill, decode, sampler) and return its
+        seconds: what a process does only once (oneDNN's kernels for the step's shapes, the C
+        kernels' build, the sampler's first call) then happens before the first real request
+        rather than inside it. The request leaves no trace in the stats or the prefix cache."""
+        start = time.perf_counter()
+        prompt_len = max(1, min(prompt_len, self.max_model_len - max_tokens))
+        ids = [i % self.vocab_size for i in range(1, prompt_len + 1)]
+        bm, sched, outs = self.block_manager, self.scheduler, self.output_processor
+        counters = (self.prompt_tokens_total, outs.generation_tokens_total, sched.num_preemptions)
+        prefix_caching, bm.enable_prefix_caching = bm.enable_prefix_caching, False  # nothing cached from it
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+        request_id = "vllm-cli-warm-up"
+        try:
+            self.add_request(request_id, None, params, prompt_token_ids=ids)
+            while request_id in self.requests:
+                self.step()
+        finally:
+            bm.enable_prefix_caching = prefix_caching
+        self.prompt_tokens_total, outs.generation_tokens_total, sched.num_preemptions = counters
+        seconds = time.perf_counter() - start
+        logger.info(
+            "Warmed up: one %d-token prompt and %d output tokens through the engine in %.1f s",
+            prompt_len,
+            max_tokens,
+            seconds,
+        )
+        return seconds
 
     def check_health(self) -> None:
         """Raises WorkerFailedError once a tensor-parallel worker has died."""

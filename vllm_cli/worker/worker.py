@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from vllm_cli.config import EngineArgs
+from vllm_cli.config import CPU_KV_CACHE_SPACE_ENV, DEFAULT_GPU_MEMORY_UTILIZATION, EngineArgs
 from vllm_cli.distributed import parallel_state as ps
 from vllm_cli.logger import init_logger, set_log_level
 from vllm_cli.model_executor.loader import load_model, resolve_device, resolve_dtype
@@ -83,14 +83,18 @@ class Worker:
             num_blocks = args.num_kv_blocks
         elif self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
-            budget = free - total * (1.0 - args.gpu_memory_utilization) - 2**30  # 1 GiB for activations
+            share = args.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+            budget = free - total * (1.0 - share) - 2**30  # 1 GiB for activations
             num_blocks = int(budget // per_block)
         else:
-            # --kv-cache-memory is each rank's pool (as vLLM's CPU KV-cache space); the default
-            # share of free RAM is split between the ranks on this machine.
+            if args.gpu_memory_utilization is not None and (self.tp_group is None or self.tp_group.is_driver):
+                logger.warning(
+                    "--gpu-memory-utilization does not apply on CPU (ignored): the KV cache's size there is "
+                    "--kv-cache-memory (e.g. 4GiB) or $%s (GiB)",
+                    CPU_KV_CACHE_SPACE_ENV,
+                )
             local_ranks = self.tp_group.placement.local_world_size if self.tp_group else 1
-            cpu_budget = cast(int | None, args.kv_cache_memory) or default_cpu_kv_budget() // local_ranks  # bytes
-            num_blocks = int(cpu_budget // per_block)
+            num_blocks = int(cpu_kv_cache_bytes(args, local_ranks) // per_block)
         min_blocks = -(-max_model_len // args.block_size) + 1  # + the null block
         if num_blocks < min_blocks:
             raise ValueError(
@@ -117,6 +121,24 @@ class Worker:
             return self.runner.execute(step)
         except Exception as e:  # a collective with a dead peer, or a failure on this rank
             raise self.tp_group.step_failed(e) from e
+
+
+def cpu_kv_cache_bytes(args: EngineArgs, local_ranks: int = 1) -> int:
+    """The CPU KV pool of one rank: --kv-cache-memory, else $VLLM_CPU_KVCACHE_SPACE (GiB), each
+    rank's own as vLLM's CPU KV-cache space is; else the default share of free RAM, split between
+    the ranks on this machine."""
+    if args.kv_cache_memory is not None:
+        return cast(int, args.kv_cache_memory)  # EngineArgs parsed "4GiB" into bytes
+    env = os.environ.get(CPU_KV_CACHE_SPACE_ENV, "").strip()
+    if env:
+        try:
+            gib = float(env)
+        except ValueError:
+            gib = 0.0
+        if not gib > 0:
+            raise ValueError(f"{CPU_KV_CACHE_SPACE_ENV} must be a number of GiB > 0, got {env!r}")
+        return int(gib * 2**30)
+    return default_cpu_kv_budget() // local_ranks
 
 
 def default_cpu_kv_budget() -> int:

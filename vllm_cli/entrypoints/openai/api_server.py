@@ -10,9 +10,11 @@ responses are added in on_response_prepare, so streamed responses get them too.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -398,6 +400,34 @@ def openapi_schema(api_key_required: bool) -> dict:
 # ----- running it -----
 
 
+def ensure_port_free(host: str | None, port: int) -> None:
+    """Raise OSError with one readable line when the server could not listen on host:port
+    (another process has it, or it needs privileges); port 0 (any free port) always works."""
+    if port == 0:
+        return
+    where = f"{host}:{port}" if host else f"port {port}"
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(f"cannot listen on {where}: --host {host!r} does not resolve ({e.strerror})") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is no obstacle
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise OSError(
+                        f"cannot listen on {where}: the address is already in use (another server is running "
+                        "there; stop it or choose another --port)"
+                    ) from None
+                if e.errno == errno.EACCES:
+                    raise OSError(f"cannot listen on {where}: permission denied (ports below 1024 need root)") from None
+                # anything else (e.g. no IPv6 on this machine) is left to the server's own bind
+
+
 def _url(sockname: tuple) -> str:
     host, port = sockname[0], sockname[1]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -417,6 +447,10 @@ async def run_server(
     shutdown_timeout seconds to finish, abort the rest and return."""
     parsers = parsers or ParserOptions()
     parsers.resolve()  # a bad parser name fails before the model loads
+    ensure_port_free(host, port)  # a busy port too: not after a minute of loading
+    logger.info(
+        "Loading %s; the server listens once it is loaded and warmed up", engine_args.model or "the default model"
+    )
     async_engine = AsyncEngine.from_engine_args(engine_args)
     try:
         app = build_app(async_engine, api_key=api_key, allowed_origins=allowed_origins, parsers=parsers)

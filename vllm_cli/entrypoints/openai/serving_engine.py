@@ -83,7 +83,13 @@ class OpenAIServing:
         if requested is None:
             return self.served_model_names[0]
         if requested not in self.served_model_names:
-            raise APIError(f"The model `{requested}` does not exist.", 404, param="model", code="model_not_found")
+            served = ", ".join(f"`{name}`" for name in self.served_model_names)
+            raise APIError(
+                f"The model `{requested}` does not exist. This server serves: {served}.",
+                404,
+                param="model",
+                code="model_not_found",
+            )
         return requested
 
     def process_prompt(self, prompt: str | list[int], param: str) -> tuple[str | None, list[int]]:
