@@ -202,7 +202,8 @@ def test_arrival_times_rate_and_burstiness():
 
     assert arrival_times(LoadSpec(), 5) == [0.0] * 5  # inf: all at once
     poisson = arrival_times(LoadSpec(request_rate=4, seed=1), 400)
-    assert poisson == arrival_times(LoadSpec(request_rate=4, seed=1), 400) != arrival_times(LoadSpec(request_rate=4), 400)
+    assert poisson == arrival_times(LoadSpec(request_rate=4, seed=1), 400)
+    assert poisson != arrival_times(LoadSpec(request_rate=4, seed=2), 400)
     assert poisson[-1] == pytest.approx(400 / 4) and all(np.diff(poisson) >= 0)  # rescaled to n / rate, as vLLM
     # Gamma gaps of shape k have a coefficient of variation 1 / sqrt(k): burstier below 1, evener above.
     for burstiness, cv in ((1.0, 1.0), (0.25, 2.0), (4.0, 0.5)):
@@ -241,6 +242,13 @@ def test_goodput_and_peaks_from_outcomes():
     for bad in (["ttft=5"], ["itl:5"], ["ttft:-1"]):
         with pytest.raises(ValueError, match="--goodput"):
             parse_goodput(bad)
+    # vLLM's one flag with several values, as Click reads it: one value a flag.
+    from vllm_cli.cli.bench import goodput_args
+    assert goodput_args(["M", "--goodput", "ttft:5", "tpot:6", "--seed", "1"]) == [
+        "M", "--goodput", "ttft:5", "--goodput", "tpot:6", "--seed", "1"]
+    assert goodput_args(["--goodput", "ttft:5", "M"]) == ["--goodput", "ttft:5", "M"]  # MODEL after it: not an SLO
+    assert goodput_args(["--goodput", "--seed", "1"]) == ["--goodput", "--seed", "1"]  # Click reports it
+
     def done(start: float, ttft: float, latency: float, tokens: int) -> Outcome:
         itl = [(latency - ttft) / (tokens - 1)] * (tokens - 1) if tokens > 1 else []
         return Outcome(True, 4, tokens, ttft, latency, itl, start_time=start)
@@ -319,8 +327,9 @@ VLLM_SERVE_KEYS = [
 
 @pytest.fixture(scope="module")
 def server(smollm2_gguf_path, tmp_path_factory):
+    # timeout: a busy machine can take minutes to import torch and load the model.
     server = launch_server(smollm2_gguf_path, tmp_path_factory.mktemp("serve") / "serve.log", "--max-model-len",
-                           "1024", "--api-key", API_KEY, kv_cache_memory="64MiB")
+                           "1024", "--api-key", API_KEY, kv_cache_memory="64MiB", timeout=600)
     yield server.url
     server.stop()
 
@@ -369,7 +378,8 @@ def test_serve_max_concurrency_and_ramp_up(server, tmp_path):
     assert r["start_times"] == sorted(r["start_times"]) and r["start_times"][-1] > 0
 
     bad = CliRunner().invoke(app, ["bench", "serve", "--base-url", server, "--api-key", API_KEY, "--request-rate", "2",
-                                   "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "2"])
+                                   "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1",
+                                   "--ramp-up-end-rps", "2"])
     assert bad.exit_code == 1 and "leave --request-rate out" in bad.output
 
 
@@ -383,7 +393,7 @@ def test_serve_asks_for_the_api_key(server, tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_serve_datasets(server, tmp_path, smollm2_tokenizer):
+def test_serve_datasets(server, tmp_path, smollm2_tokenizer, smollm2_gguf_path):
     from vllm_cli.tokenizer import apply_chat_template, resolve_chat_template
 
     def conv(q: str, a: str) -> dict:
@@ -412,7 +422,8 @@ def test_serve_datasets(server, tmp_path, smollm2_tokenizer):
     poem = tmp_path / "sonnet.txt"
     poem.write_text("".join(f"Shall I compare thee to a summer's day, line {i}?\n" for i in range(30)))
     r = serve_bench(tmp_path, server, "--dataset-name", "sonnet", "--dataset-path", str(poem), "--num-prompts", "2",
-                    "--sonnet-input-len", "130", "--sonnet-prefix-len", "70", "--sonnet-output-len", "2", "--ignore-eos")
+                    "--sonnet-input-len", "130", "--sonnet-prefix-len", "70", "--sonnet-output-len", "2",
+                    "--ignore-eos", "--tokenizer", smollm2_gguf_path)  # counted here, not by /tokenize
     assert r["output_lens"] == [2, 2], r["errors"]
     assert all(90 < n <= 130 for n in r["input_lens"]), r["input_lens"]
 
@@ -437,7 +448,8 @@ def test_sweep_writes_table_json_and_plots(server, tmp_path):
         "--input-len", "6", "--output-len", "2", "--metric-percentiles", "50,90", "--result-dir", str(tmp_path),
         "--result-filename", "sweep.json", "--terminal-plot"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert "Sweep:" in result.output and "TTFT (ms)" in result.output  # the table and the terminal plot
+    assert "Sweep:" in result.output and "median TTFT (ms)" in result.output  # the table
+    assert "request rate (req/s): 20, inf" in result.output and "│" in result.output  # the terminal plot
     summary = json.loads((tmp_path / "sweep.json").read_text())
     assert summary["swept"] == "request_rate" and summary["values"] == ["20", "inf"]
     assert [r["request_rate"] for r in summary["results"]] == [20, "inf"]

@@ -38,8 +38,12 @@ class ServerError(OSError):
     """The server refused or could not be reached: one line for the CLI."""
 
 
-def unauthorized(url: str) -> ServerError:
-    return ServerError(f"{url} answered 401 Unauthorized: pass --api-key KEY (or set OPENAI_API_KEY)")
+class Unauthorized(ServerError):
+    """HTTP 401: the server wants an API key (or another one)."""
+
+
+def unauthorized(url: str) -> Unauthorized:
+    return Unauthorized(f"{url} answered 401 Unauthorized: pass --api-key KEY (or set OPENAI_API_KEY)")
 
 
 def is_chat(endpoint: str) -> bool:
@@ -90,6 +94,8 @@ class ServerTokenizer:
     def _tokens(self, body: dict) -> list[int]:
         try:
             return list(get_json(self._url, {"model": self._model, **body}, self._api_key)["tokens"])
+        except Unauthorized:
+            raise
         except ServerError as e:
             raise ServerError(f"{e}; pass --tokenizer to count tokens here instead") from None
 

@@ -44,26 +44,24 @@ def _stat_keys(metric: str, percentiles: Sequence[float]) -> list[tuple[str, str
 
 
 def print_sweep(points: list[tuple[float, dict]], swept: str, percentiles: Sequence[float]) -> None:
-    """One row per point: throughput, then median and percentiles of TTFT, TPOT and E2E latency."""
-    goodput = any(r["request_goodput"] is not None for _, r in points)
-    columns = [SWEEPS[swept], "ok/failed", "req/s", *(["goodput req/s"] if goodput else []), "output tok/s"]
-    stats = [
-        (f"{name} {label}", key)
-        for label in ("TTFT", "TPOT", "E2EL")
-        for name, key in _stat_keys(label.lower(), percentiles)
+    """One column per point (a sweep has a handful; metrics as rows fit a narrow terminal): throughput,
+    then median and percentiles of TTFT, TPOT and E2E latency."""
+    results = [r for _, r in points]
+    rows: list[tuple[Any, ...]] = [
+        ("ok / failed", *(f"{r['completed']} / {r['failed']}" for r in results)),
+        ("request throughput (req/s)", *(r["request_throughput"] for r in results)),
     ]
-    columns += [f"{name} (ms)" for name, _ in stats]
-    rows = []
-    for value, r in points:
-        row: list[Any] = [value_label(value), f"{r['completed']}/{r['failed']}", r["request_throughput"]]
-        row += [r["request_goodput"]] if goodput else []
-        row += [r["output_throughput"], *(r[key] for _, key in stats)]
-        rows.append(tuple(row))
-    first = points[0][1]
+    if any(r["request_goodput"] is not None for r in results):
+        rows.append(("request goodput (req/s)", *(r["request_goodput"] for r in results)))
+    rows.append(("output throughput (tok/s)", *(r["output_throughput"] for r in results)))
+    for label in ("TTFT", "TPOT", "E2EL"):
+        for name, key in _stat_keys(label.lower(), percentiles):
+            rows.append((f"{name} {label} (ms)", *(r[key] for r in results)))
+    first = results[0]
     print_table(
         f"Sweep: {first['model_id']} ({first['backend']}), {first['num_prompts']} requests a point",
         rows,
-        tuple(columns),
+        (SWEEPS[swept], *(value_label(v) for v, _ in points)),
     )
 
 
@@ -111,7 +109,8 @@ def write_plots(points: list[tuple[float, dict]], swept: str, percentiles: Seque
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     first = results[0]
-    fig.suptitle(f"{first['model_id']}: {first['num_prompts']} requests a point, {first['backend']}", fontsize=10)
+    model = first["model_id"].rstrip("/").split("/")[-1]  # a path's last part: the title stays one line
+    fig.suptitle(f"{model}: {first['num_prompts']} requests a point, {first['backend']}", fontsize=10)
     fig.tight_layout()
     paths = [f"{stem}.png", f"{stem}.svg"]
     fig.savefig(paths[0], dpi=90)
@@ -129,10 +128,11 @@ def _plotext() -> Any:
     return plotext
 
 
-def terminal_plot(points: list[tuple[float, dict]], swept: str, percentiles: Sequence[float]) -> None:
-    """TTFT and TPOT (median and percentiles) vs the swept value, drawn in the terminal."""
+def terminal_plot(points: list[tuple[float, dict]], swept: str, percentiles: Sequence[float], color: bool) -> str:
+    """TTFT and TPOT (median and percentiles) vs the swept value, as text for the terminal."""
     figure = _plotext().figure
     figure.clear()
+    figure.theme("simple")  # no background colour: reads on dark and light terminals
     figure.subplots(1, 2)
     xs = list(range(1, len(points) + 1))
     for col, (metric, title) in enumerate((("ttft", "TTFT (ms)"), ("tpot", "TPOT (ms)")), start=1):
@@ -142,4 +142,4 @@ def terminal_plot(points: list[tuple[float, dict]], swept: str, percentiles: Seq
         panel.title(title)
         panel.label(f"{SWEEPS[swept]}: " + ", ".join(value_label(v) for v, _ in points), "x")
     figure.plot_size(120, 24)
-    figure.show()
+    return figure.build().string(colorless=not color)

@@ -533,26 +533,29 @@ def with_serve_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class _SpaceSeparatedGoodput(TyperCommand):
-    """vLLM's `--goodput ttft:500 tpot:50` (one flag, several values): Click takes one value a flag,
-    so the values after `--goodput` are read as repeated flags."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        out, in_goodput = [], False
-        for arg in args:
-            if arg == "--goodput":
-                in_goodput = True
-                continue
-            if in_goodput and not arg.startswith("-") and ":" in arg:
-                out += ["--goodput", arg]
-                continue
-            if in_goodput and not out[-2:-1] == ["--goodput"]:
-                out.append("--goodput")  # no value followed: let Click say so
-            in_goodput = False
-            out.append(arg)
-        if in_goodput and not out[-2:-1] == ["--goodput"]:
+def goodput_args(args: list[str]) -> list[str]:
+    """vLLM's `--goodput ttft:500 tpot:50` (one flag, several values) -> `--goodput ttft:500 --goodput
+    tpot:50`, the form Click parses (one value a flag)."""
+    out: list[str] = []
+    taken: int | None = None  # values read after the last bare --goodput; None: not in one
+    for arg in args:
+        if taken is not None and arg != "--goodput" and not arg.startswith("-") and ":" in arg:
+            out += ["--goodput", arg]
+            taken += 1
+            continue
+        if taken == 0:  # a --goodput with no value: Click takes the next token and --goodput's parse says why
             out.append("--goodput")
-        return super().parse_args(ctx, out)
+        taken = 0 if arg == "--goodput" else None
+        if taken is None:
+            out.append(arg)
+    if taken == 0:
+        out.append("--goodput")
+    return out
+
+
+class _SpaceSeparatedGoodput(TyperCommand):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, goodput_args(args))
 
 
 @dataclasses.dataclass
@@ -598,13 +601,12 @@ def _prepare(opts: ServeOptions, seed: int) -> _Prepared:
         raise ValueError(
             f"--dataset-name {name} " + ("takes no --dataset-path" if opts.dataset_path else "needs --dataset-path")
         )
+    # Token counts (ShareGPT replies, sonnet lines, custom prompts through the chat template) come from
+    # --tokenizer, else from the server's /tokenize; the prompt lengths themselves from each response's usage.
     tokenizer: Any = None
     if name != "random":
-        tokenizer = (
-            datasets.LocalTokenizer(opts.tokenizer)
-            if opts.tokenizer
-            else serving.ServerTokenizer(root, model, opts.api_key)
-        )
+        local = opts.tokenizer
+        tokenizer = datasets.LocalTokenizer(local) if local else serving.ServerTokenizer(root, model, opts.api_key)
     out_len = opts.random_output_len
     if name == "random":
 
@@ -642,16 +644,10 @@ def _prepare(opts: ServeOptions, seed: int) -> _Prepared:
         assert opts.dataset_path is not None
         if name == "sharegpt" and not datasets.is_sharegpt(opts.dataset_path):
             raise ValueError(f'{opts.dataset_path}: not ShareGPT JSON (a list of {{"conversations": [...]}})')
-        requests = datasets.load_dataset(
-            opts.dataset_path, opts.num_prompts, out_len, tokenizer.encode, default_output_len=256
-        )
+        encode = tokenizer.encode if name == "sharegpt" and out_len is None else None  # the replies' lengths
+        requests = datasets.load_dataset(opts.dataset_path, opts.num_prompts, out_len, encode, default_output_len=256)
         if name == "custom" and not chat and not opts.skip_chat_template:  # as vLLM: templated here for /v1/completions
-            requests = [
-                dataclasses.replace(r, prompt=ids, prompt_len=len(ids))
-                for r in requests
-                if isinstance(r.prompt, str)
-                for ids in [tokenizer.chat_ids(r.prompt)]
-            ] or requests
+            requests = [_templated(r, tokenizer) for r in requests]
         warmup = requests[0]
     warmup = dataclasses.replace(warmup, output_len=min(warmup.output_len, 4))  # a check, not a load
     return _Prepared(
@@ -666,6 +662,14 @@ def _prepare(opts: ServeOptions, seed: int) -> _Prepared:
         percentiles=serving.parse_metric_percentiles(opts.metric_percentiles),
         goodput=serving.parse_goodput(opts.goodput),
     )
+
+
+def _templated(request: Any, tokenizer: Any) -> Any:
+    """A text prompt as the token ids of one user message through the chat template (token ids stay)."""
+    if not isinstance(request.prompt, str):
+        return request
+    ids = tokenizer.chat_ids(request.prompt)
+    return dataclasses.replace(request, prompt=ids, prompt_len=len(ids))
 
 
 def _load(opts: ServeOptions, **changes: Any) -> Any:
@@ -829,7 +833,8 @@ def sweep(
             for path in sweeping.write_plots(points, swept, prep.percentiles, stem):
                 report.console.print(f"plot written to {path}")
         if terminal_plot:
-            sweeping.terminal_plot(points, swept, prep.percentiles)
+            # print(), not the rich console: the plot is already laid out, colours included.
+            print(sweeping.terminal_plot(points, swept, prep.percentiles, color=report.console.is_terminal))
 
 
 def register(app: typer.Typer) -> None:
