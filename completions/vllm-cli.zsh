@@ -34,11 +34,12 @@ _vllm_cli_bench() {
         '1: :->command' \
         '*:: :->args' && ret=0
     case $state in
-        command) local -a commands=('latency:Latency of one batch end to end (prefill and every decode step), over several iterations.' 'serve:Load an OpenAI-compatible server (vllm-cli serve, vLLM, llama.cpp, ...) over streaming...' 'throughput:Offline throughput: every request submitted to the engine at once, timed to the last fi...')
+        command) local -a commands=('latency:Latency of one batch end to end (prefill and every decode step), over several iterations.' 'serve:Load an OpenAI-compatible server (vllm-cli serve, vLLM, llama.cpp, ...) over streaming...' 'sweep:`bench serve` at a series of request rates or concurrencies: one table, the plots (late...' 'throughput:Offline throughput: every request submitted to the engine at once, timed to the last fi...')
             _describe -t commands command commands && ret=0 ;;
         args) case $words[1] in
             latency) _vllm_cli_bench_latency && ret=0 ;;
             serve) _vllm_cli_bench_serve && ret=0 ;;
+            sweep) _vllm_cli_bench_sweep && ret=0 ;;
             throughput) _vllm_cli_bench_throughput && ret=0 ;;
         esac ;;
     esac
@@ -87,24 +88,106 @@ _vllm_cli_bench_latency() {
 
 _vllm_cli_bench_serve() {
     _arguments -s -S \
-        '--url[The server'\''s base URL.]:url:_files' \
-        '--endpoint[/v1/completions or /v1/chat/completions.]:endpoint:_files' \
         '--model[Model name to request (default: the server'\''s first).]:model:_files' \
-        '--num-prompts[Number of requests.]:num-prompts: ' \
-        '--input-len[Random prompt length in tokens.]:input-len: ' \
-        '--output-len[Output tokens per request, EOS ignored (default: 64; with --dataset, the file'\''s, else 1...]:output-len: ' \
-        '--prefix-len[Random tokens shared by every prompt, before its own --input-len.]:prefix-len: ' \
-        '--dataset[Prompts from a file instead of random ones: JSONL ({"prompt": ..., "output_len": ...} p...]:dataset:_files' \
-        '--vocab-size[Random token ids are drawn from (0, N): keep it within the model'\''s vocabulary.]:vocab-size: ' \
-        '--request-rate[Requests per second (Poisson arrivals); inf sends them all at once.]:request-rate: ' \
-        '--max-concurrency[Most requests in flight at once (default: no limit).]:max-concurrency: ' \
-        '--ignore-eos[Ask for the full output length (vLLM'\''s ignore_eos); turn off for servers that reject it.]' \
-        '--no-ignore-eos[Ask for the full output length (vLLM'\''s ignore_eos); turn off for servers that reject it.]' \
-        '--seed[Seeds the prompts and the arrival times.]:seed: ' \
+        '--base-url[The server'\''s URL (default: http://HOST:PORT).]:base-url:_files' \
+        '--url[The server'\''s URL (default: http://HOST:PORT).]:base-url:_files' \
+        '--host[Server host, when --base-url is not given.]:host:_files' \
+        '--port[Server port, when --base-url is not given.]:port: ' \
+        '--endpoint[API path (default: /v1/completions; /v1/chat/completions with --backend openai-chat).]:endpoint:_files' \
+        '--backend[openai | vllm (both /v1/completions) | openai-chat (/v1/chat/completions). Default: fro...]:backend:_files' \
+        '--tokenizer[Count dataset tokens with this tokenizer (dir, hub id or .gguf) instead of the server'\''s...]:tokenizer:_files' \
         '--api-key[Sent as `Authorization: Bearer KEY`.]:api-key:_files' \
-        '--output-json[Write the results as JSON to this file.]:output-json:_files' \
+        '--dataset-name[random | sharegpt | sonnet | custom (default: random; with --dataset-path, sharegpt for...]:dataset-name:_files' \
+        '--dataset-path[The dataset file: ShareGPT JSON, a text file of lines (sonnet), or JSONL with "prompt"...]:dataset-path:_files' \
+        '--dataset[The dataset file: ShareGPT JSON, a text file of lines (sonnet), or JSONL with "prompt"...]:dataset-path:_files' \
+        '--num-prompts[Number of requests.]:num-prompts: ' \
+        '--random-input-len[Random prompt length in tokens.]:random-input-len: ' \
+        '--input-len[Random prompt length in tokens.]:random-input-len: ' \
+        '--random-output-len[Output tokens per request (default 64; sharegpt: the reply'\''s length; custom: the file'\''s...]:random-output-len: ' \
+        '--output-len[Output tokens per request (default 64; sharegpt: the reply'\''s length; custom: the file'\''s...]:random-output-len: ' \
+        '--random-prefix-len[Random tokens shared by every prompt, before its own.]:random-prefix-len: ' \
+        '--prefix-len[Random tokens shared by every prompt, before its own.]:random-prefix-len: ' \
+        '--random-range-ratio[Random lengths drawn from (L*(1-r), L*(1+r)).]:random-range-ratio: ' \
+        '--sonnet-input-len[Sonnet prompt length in tokens.]:sonnet-input-len: ' \
+        '--sonnet-output-len[Sonnet output tokens per request.]:sonnet-output-len: ' \
+        '--sonnet-prefix-len[Sonnet tokens shared by every prompt.]:sonnet-prefix-len: ' \
+        '--skip-chat-template[custom: send the prompts as they are, not through the chat template.]' \
+        '--vocab-size[Random token ids are drawn from (0, N): keep it within the model'\''s vocabulary.]:vocab-size: ' \
+        '--request-rate[Requests per second; inf sends them all at once.]:request-rate: ' \
+        '--burstiness[Gamma shape of the gaps between requests: 1 Poisson, < 1 burstier, > 1 more even (inf:...]:burstiness: ' \
+        '--max-concurrency[Most requests in flight at once (default: no limit).]:max-concurrency: ' \
+        '--ramp-up-strategy[linear | exponential: the rate goes from --ramp-up-start-rps (first request) to --ramp-...]:ramp-up-strategy:_files' \
+        '--ramp-up-start-rps[]:ramp-up-start-rps: ' \
+        '--ramp-up-end-rps[]:ramp-up-end-rps: ' \
+        '--ignore-eos[Decode the full output length (vLLM'\''s ignore_eos; default: on for random prompts, off f...]' \
+        '--no-ignore-eos[Decode the full output length (vLLM'\''s ignore_eos; default: on for random prompts, off f...]' \
+        '--seed[Seeds the prompts and the arrival times.]:seed: ' \
+        '--percentile-metrics[Metrics to report statistics of: ttft,tpot,itl,e2el.]:percentile-metrics:_files' \
+        '--metric-percentiles[Percentiles to report, e.g. 50,90,99.]:metric-percentiles:_files' \
+        '--goodput[SLOs in ms, e.g. --goodput ttft:500 tpot:50: request_goodput counts the requests that m...]:goodput:_files' \
+        '--label[Names the result (default: the backend).]:label:_files' \
+        '--save-result[Write the result JSON.]' \
+        '--result-dir[Where results go (default: here).]:result-dir:_files' \
+        '--result-filename[Result file name (default: vLLM'\''s {label}-{rate}qps-{model}-{date}.json).]:result-filename:_files' \
+        '--output-json[Write the result JSON to this path.]:output-json:_files' \
         '-h[Show this message and exit.]' \
-        '--help[Show this message and exit.]'
+        '--help[Show this message and exit.]' \
+        '*:file:_files'
+}
+
+_vllm_cli_bench_sweep() {
+    _arguments -s -S \
+        '--request-rates[Request rates to run one after another, e.g. 1,2,4,8.]:request-rates:_files' \
+        '--max-concurrencies[Concurrency limits to run one after another, e.g. 1,4,16.]:max-concurrencies:_files' \
+        '--plot[Write the plots as PNG and SVG (needs matplotlib).]' \
+        '--no-plot[Write the plots as PNG and SVG (needs matplotlib).]' \
+        '--terminal-plot[Also draw TTFT/TPOT vs the swept value here (needs plotext).]' \
+        '--no-terminal-plot[Also draw TTFT/TPOT vs the swept value here (needs plotext).]' \
+        '--model[Model name to request (default: the server'\''s first).]:model:_files' \
+        '--base-url[The server'\''s URL (default: http://HOST:PORT).]:base-url:_files' \
+        '--url[The server'\''s URL (default: http://HOST:PORT).]:base-url:_files' \
+        '--host[Server host, when --base-url is not given.]:host:_files' \
+        '--port[Server port, when --base-url is not given.]:port: ' \
+        '--endpoint[API path (default: /v1/completions; /v1/chat/completions with --backend openai-chat).]:endpoint:_files' \
+        '--backend[openai | vllm (both /v1/completions) | openai-chat (/v1/chat/completions). Default: fro...]:backend:_files' \
+        '--tokenizer[Count dataset tokens with this tokenizer (dir, hub id or .gguf) instead of the server'\''s...]:tokenizer:_files' \
+        '--api-key[Sent as `Authorization: Bearer KEY`.]:api-key:_files' \
+        '--dataset-name[random | sharegpt | sonnet | custom (default: random; with --dataset-path, sharegpt for...]:dataset-name:_files' \
+        '--dataset-path[The dataset file: ShareGPT JSON, a text file of lines (sonnet), or JSONL with "prompt"...]:dataset-path:_files' \
+        '--dataset[The dataset file: ShareGPT JSON, a text file of lines (sonnet), or JSONL with "prompt"...]:dataset-path:_files' \
+        '--num-prompts[Number of requests.]:num-prompts: ' \
+        '--random-input-len[Random prompt length in tokens.]:random-input-len: ' \
+        '--input-len[Random prompt length in tokens.]:random-input-len: ' \
+        '--random-output-len[Output tokens per request (default 64; sharegpt: the reply'\''s length; custom: the file'\''s...]:random-output-len: ' \
+        '--output-len[Output tokens per request (default 64; sharegpt: the reply'\''s length; custom: the file'\''s...]:random-output-len: ' \
+        '--random-prefix-len[Random tokens shared by every prompt, before its own.]:random-prefix-len: ' \
+        '--prefix-len[Random tokens shared by every prompt, before its own.]:random-prefix-len: ' \
+        '--random-range-ratio[Random lengths drawn from (L*(1-r), L*(1+r)).]:random-range-ratio: ' \
+        '--sonnet-input-len[Sonnet prompt length in tokens.]:sonnet-input-len: ' \
+        '--sonnet-output-len[Sonnet output tokens per request.]:sonnet-output-len: ' \
+        '--sonnet-prefix-len[Sonnet tokens shared by every prompt.]:sonnet-prefix-len: ' \
+        '--skip-chat-template[custom: send the prompts as they are, not through the chat template.]' \
+        '--vocab-size[Random token ids are drawn from (0, N): keep it within the model'\''s vocabulary.]:vocab-size: ' \
+        '--request-rate[Requests per second; inf sends them all at once.]:request-rate: ' \
+        '--burstiness[Gamma shape of the gaps between requests: 1 Poisson, < 1 burstier, > 1 more even (inf:...]:burstiness: ' \
+        '--max-concurrency[Most requests in flight at once (default: no limit).]:max-concurrency: ' \
+        '--ramp-up-strategy[linear | exponential: the rate goes from --ramp-up-start-rps (first request) to --ramp-...]:ramp-up-strategy:_files' \
+        '--ramp-up-start-rps[]:ramp-up-start-rps: ' \
+        '--ramp-up-end-rps[]:ramp-up-end-rps: ' \
+        '--ignore-eos[Decode the full output length (vLLM'\''s ignore_eos; default: on for random prompts, off f...]' \
+        '--no-ignore-eos[Decode the full output length (vLLM'\''s ignore_eos; default: on for random prompts, off f...]' \
+        '--seed[Seeds the prompts and the arrival times.]:seed: ' \
+        '--percentile-metrics[Metrics to report statistics of: ttft,tpot,itl,e2el.]:percentile-metrics:_files' \
+        '--metric-percentiles[Percentiles to report, e.g. 50,90,99.]:metric-percentiles:_files' \
+        '--goodput[SLOs in ms, e.g. --goodput ttft:500 tpot:50: request_goodput counts the requests that m...]:goodput:_files' \
+        '--label[Names the result (default: the backend).]:label:_files' \
+        '--save-result[Write the result JSON.]' \
+        '--result-dir[Where results go (default: here).]:result-dir:_files' \
+        '--result-filename[Result file name (default: vLLM'\''s {label}-{rate}qps-{model}-{date}.json).]:result-filename:_files' \
+        '--output-json[Write the result JSON to this path.]:output-json:_files' \
+        '-h[Show this message and exit.]' \
+        '--help[Show this message and exit.]' \
+        '*:file:_files'
 }
 
 _vllm_cli_bench_throughput() {

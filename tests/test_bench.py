@@ -6,12 +6,15 @@ maths is checked against a small in-test aiohttp server whose timing and failure
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import launch_server
@@ -165,16 +168,19 @@ def test_serve_metrics_against_a_fake_server(tmp_path):
         port = site._server.sockets[0].getsockname()[1]
         requests = [BenchRequest([1] * 10, 10, 5) for _ in range(5)] + [BenchRequest([0], 1, 5)]
         try:
-            return await serving.benchmark(f"http://127.0.0.1:{port}/v1", "/v1/completions", "fake", requests,
-                                           warmup=None, request_rate=math.inf, max_concurrency=2)
+            run = await serving.benchmark(f"http://127.0.0.1:{port}/v1/completions", "fake", requests,
+                                          serving.LoadSpec(max_concurrency=2))
+            return serving.metrics(run)
         finally:
             await runner.cleanup()
 
     r = asyncio.run(main())
-    assert (r["completed"], r["failed"], r["num_prompts"]) == (5, 1, 6)
+    assert (r["completed"], r["failed"], len(r["errors"])) == (5, 1, 6)
     assert "HTTP 500" in r["errors"][-1] and "boom" in r["errors"][-1] and r["errors"][:5] == [""] * 5
     assert (r["total_input_tokens"], r["total_output_tokens"]) == (50, 25)
-    assert state["peak"] == 2  # --max-concurrency holds
+    assert state["peak"] == 2 == r["max_concurrent_requests"]  # --max-concurrency holds, and the client saw it
+    assert sum(q > gap for q in r["queue_times"]) >= 3  # 3 of the 5 waited for a slot
+    assert r["generated_texts"][0] == "t0t1t2t3t4"
     assert r["request_throughput"] == pytest.approx(5 / r["duration"])
     assert r["output_throughput"] == pytest.approx(25 / r["duration"])
     assert r["duration"] >= 3 * 5 * gap  # 5 requests, 2 at a time: at least 3 rounds of 5 chunks
@@ -185,29 +191,272 @@ def test_serve_metrics_against_a_fake_server(tmp_path):
     assert r["mean_e2el_ms"] >= r["mean_ttft_ms"] + 4 * gap * 1000 * 0.9
 
 
-# ----- serving: a real `vllm-cli serve` -----
+# ----- serving: arrivals, goodput and peaks (no server) -----
+
+def _gaps(times: list[float]) -> np.ndarray:
+    return np.diff([0.0, *times])
+
+
+def test_arrival_times_rate_and_burstiness():
+    from vllm_cli.benchmarks.serving import LoadSpec, arrival_times
+
+    assert arrival_times(LoadSpec(), 5) == [0.0] * 5  # inf: all at once
+    poisson = arrival_times(LoadSpec(request_rate=4, seed=1), 400)
+    assert poisson == arrival_times(LoadSpec(request_rate=4, seed=1), 400)
+    assert poisson != arrival_times(LoadSpec(request_rate=4, seed=2), 400)
+    assert poisson[-1] == pytest.approx(400 / 4) and all(np.diff(poisson) >= 0)  # rescaled to n / rate, as vLLM
+    # Gamma gaps of shape k have a coefficient of variation 1 / sqrt(k): burstier below 1, evener above.
+    for burstiness, cv in ((1.0, 1.0), (0.25, 2.0), (4.0, 0.5)):
+        gaps = _gaps(arrival_times(LoadSpec(request_rate=10, burstiness=burstiness, seed=0), 20000))
+        assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.1), burstiness
+        assert gaps.mean() == pytest.approx(0.1)
+    even = _gaps(arrival_times(LoadSpec(request_rate=5, burstiness=math.inf), 10))
+    assert even == pytest.approx([0.2] * 10)
+
+
+def test_arrival_times_ramp_up():
+    from vllm_cli.benchmarks.serving import LoadSpec, arrival_times, request_rates
+
+    linear = LoadSpec(ramp_up_strategy="linear", ramp_up_start_rps=2, ramp_up_end_rps=10, burstiness=math.inf)
+    assert request_rates(linear, 5) == pytest.approx([2, 4, 6, 8, 10])
+    assert _gaps(arrival_times(linear, 5)) == pytest.approx([1 / 2, 1 / 4, 1 / 6, 1 / 8, 1 / 10])  # not rescaled
+    exponential = dataclasses.replace(linear, ramp_up_strategy="exponential", ramp_up_end_rps=32)
+    assert request_rates(exponential, 5) == pytest.approx([2, 4, 8, 16, 32])
+    assert _gaps(arrival_times(exponential, 5)) == pytest.approx([1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32])
+    # Poisson gaps around a ramp: the second half, at higher rates, comes faster.
+    gaps = _gaps(arrival_times(dataclasses.replace(linear, burstiness=1.0, ramp_up_end_rps=50), 2000))
+    assert gaps[:200].mean() > 4 * gaps[-200:].mean()
+    for bad, match in ((dataclasses.replace(linear, request_rate=4), "leave --request-rate out"),
+                       (dataclasses.replace(linear, ramp_up_end_rps=None), "needs --ramp-up-start-rps"),
+                       (dataclasses.replace(linear, ramp_up_start_rps=20), "ramp-up rates"),
+                       (LoadSpec(burstiness=0), "--burstiness"), (LoadSpec(request_rate=0), "--request-rate")):
+        with pytest.raises(ValueError, match=match):
+            bad.check()
+    linear.check()
+
+
+def test_goodput_and_peaks_from_outcomes():
+    from vllm_cli.benchmarks.serving import Outcome, RunOutput, metrics, parse_goodput
+
+    assert parse_goodput(["ttft:500", "tpot:50"]) == parse_goodput(["ttft:500 tpot:50"]) == {"ttft": 500, "tpot": 50}
+    for bad in (["ttft=5"], ["itl:5"], ["ttft:-1"]):
+        with pytest.raises(ValueError, match="--goodput"):
+            parse_goodput(bad)
+    # vLLM's one flag with several values, as Click reads it: one value a flag.
+    from vllm_cli.cli.bench import goodput_args
+    assert goodput_args(["M", "--goodput", "ttft:5", "tpot:6", "--seed", "1"]) == [
+        "M", "--goodput", "ttft:5", "--goodput", "tpot:6", "--seed", "1"]
+    assert goodput_args(["--goodput", "ttft:5", "M"]) == ["--goodput", "ttft:5", "M"]  # MODEL after it: not an SLO
+    assert goodput_args(["--goodput", "--seed", "1"]) == ["--goodput", "--seed", "1"]  # Click reports it
+
+    def done(start: float, ttft: float, latency: float, tokens: int) -> Outcome:
+        itl = [(latency - ttft) / (tokens - 1)] * (tokens - 1) if tokens > 1 else []
+        return Outcome(True, 4, tokens, ttft, latency, itl, start_time=start)
+    # TPOT (e2e - ttft) / (tokens - 1): 0.01, 0.05, 0.01, and 0 for a one-token request.
+    outcomes = [done(0.0, 0.1, 0.14, 5), done(0.05, 0.3, 0.5, 5), done(1.2, 0.9, 0.94, 5), done(1.3, 0.2, 0.2, 1),
+                Outcome(error="HTTP 500")]
+    run = RunOutput(outcomes, duration=2.0, rps_change_events=[])
+    assert metrics(run)["request_goodput"] is None
+    assert metrics(run, goodput={"ttft": 250})["request_goodput"] == 2 / 2.0  # 0.1 and 0.2 s
+    assert metrics(run, goodput={"ttft": 500, "tpot": 20})["request_goodput"] == 2 / 2.0  # the 0.1 and the 1-token one
+    assert metrics(run, goodput={"e2el": 100})["request_goodput"] == 0
+    r = metrics(run, percentile_metrics=["tpot"], percentiles=[50, 99.9])
+    assert r["mean_tpot_ms"] == pytest.approx((10 + 50 + 10) / 3) and "p99.9_tpot_ms" in r and "mean_ttft_ms" not in r
+    assert r["max_concurrent_requests"] == 2  # [0, 0.14) and [0.05, 0.55) overlap; [1.2, 2.14) and [1.3, 1.5) too
+    assert r["max_output_tokens_per_s"] == 10  # the first second holds the first two requests' 5 tokens each
+    assert r["output_lens"] == [5, 5, 5, 1, 0] and r["errors"][-1] == "HTTP 500"
+
+
+def test_custom_jsonl_and_sonnet_datasets(tmp_path):
+    from vllm_cli.benchmarks.datasets import SONNET_BASE_PROMPT, sonnet_requests
+
+    custom = tmp_path / "c.jsonl"
+    custom.write_text('{"prompt": "a b", "output_tokens": 7}\n{"prompt": "c"}\n')
+    assert [(r.prompt, r.output_len) for r in load_dataset(str(custom), 5, default_output_len=256)] == [
+        ("a b", 7), ("c", 256)]
+
+    class Words:  # one token a word; the chat template adds 3 tokens
+        def encode(self, text: str) -> list[int]:
+            return [len(w) for w in text.split()]
+
+        def chat_ids(self, text: str) -> list[int]:
+            return [0, 0, *self.encode(text), 0]
+
+    poem = tmp_path / "sonnet.txt"
+    poem.write_text("".join(f"line {i} of the poem\n" for i in range(40)))  # 5 tokens a line
+    base = len(Words().chat_ids(SONNET_BASE_PROMPT))
+    got = sonnet_requests(str(poem), 6, input_len=base + 50, output_len=9, prefix_len=base + 20, tokenizer=Words(),
+                          chat_format=False, seed=1)
+    assert len(got) == 6 and all(r.output_len == 9 and r.prompt_len == base + 50 for r in got)
+    assert all(r.prompt.startswith(SONNET_BASE_PROMPT + "line 0 of the poem\nline 1 of the poem\n"
+                                   "line 2 of the poem\nline 3 of the poem\n") for r in got)  # 20 tokens: 4 lines
+    assert len({r.prompt for r in got}) > 1  # the rest drawn at random
+    ids = sonnet_requests(str(poem), 2, base + 50, 9, base + 20, Words(), chat_format=True, seed=1)
+    assert ids[0].prompt == Words().chat_ids(got[0].prompt)  # the same draw, as templated token ids
+    with pytest.raises(ValueError, match="above the base prompt"):
+        sonnet_requests(str(poem), 1, base, 9, 0, Words(), chat_format=False)
+
+
+def test_missing_plot_library_is_one_line(monkeypatch):
+    from vllm_cli.benchmarks import sweep
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(OSError, match=r"matplotlib: pip install 'vllm-cli\[plot\]' \(or pass --no-plot\)"):
+        sweep.require_plot_libraries(files=True, terminal=False)
+    monkeypatch.setitem(sys.modules, "plotext", None)
+    with pytest.raises(OSError, match="--terminal-plot draws with plotext"):
+        sweep.require_plot_libraries(files=False, terminal=True)
+
+
+# ----- serving: a real `vllm-cli serve` (SmolLM2) -----
+
+API_KEY = "bench-secret"
+
+# The keys of `vllm bench serve --save-result --save-detailed` (vllm/benchmarks/serve.py) with
+# --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,99, no ramp-up.
+VLLM_SERVE_KEYS = [
+    "date", "endpoint_type", "backend", "label", "model_id", "tokenizer_id", "num_prompts", "request_rate",
+    "burstiness", "max_concurrency", "duration", "completed", "failed", "total_input_tokens", "total_output_tokens",
+    "request_throughput", "request_goodput", "output_throughput", "total_token_throughput", "input_lens",
+    "output_lens", "ttfts", "itls", "latencies", "start_times", "queue_times", "generated_texts", "errors",
+    "max_output_tokens_per_s", "max_concurrent_requests", "rtfx",
+    *(f"{stat}_{metric}_ms" for metric in ("ttft", "tpot", "itl", "e2el")
+      for stat in ("mean", "median", "std", "p50", "p99")),
+]
+
 
 @pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    server = launch_server(tiny_llama_dir, tmp_path_factory.mktemp("serve") / "serve.log", kv_cache_memory="64MiB")
+def server(smollm2_gguf_path, tmp_path_factory):
+    # timeout: a busy machine can take minutes to import torch and load the model.
+    server = launch_server(smollm2_gguf_path, tmp_path_factory.mktemp("serve") / "serve.log", "--max-model-len",
+                           "1024", "--api-key", API_KEY, kv_cache_memory="64MiB", timeout=600)
     yield server.url
     server.stop()
 
 
-def test_serve_against_vllm_cli_serve(server, tmp_path):
-    r = bench(tmp_path, "serve", "--url", server, "--num-prompts", "12", "--input-len", "16", "--output-len", "6",
-              "--request-rate", "40", "--max-concurrency", "4", "--vocab-size", "40000")
-    assert (r["completed"], r["failed"]) == (12, 0), r["errors"]
-    assert r["total_input_tokens"] == 12 * 16 and r["total_output_tokens"] == 12 * 6
-    assert r["output_lens"] == [6] * 12 and r["input_lens"] == [16] * 12
-    assert r["request_throughput"] == pytest.approx(12 / r["duration"])
-    assert 0 < r["mean_ttft_ms"] <= r["mean_e2el_ms"] and r["mean_tpot_ms"] > 0 and r["p99_itl_ms"] > 0
-    assert r["request_rate"] == 40 and r["max_concurrency"] == 4
+def serve_bench(tmp_path: Path, server: str, *args: str, command: str = "serve") -> dict:
+    return bench(tmp_path, command, "--base-url", server, "--api-key", API_KEY, *args)
 
 
-def test_serve_chat_endpoint(server, tmp_path):
-    r = bench(tmp_path, "serve", "--url", server, "--endpoint", "/v1/chat/completions", "--num-prompts", "4",
-              "--input-len", "10", "--output-len", "5")
-    assert (r["completed"], r["failed"]) == (4, 0), r["errors"]
-    assert r["total_output_tokens"] == 20 and r["total_input_tokens"] > 4 * 10  # the chat template adds tokens
-    assert r["request_rate"] == "inf"
+def test_serve_vllm_keys_goodput_and_saved_file(server, tmp_path):
+    r = serve_bench(tmp_path, server, "--num-prompts", "3", "--input-len", "12", "--output-len", "3",
+                    "--vocab-size", "40000", "--request-rate", "50", "--burstiness", "0.5",
+                    "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+                    "--goodput", "ttft:1e9", "tpot:1e9")  # vLLM's space-separated form
+    assert list(r) == VLLM_SERVE_KEYS
+    assert (r["completed"], r["failed"]) == (3, 0), r["errors"]
+    assert r["input_lens"] == [12] * 3 and r["output_lens"] == [3] * 3 and r["total_output_tokens"] == 9
+    assert r["request_goodput"] == r["request_throughput"] == pytest.approx(3 / r["duration"])  # every request meets it
+    assert (r["request_rate"], r["burstiness"], r["max_concurrency"], r["backend"]) == (50, 0.5, None, "openai")
+    assert r["model_id"] == r["tokenizer_id"] and r["model_id"].endswith(".gguf")
+    assert all(t for t in r["generated_texts"]) and all(len(itl) >= 1 for itl in r["itls"])
+    assert 0 < r["p50_ttft_ms"] <= r["p99_ttft_ms"] <= r["mean_e2el_ms"] * 3
+
+    # vLLM's --save-result names the file after label, rate and model, in --result-dir.
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["bench", "serve", "--base-url", server, "--api-key", API_KEY, "--num-prompts",
+                                      "1", "--input-len", "4", "--output-len", "2", "--save-result", "--result-dir",
+                                      str(out), "--label", "mine"])
+    assert result.exit_code == 0, result.output
+    (saved,) = out.iterdir()
+    assert saved.name.startswith("mine-infqps-SmolLM2-135M-Instruct.Q4_1.gguf-") and saved.suffix == ".json"
+    assert json.loads(saved.read_text())["label"] == "mine"
+
+
+def test_serve_max_concurrency_and_ramp_up(server, tmp_path):
+    r = serve_bench(tmp_path, server, "--num-prompts", "6", "--input-len", "8", "--output-len", "3",
+                    "--max-concurrency", "2")
+    assert (r["completed"], r["failed"]) == (6, 0), r["errors"]
+    assert r["max_concurrent_requests"] == 2 and r["max_concurrency"] == 2
+    assert sum(q > 0.01 for q in r["queue_times"]) >= 3  # the rest waited for a slot
+
+    r = serve_bench(tmp_path, server, "--num-prompts", "4", "--input-len", "8", "--output-len", "2",
+                    "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "4", "--ramp-up-end-rps", "10")
+    assert (r["completed"], r["ramp_up_strategy"], r["ramp_up_start_rps"], r["ramp_up_end_rps"]) == (4, "linear", 4, 10)
+    assert [e["rps"] for e in r["rps_change_events"]] == [4, 5, 6, 7, 8, 9, 10]  # rates 4, 6, 8, 10
+    # Sent at the ramp's gaps (Poisson, seeded): the last no sooner than the sum of the smallest gaps allows.
+    assert r["start_times"] == sorted(r["start_times"]) and r["start_times"][-1] > 0
+
+    bad = CliRunner().invoke(app, ["bench", "serve", "--base-url", server, "--api-key", API_KEY, "--request-rate", "2",
+                                   "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1",
+                                   "--ramp-up-end-rps", "2"])
+    assert bad.exit_code == 1 and "leave --request-rate out" in bad.output
+
+
+def test_serve_asks_for_the_api_key(server, tmp_path):
+    result = CliRunner().invoke(app, ["bench", "serve", "--base-url", server, "--num-prompts", "1"],
+                                env={"OPENAI_API_KEY": None, "VLLM_API_KEY": None})
+    assert result.exit_code == 1
+    assert "401 Unauthorized: pass --api-key KEY (or set OPENAI_API_KEY)" in result.output
+    result = CliRunner().invoke(app, ["bench", "serve", "--base-url", server, "--num-prompts", "1", "--input-len", "4",
+                                      "--output-len", "1"], env={"OPENAI_API_KEY": API_KEY})
+    assert result.exit_code == 0, result.output
+
+
+def test_serve_datasets(server, tmp_path, smollm2_tokenizer, smollm2_gguf_path):
+    from vllm_cli.tokenizer import apply_chat_template, resolve_chat_template
+
+    def conv(q: str, a: str) -> dict:
+        return {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+
+    replies = ["Paris is the capital.", "Two plus two is four."]
+    sharegpt = tmp_path / "sg.json"
+    sharegpt.write_text(json.dumps([conv("Capital of France?", replies[0]), conv("2+2?", replies[1])]))
+    r = serve_bench(tmp_path, server, "--dataset-name", "sharegpt", "--dataset-path", str(sharegpt),
+                    "--num-prompts", "5", "--ignore-eos")
+    # The reply's length in tokens (counted by the server's /tokenize) is the output length.
+    assert r["output_lens"] == [len(smollm2_tokenizer.encode(a, add_special_tokens=False)) for a in replies]
+
+    prompts = ["Name a colour.", "Say hi."]
+    custom = tmp_path / "custom.jsonl"
+    custom.write_text("\n".join(json.dumps({"prompt": p, "output_tokens": n}) for p, n in zip(prompts, (2, 3))))
+    r = serve_bench(tmp_path, server, "--dataset-path", str(custom), "--ignore-eos")  # custom: inferred from the file
+    template = resolve_chat_template(smollm2_tokenizer, None)[0]
+    chat_lens = [len(apply_chat_template(smollm2_tokenizer, [{"role": "user", "content": p}], template))
+                 for p in prompts]
+    assert r["output_lens"] == [2, 3] and r["input_lens"] == chat_lens  # through the chat template, as vLLM
+    r = serve_bench(tmp_path, server, "--dataset-name", "custom", "--dataset-path", str(custom), "--ignore-eos",
+                    "--skip-chat-template")
+    assert all(raw < chat for raw, chat in zip(r["input_lens"], chat_lens))
+
+    poem = tmp_path / "sonnet.txt"
+    poem.write_text("".join(f"Shall I compare thee to a summer's day, line {i}?\n" for i in range(30)))
+    r = serve_bench(tmp_path, server, "--dataset-name", "sonnet", "--dataset-path", str(poem), "--num-prompts", "2",
+                    "--sonnet-input-len", "130", "--sonnet-prefix-len", "70", "--sonnet-output-len", "2",
+                    "--ignore-eos", "--tokenizer", smollm2_gguf_path)  # counted here, not by /tokenize
+    assert r["output_lens"] == [2, 2], r["errors"]
+    assert all(90 < n <= 130 for n in r["input_lens"]), r["input_lens"]
+
+    with_bad = CliRunner().invoke(app, ["bench", "serve", "--base-url", server, "--api-key", API_KEY,
+                                        "--dataset-name", "sharegpt", "--dataset-path", str(custom)])
+    assert with_bad.exit_code == 1 and "not ShareGPT JSON" in with_bad.output
+
+
+def test_serve_chat_backend(server, tmp_path):
+    r = serve_bench(tmp_path, server, "--backend", "openai-chat", "--num-prompts", "2", "--input-len", "6",
+                    "--output-len", "3")
+    assert (r["completed"], r["failed"], r["backend"]) == (2, 0, "openai-chat"), r["errors"]
+    assert r["total_output_tokens"] == 6 and r["total_input_tokens"] > 2 * 6  # the chat template adds tokens
+    bad = CliRunner().invoke(app, ["bench", "serve", "--base-url", server, "--api-key", API_KEY,
+                                   "--backend", "openai-chat", "--endpoint", "/v1/completions"])
+    assert bad.exit_code == 1 and "does not speak /v1/completions" in bad.output
+
+
+def test_sweep_writes_table_json_and_plots(server, tmp_path):
+    result = CliRunner().invoke(app, [
+        "bench", "sweep", "--base-url", server, "--api-key", API_KEY, "--request-rates", "20,inf", "--num-prompts", "2",
+        "--input-len", "6", "--output-len", "2", "--metric-percentiles", "50,90", "--result-dir", str(tmp_path),
+        "--result-filename", "sweep.json", "--terminal-plot"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "Sweep:" in result.output and "median TTFT (ms)" in result.output  # the table
+    assert "request rate (req/s): 20, inf" in result.output and "│" in result.output  # the terminal plot
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert summary["swept"] == "request_rate" and summary["values"] == ["20", "inf"]
+    assert [r["request_rate"] for r in summary["results"]] == [20, "inf"]
+    assert all((r["completed"], r["failed"]) == (2, 0) for r in summary["results"])
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = (tmp_path / "sweep.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "Time to first token" in svg
+
+    bad = CliRunner().invoke(app, ["bench", "sweep", "--base-url", server, "--max-concurrencies", "1,0.5"])
+    assert bad.exit_code == 1 and "--max-concurrencies takes comma-separated whole numbers" in bad.output

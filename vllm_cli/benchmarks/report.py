@@ -116,8 +116,12 @@ def print_throughput(rows: list[tuple[str, dict]], result: dict) -> None:
     print_table(f"Throughput: {s['model']}, {s['dtype']}, {workload}", table, ("", *(name for name, _ in rows)))
 
 
-def print_serving(r: dict) -> None:
-    """The `bench serve` table: throughput, then TTFT/TPOT/ITL/E2E latency statistics."""
+_METRIC_LABELS = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2el": "E2E latency"}
+
+
+def print_serving(r: dict, url: str) -> None:
+    """The `bench serve` table: throughput, then the statistics of each metric the result has
+    (vLLM's --percentile-metrics and --metric-percentiles chose them)."""
     rows = [
         ("successful requests", r["completed"]),
         ("failed requests", r["failed"]),
@@ -125,14 +129,25 @@ def print_serving(r: dict) -> None:
         ("total input tokens", r["total_input_tokens"]),
         ("total output tokens", r["total_output_tokens"]),
         ("request throughput (req/s)", r["request_throughput"]),
+    ]
+    if r["request_goodput"] is not None:
+        rows.append(("request goodput (req/s)", r["request_goodput"]))
+    rows += [
         ("output throughput (tok/s)", r["output_throughput"]),
+        ("peak output throughput (tok/s)", r["max_output_tokens_per_s"]),
+        ("peak concurrent requests", r["max_concurrent_requests"]),
         ("total token throughput (tok/s)", r["total_token_throughput"]),
     ]
-    for name, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E latency")):
-        rows += [(f"{stat} {label} (ms)", r[f"{stat}_{name}_ms"]) for stat in ("mean", "median", "p99")]
+    for name, label in _METRIC_LABELS.items():
+        suffix = f"_{name}_ms"
+        stats = [k[: -len(suffix)] for k in r if k.endswith(suffix)]  # mean, median, std, p99, ...
+        rows += [(f"{stat} {label} (ms)", r[f"{stat}{suffix}"]) for stat in stats if stat != "std"]
+    if r.get("ramp_up_strategy"):
+        load = f"{r['ramp_up_strategy']} ramp-up {r['ramp_up_start_rps']} -> {r['ramp_up_end_rps']} req/s"
+    else:
+        load = f"rate {r['request_rate']} req/s, burstiness {r['burstiness']}"
     print_table(
-        f"Serving: {r['model']} at {r['url']}, rate {r['request_rate']} req/s, "
-        f"concurrency {r['max_concurrency'] or 'unlimited'}",
+        f"Serving: {r['model_id']} at {url}, {load}, concurrency {r['max_concurrency'] or 'unlimited'}",
         rows,
     )
 
