@@ -74,6 +74,7 @@ _vllm_cli_bench_latency() {
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
+        '--prefix-caching-hash-algo[sha256 | sha256_cbor: the prefix cache'\''s block hash (SHA-256 of a compact byte encoding...]:prefix-caching-hash-algo:_files' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
@@ -220,6 +221,7 @@ _vllm_cli_bench_throughput() {
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
+        '--prefix-caching-hash-algo[sha256 | sha256_cbor: the prefix cache'\''s block hash (SHA-256 of a compact byte encoding...]:prefix-caching-hash-algo:_files' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
@@ -270,6 +272,7 @@ _vllm_cli_chat() {
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
+        '--prefix-caching-hash-algo[sha256 | sha256_cbor: the prefix cache'\''s block hash (SHA-256 of a compact byte encoding...]:prefix-caching-hash-algo:_files' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
@@ -311,6 +314,7 @@ _vllm_cli_generate() {
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
+        '--prefix-caching-hash-algo[sha256 | sha256_cbor: the prefix cache'\''s block hash (SHA-256 of a compact byte encoding...]:prefix-caching-hash-algo:_files' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
@@ -357,6 +361,7 @@ _vllm_cli_serve() {
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
+        '--prefix-caching-hash-algo[sha256 | sha256_cbor: the prefix cache'\''s block hash (SHA-256 of a compact byte encoding...]:prefix-caching-hash-algo:_files' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \

@@ -49,9 +49,26 @@ _KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 # Every C file here goes into the one library (cpu_ops.c, and the quantized matmuls beside it):
 # one build, one cache entry, one ctypes handle that each module binds its own entry points from.
 _SOURCES = sorted(os.path.join(_KERNEL_DIR, name) for name in os.listdir(_KERNEL_DIR) if name.endswith(".c"))
-# -ffast-math: lets the float sums (RMSNorm's sum of squares) vectorize; nothing here relies on
-# infinities or NaNs.
-_CFLAGS = ["-O3", "-mprefer-vector-width=512", "-ffast-math", "-fPIC", "-shared", "-std=c11"]
+# Only the parts of -ffast-math the kernels need: reassociation, so the float sums (RMSNorm's sum of
+# squares, attention's dot products and softmax sums) vectorize (GCC applies it only without signed
+# zeros and traps), no errno (expf inlines or vectorizes), and fused multiply-adds (as before). Not
+# -ffast-math itself: its -ffinite-math-only makes the softmax's -INFINITY start undefined, and GCC
+# before 13 links crtfastmath.o into the library, which turns on flush-to-zero for the whole process
+# (torch's ops too) when it loads. cpu_ops.c declares glibc's vector expf itself (math.h does only
+# under -ffast-math), so attention and rotary give the same bits as the -ffast-math build did;
+# RMSNorm's 1/sqrt is now exact where -ffast-math approximated it (rsqrt + a Newton step).
+_CFLAGS = [
+    "-O3",
+    "-mprefer-vector-width=512",
+    "-fno-math-errno",
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+    "-ffp-contract=fast",
+    "-fPIC",
+    "-shared",
+    "-std=c11",
+]
 # Decode attention's threads: libgomp.so.1, which resolves to torch's own loaded copy (cpu_ops.c).
 # A compiler without OpenMP builds the library without it (single-threaded attention).
 _OPENMP_FLAGS = ["-fopenmp"]

@@ -19,6 +19,13 @@
 #include <omp.h>
 #endif
 
+/* glibc's vector expf (libmvec, linked through libm), which math.h declares only under -ffast-math
+ * (__FAST_MATH__): declared here so the softmax's exps stay vectorized without -ffast-math, whose
+ * finite-math assumption the -INFINITY starts below would break. Same function, same results. */
+#if defined(__GLIBC__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__FAST_MATH__)
+__attribute__((__simd__("notinbranch"))) extern float expf(float);
+#endif
+
 typedef uint16_t bf16_t;
 
 static inline float bf16_to_f32(bf16_t x) {
@@ -125,6 +132,21 @@ static inline void prefetch_bytes(const void *p, int64_t bytes) {
     for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
 }
 
+/* The largest of x[0..n): sixteen running maxima updated elementwise, then folded. A plain
+ * `m = x[i] > m ? x[i] : m` loop vectorizes only under -ffinite-math-only (which the -INFINITY
+ * start rules out); a maximum does not depend on the order, so the result is the same. */
+static inline float max_of(const float *x, int64_t n) {
+    float lane[16];
+    for (int j = 0; j < 16; j++) lane[j] = -INFINITY;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+    float m = -INFINITY;
+    for (int j = 0; j < 16; j++) m = lane[j] > m ? lane[j] : m;
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
 #define DEFINE_DECODE_ATTENTION(T)                                                                  \
 static inline __attribute__((always_inline)) void                                                   \
 decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,                                \
@@ -158,8 +180,7 @@ decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,            
             const float slope = alibi_slopes[h];                                                    \
             for (int64_t i = 0; i < n; i++) sh[i] += slope * (float)(first + i - query_pos);       \
         }                                                                                           \
-        float mx = -INFINITY;                                                                       \
-        for (int64_t i = 0; i < n; i++) mx = sh[i] > mx ? sh[i] : mx;                               \
+        const float mx = max_of(sh, n);                                                             \
         float total = 0.f;                                                                          \
         for (int64_t i = 0; i < n; i++) { sh[i] = expf(sh[i] - mx); total += sh[i]; }               \
         m[h] = mx;                                                                                  \

@@ -183,3 +183,17 @@ def test_environment_variable_turns_them_off():
     code = "from vllm_cli.kernels import cpu; assert cpu.load() is None"
     env = {**os.environ, cpu.CPU_KERNELS_ENV: "0"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_loading_the_library_leaves_the_float_environment_alone():
+    """Built with -ffast-math, GCC (before 13) linked crtfastmath.o into the library: loading it turned
+    on flush-to-zero / denormals-are-zero for the whole process, torch's own ops included."""
+    code = (
+        "import torch\n"
+        "from vllm_cli.kernels import cpu\n"
+        "assert (torch.tensor([1e-40]) * 1.0).item() != 0.0\n"
+        "assert cpu.load() is not None\n"
+        "assert (torch.tensor([1e-40]) * 1.0).item() != 0.0, 'loading the kernels flushed denormals to zero'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -286,3 +286,24 @@ def test_prefix_cache_exact_with_n_and_aborts(tiny_llama_dir):
     cached, uncached = run(True), run(False)
     assert set(cached) == {f"keep{i}" for i in range(len(tails))}
     assert cached == uncached
+
+
+@pytest.mark.parametrize("algo", ["sha256", "sha256_cbor"])
+def test_prompt_differing_in_one_token_shares_only_the_blocks_before_it(tiny_llama_dir, algo):
+    """Through the engine: a prompt one token away from a cached one, in its second full block, is
+    served its first block only; what it computes from there matches an uncached engine."""
+    base = _random_prompts(1, 49152, seed=21, lo=70, hi=71)[0]  # 4 full blocks of 16 + 5 tokens
+    other = list(base)
+    other[20] = (other[20] + 1) % 49152  # block 1
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    llm = LLM(tiny_llama_dir, num_kv_blocks=64, prefix_caching_hash_algo=algo)
+    assert llm.engine.block_manager.hash_algo == algo
+    llm.generate({"prompt_token_ids": base}, params, use_tqdm=False)
+    out = llm.generate({"prompt_token_ids": other}, params, use_tqdm=False)[0]
+    assert out.num_cached_tokens == 16
+    again = llm.generate({"prompt_token_ids": base}, params, use_tqdm=False)[0]
+    assert again.num_cached_tokens == 69  # its own blocks were not overwritten by the other's
+    reference = LLM(tiny_llama_dir, num_kv_blocks=64, enable_prefix_caching=False)
+    expected = reference.generate([{"prompt_token_ids": p} for p in (other, base)], params, use_tqdm=False)
+    assert [out.outputs[0].token_ids, again.outputs[0].token_ids] == [e.outputs[0].token_ids for e in expected]
+    assert _free_blocks_all_returned(llm.engine)

@@ -69,3 +69,28 @@ def test_alibi_exact_across_chunks_preemption_and_prefix_hits(mpt_dir):
     assert any(o.num_cached_tokens > 0 for o in again)
     assert first == expected
     assert [o.outputs[0].token_ids for o in again] == expected
+
+
+def test_expansion_ratio_follows_transformers(tmp_path):
+    """transformers' MptMLP is 4 x d_model whatever `expansion_ratio` says, so a checkpoint it saves with
+    expansion_ratio=2 holds 4x tensors. We build what it builds, and generate what it generates (before,
+    a 2x MLP loaded the first half of each tensor without a word)."""
+    import transformers
+
+    config = tiny_config("mpt", 256)
+    config.expansion_ratio = 2
+    path = build_tiny_checkpoint(tmp_path, config, seed=5)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    assert reference.transformer.blocks[0].ffn.up_proj.weight.shape == (4 * 64, 64)
+    llm = LLM(path, skip_tokenizer_init=True, num_kv_blocks=64)
+    assert llm.engine.model.transformer.blocks[0].ffn.up_proj.out_features == 4 * 64
+    g = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (7, 19, 33)]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                        SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
+    for prompt, out in zip(prompts, outs):
+        with torch.no_grad():
+            ref = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                     max_new_tokens=16, do_sample=False, eos_token_id=None,
+                                     pad_token_id=0)[0, len(prompt):].tolist()
+        assert out.outputs[0].token_ids == ref

@@ -240,3 +240,151 @@ def test_unknown_model_type_falls_back_to_raw_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(raw))
     config = load_hf_config(resolve_model_source(str(tmp_path)))
     assert config.architectures == ["FrobForCausalLM"] and config.hidden_size == 8
+
+
+# --------------------------------------------------------------------------- shape checks in the loaders
+# Every tensor-parallel layer checks a checkpoint tensor's WHOLE shape before taking its rank's slice:
+# narrowing first would cut a too-large tensor to size without a word.
+
+
+@pytest.fixture(params=[(1, 0), (2, 1)], ids=["tp1", "tp2-rank1"])
+def tp_world(request, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """A simulated place in a tensor-parallel group: the layers size and slice themselves from it
+    (nothing here runs a collective)."""
+    from vllm_cli.distributed import parallel_state as ps
+
+    size, rank = request.param
+    monkeypatch.setattr(ps._STATE, "world_size", size)
+    monkeypatch.setattr(ps._STATE, "rank", rank)
+    return size, rank
+
+
+def _rows(n: int, cols: int) -> torch.Tensor:
+    return torch.arange(n * cols, dtype=torch.float32).reshape(n, cols)
+
+
+def test_column_parallel_checks_the_whole_tensor(tp_world) -> None:
+    from vllm_cli.model_executor.layers.linear import ColumnParallelLinear
+
+    tp, rank = tp_world
+    layer = ColumnParallelLinear(4, 8, bias=True)
+    full = _rows(8, 4)
+    layer.load_weight("weight", full)
+    assert torch.equal(layer.weight.data, full.chunk(tp)[rank])
+    layer.load_weight("bias", torch.arange(8.0))
+    assert torch.equal(layer.bias.data, torch.arange(8.0).chunk(tp)[rank])
+    per_rank = f" \\({tp} ranks x {8 // tp}\\)" if tp > 1 else ""
+    with pytest.raises(ValueError, match=rf"weight has shape \(16, 4\), expected \(8, 4\){per_rank}"):
+        layer.load_weight("weight", _rows(16, 4))  # twice as large: its first rows would fit a rank's slice
+    with pytest.raises(ValueError, match=r"weight has shape \(8, 5\), expected \(8, 4\)"):
+        layer.load_weight("weight", _rows(8, 5))
+    with pytest.raises(ValueError, match=r"bias has shape \(9,\), expected \(8,\)"):
+        layer.load_weight("bias", torch.zeros(9))
+
+
+def test_merged_column_parallel_checks_the_whole_tensor(tp_world) -> None:
+    from vllm_cli.model_executor.layers.linear import MergedColumnParallelLinear
+
+    tp, rank = tp_world
+    layer = MergedColumnParallelLinear(4, [8, 6], bias=False)
+    gate, up = _rows(8, 4), -_rows(6, 4)
+    layer.load_weight("weight", gate, 0)
+    layer.load_weight("weight", up, 1)
+    assert torch.equal(layer.weight.data, torch.cat([gate.chunk(tp)[rank], up.chunk(tp)[rank]]))
+    layer.load_weight("weight", torch.cat([gate, up]), None)  # already fused (Phi-3's gate_up_proj)
+    assert torch.equal(layer.weight.data, torch.cat([gate.chunk(tp)[rank], up.chunk(tp)[rank]]))
+    with pytest.raises(ValueError, match=r"weight \(projection 1\) has shape \(12, 4\), expected \(6, 4\)"):
+        layer.load_weight("weight", _rows(12, 4), 1)
+    with pytest.raises(ValueError, match=r"weight has shape \(28, 4\), expected \(14, 4\) \(8 \+ 6 rows\)"):
+        layer.load_weight("weight", _rows(28, 4), None)
+
+
+def test_qkv_parallel_checks_the_whole_tensor(tp_world) -> None:
+    from vllm_cli.model_executor.layers.linear import QKVParallelLinear
+
+    tp, rank = tp_world
+    # 4 query heads, 2 KV heads of 2 dims: q 8 rows, k and v 4 each
+    layer = QKVParallelLinear(8, head_dim=2, num_heads=4, num_kv_heads=2, bias=False)
+    q, k, v = _rows(8, 8), -_rows(4, 8), _rows(4, 8) + 100
+    for name, tensor in zip("qkv", (q, k, v)):
+        layer.load_weight("weight", tensor, name)
+    expected = torch.cat([q.chunk(tp)[rank], k.chunk(tp)[rank], v.chunk(tp)[rank]])
+    assert torch.equal(layer.weight.data, expected)
+    layer.load_weight("weight", torch.cat([q, k, v]), None)
+    assert torch.equal(layer.weight.data, expected)
+    with pytest.raises(ValueError, match=r"weight \(k\) has shape \(8, 8\), expected \(4, 8\)"):
+        layer.load_weight("weight", _rows(8, 8), "k")
+    with pytest.raises(ValueError, match=r"weight \(q\) has shape \(8, 9\), expected \(8, 8\)"):
+        layer.load_weight("weight", _rows(8, 9), "q")
+    with pytest.raises(ValueError, match=r"weight has shape \(32, 8\), expected \(16, 8\) \(8 \+ 4 \+ 4 rows\)"):
+        layer.load_weight("weight", _rows(32, 8), None)
+
+
+def test_qkv_with_replicated_kv_heads_checks_the_whole_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One KV head over 2 ranks: both keep all of it, so the full k is not tp x the local rows."""
+    from vllm_cli.distributed import parallel_state as ps
+    from vllm_cli.model_executor.layers.linear import QKVParallelLinear
+
+    monkeypatch.setattr(ps._STATE, "world_size", 2)
+    monkeypatch.setattr(ps._STATE, "rank", 1)
+    layer = QKVParallelLinear(8, head_dim=2, num_heads=4, num_kv_heads=1, bias=False)
+    k = _rows(2, 8)
+    layer.load_weight("weight", k, "k")
+    assert torch.equal(layer.weight.data[layer.q_size : layer.q_size + layer.kv_size], k)
+    with pytest.raises(ValueError, match=r"weight \(k\) has shape \(4, 8\), expected \(2, 8\)"):
+        layer.load_weight("weight", _rows(4, 8), "k")
+
+
+def test_row_parallel_checks_the_whole_tensor(tp_world) -> None:
+    from vllm_cli.model_executor.layers.linear import RowParallelLinear
+
+    tp, rank = tp_world
+    layer = RowParallelLinear(8, 4, bias=True)
+    full = _rows(4, 8)
+    layer.load_weight("weight", full)
+    assert torch.equal(layer.weight.data, full.chunk(tp, dim=1)[rank])
+    layer.load_weight("bias", torch.arange(4.0))  # whole on every rank: added once after the all-reduce
+    assert torch.equal(layer.bias.data, torch.arange(4.0))
+    with pytest.raises(ValueError, match=r"weight has shape \(4, 16\), expected \(4, 8\)"):
+        layer.load_weight("weight", _rows(4, 16))
+    with pytest.raises(ValueError, match=r"weight has shape \(5, 8\), expected \(4, 8\)"):
+        layer.load_weight("weight", _rows(5, 8))
+    with pytest.raises(ValueError, match=r"bias has shape \(8,\), expected \(4,\)"):
+        layer.load_weight("bias", torch.zeros(8))
+
+
+@pytest.mark.parametrize("kind", ["embedding", "lm_head"])
+def test_vocab_parallel_checks_the_whole_tensor(tp_world, kind: str) -> None:
+    from vllm_cli.model_executor.layers.linear import ParallelLMHead, VocabParallelEmbedding
+
+    tp, rank = tp_world
+    layer = VocabParallelEmbedding(9, 4) if kind == "embedding" else ParallelLMHead(4, 9)
+    full = _rows(9, 4)
+    layer.load_weight("weight", full)
+    local = -(-9 // tp)  # padded equal shards: rank 1 of 2 holds rows 5..8 and one zero row
+    mine = full[rank * local : (rank + 1) * local]
+    assert torch.equal(layer.weight.data[: len(mine)], mine)
+    assert not layer.weight.data[len(mine) :].any()
+    with pytest.raises(ValueError, match=r"weight has shape \(18, 4\), expected \(9, 4\)"):
+        layer.load_weight("weight", _rows(18, 4))
+    with pytest.raises(ValueError, match=r"weight has shape \(9, 8\), expected \(9, 4\)"):
+        layer.load_weight("weight", _rows(9, 8))
+
+
+def test_wrong_shape_error_names_the_checkpoint_tensor() -> None:
+    """Through the model's loader: the error names the checkpoint's tensor, not just the parameter."""
+    from vllm_cli.model_executor.models import get_model_class
+
+    config = _tiny_llama().config
+    model = get_model_class(config)(config)
+    state = _tiny_llama().state_dict()
+    model.load_weights(state.items())  # the right shapes load
+    bad = torch.zeros(2 * config.intermediate_size, config.hidden_size)
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint tensor 'model.layers.1.mlp.up_proj.weight': weight \(projection 1\) has shape "
+        r"\(256, 64\), expected \(128, 64\)",
+    ):
+        model.load_weights([("model.layers.1.mlp.up_proj.weight", bad)])
+    with pytest.raises(ValueError, match=r"checkpoint tensor 'model.embed_tokens.weight': weight has shape \(129, 64\)"):
+        model.load_weights([("model.embed_tokens.weight", torch.zeros(129, 64))])

@@ -26,6 +26,9 @@ LOAD_FORMATS = ("auto", "dummy")
 MODEL_IMPLS = ("auto", "native", "transformers")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 STRUCTURED_OUTPUTS_BACKENDS = ("auto", "xgrammar", "guidance")
+# Prefix-cache block hashes (engine/block_manager.py), as vLLM names them: SHA-256 of a compact byte
+# encoding, or of canonical CBOR (cbor2). vLLM's xxhash variants are left out: not collision-resistant.
+PREFIX_CACHING_HASH_ALGOS = ("sha256", "sha256_cbor")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class EngineArgs:
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None  # None: chosen from max_model_len
     enable_prefix_caching: bool = True
+    prefix_caching_hash_algo: str = "sha256"
     enable_chunked_prefill: bool = True
     chat_template: str | None = None
     served_model_name: list[str] = field(default_factory=list)
@@ -82,6 +86,11 @@ class EngineArgs:
             raise ValueError(
                 f"structured_outputs_backend must be one of {', '.join(STRUCTURED_OUTPUTS_BACKENDS)}, "
                 f"got {self.structured_outputs_backend!r}"
+            )
+        if self.prefix_caching_hash_algo not in PREFIX_CACHING_HASH_ALGOS:
+            raise ValueError(
+                f"prefix_caching_hash_algo must be one of {', '.join(PREFIX_CACHING_HASH_ALGOS)}, "
+                f"got {self.prefix_caching_hash_algo!r}"
             )
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")

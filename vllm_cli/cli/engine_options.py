@@ -74,6 +74,11 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     "max_num_seqs": (int, "Most sequences running at once."),
     "max_num_batched_tokens": (Optional[int], "Token budget of one step (default 2048)."),
     "enable_prefix_caching": (bool, "Reuse the KV cache of shared prompt prefixes."),
+    "prefix_caching_hash_algo": (
+        str,
+        "sha256 | sha256_cbor: the prefix cache's block hash (SHA-256 of a compact byte encoding, or of "
+        "canonical CBOR).",
+    ),
     "enable_chunked_prefill": (bool, "Split long prompts into chunks that share steps with decodes."),
     "tensor_parallel_size": (int, "Ranks to shard the model over (processes; one GPU each on CUDA)."),
     "nnodes": (int, "Machines the tensor-parallel ranks span (run the same command on each)."),

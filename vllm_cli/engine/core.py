@@ -94,7 +94,9 @@ class EngineCore:
         self.worker = worker
         self.structured_output = structured_output
         self.block_size = args.block_size
-        self.block_manager = BlockManager(num_blocks, args.block_size, args.enable_prefix_caching)
+        self.block_manager = BlockManager(
+            num_blocks, args.block_size, args.enable_prefix_caching, args.prefix_caching_hash_algo
+        )
         max_batched = args.max_num_batched_tokens or (2048 if args.enable_chunked_prefill else max(2048, max_model_len))
         if not args.enable_chunked_prefill and max_batched < max_model_len:
             raise ValueError(

@@ -30,6 +30,23 @@ class StepInput:
     logit_rows: list[int]  # rows of the flat batch whose logits are computed
 
 
+def allocate_kv_pool(
+    num_layers: int, num_slots: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, K and V caches [num_slots, num_kv_heads, head_dim], zero-filled. Zeroing writes every
+    page, so the whole pool is committed (resident) now: a budget the machine cannot hold fails at
+    start-up, not mid-traffic, and the process's RSS does not climb as traffic first touches each
+    block. The null block 0 (read for padded key positions) is zero with the rest."""
+    shape = (num_slots, num_kv_heads, head_dim)
+    caches = []
+    for _ in range(num_layers):
+        k, v = torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device)
+        k.zero_()
+        v.zero_()
+        caches.append((k, v))
+    return caches
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -58,15 +75,9 @@ class ModelRunner:
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * element
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        """Uninitialized (zeroing gigabytes costs seconds at start-up) except the null block 0,
-        which attention reads for padding: every other slot is written before it is read."""
-        shape = (num_blocks * self.block_size, self.num_kv_heads, self.head_dim)
-        self.kv_caches = []
-        for _ in range(self.num_layers):
-            k, v = (torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(2))
-            k[: self.block_size].zero_()
-            v[: self.block_size].zero_()
-            self.kv_caches.append((k, v))
+        self.kv_caches = allocate_kv_pool(
+            self.num_layers, num_blocks * self.block_size, self.num_kv_heads, self.head_dim, self.dtype, self.device
+        )
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor | None:

@@ -105,9 +105,21 @@ class Worker:
         return num_blocks
 
     def init_kv_cache(self, num_blocks: int, max_model_len: int) -> None:
-        """Allocate the KV pool (the driver: then the workers allocate the same one)."""
+        """Allocate and commit the KV pool (the driver: then the workers allocate the same one);
+        ValueError when the memory is not there."""
         self.runner.set_max_model_len(max_model_len)
-        self.runner.allocate_kv_cache(num_blocks)
+        needed = num_blocks * self.runner.kv_cache_bytes_per_block()
+        advice = "lower --kv-cache-memory / --num-kv-blocks / --gpu-memory-utilization or --max-model-len"
+        if self.device.type == "cpu" and needed > (available := available_cpu_memory()):
+            raise ValueError(
+                f"the KV cache needs {needed / 2**30:.2f} GiB but only {available / 2**30:.2f} GiB of memory "
+                f"is available: {advice}"
+            )
+        try:
+            self.runner.allocate_kv_cache(num_blocks)
+        except (RuntimeError, MemoryError) as e:  # torch's allocators (CUDA's OutOfMemoryError included)
+            self.runner.kv_caches = []
+            raise ValueError(f"could not allocate the KV cache ({needed / 2**30:.2f} GiB): {e}; {advice}") from None
         if self.tp_group is not None:
             self.tp_group.broadcast((num_blocks, max_model_len))
 
@@ -141,20 +153,21 @@ def cpu_kv_cache_bytes(args: EngineArgs, local_ranks: int = 1) -> int:
     return default_cpu_kv_budget() // local_ranks
 
 
-def default_cpu_kv_budget() -> int:
-    """4 GiB (vLLM's CPU default), but never more than a third of the memory available now."""
-    available = None
+def available_cpu_memory() -> int:
+    """Bytes of memory available for new allocations now (MemAvailable, else the free pages)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
-    if available is None:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    return min(4 * 2**30, available // 3)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def default_cpu_kv_budget() -> int:
+    """4 GiB (vLLM's CPU default), but never more than a third of the memory available now."""
+    return min(4 * 2**30, available_cpu_memory() // 3)
 
 
 # ----- tensor parallelism: where this process stands in the group -----

@@ -36,10 +36,41 @@ from vllm_cli.distributed.parallel_state import (
 ShardId = str | int | None
 
 
-def _copy_checked(target: torch.Tensor, tensor: torch.Tensor, what: str) -> None:
-    if tuple(target.shape) != tuple(tensor.shape):
-        raise ValueError(f"checkpoint tensor {what!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
-    target.copy_(tensor)
+def _check_shape(tensor: torch.Tensor, expected: tuple[int, ...], what: str, detail: str = "") -> None:
+    if tuple(tensor.shape) != expected:
+        raise ValueError(f"{what} has shape {tuple(tensor.shape)}, expected {expected}{detail}")
+
+
+def _copy_checked(
+    target: torch.Tensor,
+    tensor: torch.Tensor,
+    what: str,
+    shard_dim: int | None = None,
+    start: int | None = None,
+    full: int | None = None,
+) -> None:
+    """Copy a checkpoint tensor, or this rank's slice of it along shard_dim, into target, after
+    checking the WHOLE tensor (narrowing first would cut a too-large tensor to size without a word).
+    Along shard_dim the tensor holds `full` entries (default tp_size x target's: an even split) and
+    this rank's slice starts at `start` (default rank x target's); every other dim matches target."""
+    if shard_dim is None:
+        _check_shape(tensor, tuple(target.shape), what)
+        target.copy_(tensor)
+        return
+    local, tp = target.shape[shard_dim], get_tp_size()
+    even = full is None
+    full = local * tp if full is None else full
+    expected = tuple(full if d == shard_dim else size for d, size in enumerate(target.shape))
+    _check_shape(tensor, expected, what, f" ({tp} ranks x {local})" if even and tp > 1 else "")
+    start = get_tp_rank() * local if start is None else start
+    target.copy_(tensor.narrow(shard_dim, start, local))
+
+
+def _check_fused(tensor: torch.Tensor, full_sizes: list[int], target: torch.Tensor, what: str) -> None:
+    """A checkpoint tensor of fused projections ([q; k; v], [gate; up]) holds exactly their full sizes
+    stacked: checked before splitting it (a wrong size would fail in torch without the tensor's name)."""
+    rows = " + ".join(map(str, full_sizes))
+    _check_shape(tensor, (sum(full_sizes), *target.shape[1:]), what, f" ({rows} rows)")
 
 
 class ParallelLinearBase(nn.Linear):
@@ -56,8 +87,7 @@ class ColumnParallelLinear(ParallelLinearBase):
         super().__init__(in_features, divide(out_features, get_tp_size(), "output features"), bias=bias)
 
     def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
-        local = self.out_features
-        _copy_checked(getattr(self, param_name).data, tensor.narrow(0, get_tp_rank() * local, local), param_name)
+        _copy_checked(getattr(self, param_name).data, tensor, param_name, shard_dim=0)
 
 
 class MergedColumnParallelLinear(ParallelLinearBase):
@@ -72,12 +102,16 @@ class MergedColumnParallelLinear(ParallelLinearBase):
 
     def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
         target = getattr(self, param_name).data
-        pieces = tensor.split(self.full_sizes) if shard_id is None else None
-        offset, rank = 0, get_tp_rank()
+        if shard_id is None:  # already fused: check the whole before splitting it
+            _check_fused(tensor, self.full_sizes, target, param_name)
+            pieces = tensor.split(self.full_sizes)
+        elif not (isinstance(shard_id, int) and 0 <= shard_id < len(self.full_sizes)):
+            raise ValueError(f"{param_name}: no projection {shard_id!r} among {len(self.full_sizes)}")
+        offset = 0
         for index, local in enumerate(self.local_sizes):
             if shard_id is None or shard_id == index:
-                piece = pieces[index] if pieces is not None else tensor
-                _copy_checked(target.narrow(0, offset, local), piece.narrow(0, rank * local, local), param_name)
+                piece = pieces[index] if shard_id is None else tensor
+                _copy_checked(target.narrow(0, offset, local), piece, f"{param_name} (projection {index})", shard_dim=0)
             offset += local
 
 
@@ -98,10 +132,13 @@ class QKVParallelLinear(ParallelLinearBase):
         target = getattr(self, param_name).data
         hd = self.head_dim
         full_q, full_kv = self.full_num_heads * hd, self.full_num_kv_heads * hd
-        if shard_id is None:
+        if shard_id is None:  # fused [q; k; v]: check the whole before splitting it
+            _check_fused(tensor, [full_q, full_kv, full_kv], target, param_name)
             pieces = dict(zip("qkv", tensor.split([full_q, full_kv, full_kv])))
-        else:
+        elif shard_id in ("q", "k", "v"):
             pieces = {str(shard_id): tensor}
+        else:
+            raise ValueError(f"{param_name}: no projection {shard_id!r} (q, k or v)")
         layout = {  # piece -> (offset in the local fused tensor, first row in the full piece, rows)
             "q": (0, get_tp_rank() * self.q_size, self.q_size),
             "k": (self.q_size, self.first_kv_head * hd, self.kv_size),
@@ -109,12 +146,10 @@ class QKVParallelLinear(ParallelLinearBase):
         }
         for name, piece in pieces.items():
             offset, first, rows = layout[name]
-            expected = full_q if name == "q" else full_kv
-            if piece.shape[0] != expected:
-                raise ValueError(
-                    f"checkpoint tensor {param_name!r} ({name}) has {piece.shape[0]} rows, expected {expected}"
-                )
-            _copy_checked(target.narrow(0, offset, rows), piece.narrow(0, first, rows), param_name)
+            full = full_q if name == "q" else full_kv  # KV heads may be replicated: not always tp x rows
+            _copy_checked(
+                target.narrow(0, offset, rows), piece, f"{param_name} ({name})", shard_dim=0, start=first, full=full
+            )
 
 
 class RowParallelLinear(ParallelLinearBase):
@@ -132,15 +167,12 @@ class RowParallelLinear(ParallelLinearBase):
     def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
         if param_name == "bias":  # added once, after the all-reduce: every rank keeps all of it
             return super().load_weight(param_name, tensor)
-        local = self.in_features
-        _copy_checked(self.weight.data, tensor.narrow(1, get_tp_rank() * local, local), param_name)
+        _copy_checked(self.weight.data, tensor, param_name, shard_dim=1)
 
 
 def _load_vocab_rows(target: torch.Tensor, tensor: torch.Tensor, vocab_size: int, what: str) -> None:
-    if tensor.shape[0] != vocab_size:
-        raise ValueError(f"checkpoint tensor {what!r} has {tensor.shape[0]} rows, expected {vocab_size}")
     start, end, _ = padded_shard(vocab_size)
-    _copy_checked(target.narrow(0, 0, end - start), tensor.narrow(0, start, end - start), what)
+    _copy_checked(target.narrow(0, 0, end - start), tensor, what, shard_dim=0, start=start, full=vocab_size)
     target[end - start :].zero_()  # padding rows: never looked up, their logits cut off
 
 

@@ -49,11 +49,12 @@ class CausalLM(nn.Module):
         and its place in a fused parameter; anything else is replicated whole."""
         params = dict(self.named_parameters())
         loaded: set[str] = set()
-        for name, tensor in weights:
-            if any(s in name for s in skip):
+        for checkpoint_name, tensor in weights:
+            if any(s in checkpoint_name for s in skip):
                 continue
-            if name == "lm_head.weight" and self.tie_word_embeddings:
+            if checkpoint_name == "lm_head.weight" and self.tie_word_embeddings:
                 continue
+            name = checkpoint_name
             shard_id: ShardId = None
             for fragment, (fused, sid) in self.stacked_params.items():
                 if fragment in name:
@@ -65,7 +66,10 @@ class CausalLM(nn.Module):
             module = self.get_submodule(module_name)
             load_weight = getattr(module, "load_weight", None)
             if load_weight is not None:
-                load_weight(param_name, tensor, shard_id)
+                try:  # the layer checks the whole tensor before taking its slice; the name is known here
+                    load_weight(param_name, tensor, shard_id)
+                except ValueError as e:
+                    raise ValueError(f"checkpoint tensor {checkpoint_name!r}: {e}") from None
             else:
                 target = params[name].data
                 if shard_id is not None or tuple(target.shape) != tuple(tensor.shape):

@@ -4,7 +4,8 @@ MPT has no position embeddings: attention adds an ALiBi bias, slope_h * (key_pos
 query_pos), computed by the attention backend from absolute positions, so it stays exact
 across blocks, chunked prefill, preemption and prefix caching. Fused Wqkv, optional
 clip_qkv and q/k LayerNorm, LayerNorm and linears with or without bias (`no_bias`), GELU
-MLP of `expansion_ratio`, embeddings tied to the LM head. Real checkpoints carry remote-code
+MLP of 4 x d_model (as transformers' MptMLP builds it, whatever `expansion_ratio` says),
+embeddings tied to the LM head. Real checkpoints carry remote-code
 `auto_map`; nothing of it is executed.
 """
 
@@ -81,7 +82,9 @@ class MptBlock(nn.Module):
     def __init__(self, config: Any, layer_idx: int, bias: bool):
         super().__init__()
         eps = config.layer_norm_epsilon
-        hidden = int(config.expansion_ratio * config.d_model)
+        # transformers' MptMLP is 4 x d_model whatever config.expansion_ratio says, so that is the shape
+        # of every checkpoint it saves: follow it (the loader rejects a tensor of any other shape).
+        hidden = 4 * config.d_model
         self.norm_1 = nn.LayerNorm(config.d_model, eps=eps, bias=bias)
         self.attn = MptAttention(config, layer_idx, bias)
         self.norm_2 = nn.LayerNorm(config.d_model, eps=eps, bias=bias)
