@@ -115,7 +115,12 @@ def _integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Int = Annotated[int, BeforeValidator(_integral)]
+_INTEGRAL = BeforeValidator(_integral)
+# Constraints go inside, before the validator, so that /openapi.json shows them as minimum/maximum.
+Int = Annotated[int, _INTEGRAL]
+PositiveInt = Annotated[int, Field(ge=1), _INTEGRAL]
+NonNegativeInt = Annotated[int, Field(ge=0), _INTEGRAL]
+NumLogprobs = Annotated[int, Field(ge=0, le=MAX_LOGPROBS), _INTEGRAL]
 
 
 class _Request(BaseModel):
@@ -299,13 +304,13 @@ class SamplingRequest(_Lenient):
     """Fields shared by chat and text completions. None means "the default"."""
 
     model: str | None = None
-    n: Int | None = Field(1, ge=1, le=MAX_N)
+    n: Annotated[int, Field(ge=1, le=MAX_N), _INTEGRAL] | None = 1
     temperature: float | None = Field(None, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    seed: Int | None = Field(None, ge=_SEED_MIN, le=_SEED_MAX)
+    seed: Annotated[int, Field(ge=_SEED_MIN, le=_SEED_MAX), _INTEGRAL] | None = None
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -324,10 +329,10 @@ class SamplingRequest(_Lenient):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     guided_decoding_backend: str | None = None  # accepted and ignored: the server's backend is used
-    top_k: Int | None = Field(None, ge=-1)
+    top_k: Annotated[int, Field(ge=-1), _INTEGRAL] | None = None
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
-    min_tokens: Int | None = Field(None, ge=0)
+    min_tokens: NonNegativeInt | None = None
     ignore_eos: bool | None = False
     stop_token_ids: list[Int] | None = None
     skip_special_tokens: bool | None = True
@@ -380,10 +385,10 @@ class SamplingRequest(_Lenient):
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: Int | None = Field(None, ge=1, description="Deprecated by OpenAI for max_completion_tokens.")
-    max_completion_tokens: Int | None = Field(None, ge=1)
+    max_tokens: PositiveInt | None = Field(None, description="Deprecated by OpenAI for max_completion_tokens.")
+    max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = False
-    top_logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: NumLogprobs | None = None
     # vLLM's chat extras
     add_generation_prompt: bool = True
     continue_final_message: bool = False
@@ -415,9 +420,9 @@ PromptType = str | list[str] | list[Int] | list[list[Int]]
 
 class CompletionRequest(SamplingRequest):
     prompt: PromptType
-    max_tokens: Int | None = Field(16, ge=1)
+    max_tokens: PositiveInt | None = 16
     echo: bool | None = False
-    logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    logprobs: NumLogprobs | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -462,7 +467,7 @@ class TokenizeRequest(_Request):
 
 class DetokenizeRequest(_Request):
     model: str | None = None
-    tokens: list[Annotated[Int, Field(ge=0)]]
+    tokens: list[NonNegativeInt]
 
 
 # ----- responses -----
