@@ -401,9 +401,11 @@ async def alive(url: str) -> Phase:
     return Phase("alive", not failures, "/health 200, a chat completion ok, nothing left running", failures)
 
 
-async def drain(url: str, proc: subprocess.Popen, streams: int = 8, max_tokens: int = 48) -> Phase:
+async def drain(url: str, proc: subprocess.Popen, streams: int = 4, max_tokens: int = 16) -> Phase:
     """SIGTERM while `streams` streams and as many non-streamed requests run: each must finish
-    complete, a request sent after the signal must be refused, and the process must exit 0."""
+    complete, a request sent after the signal must be refused, and the process must exit 0.
+    Sized to finish well within the server's grace period (--shutdown-timeout, 30 s by default),
+    after which aiohttp cuts what is left."""
     failures: list[str] = []
     started = asyncio.Event()
     first_chunks = 0
@@ -413,15 +415,18 @@ async def drain(url: str, proc: subprocess.Popen, streams: int = 8, max_tokens: 
         async def streamed(i: int) -> str | None:
             nonlocal first_chunks
             path, body = body_for(("chat-stream", "completion-stream")[i % 2], i, max_tokens, ignore_eos=True)
-            async with session.post(url + path, json=body) as response:
-                text, counted = [], False
-                async for line in response.content:
-                    text.append(line.decode())
-                    if not counted and line.startswith(b"data: {"):
-                        counted, first_chunks = True, first_chunks + 1
-                        if first_chunks == streams:
-                            started.set()
-                return check_sse(f"draining stream #{i}", "".join(text))
+            text, counted = [], False
+            try:
+                async with session.post(url + path, json=body) as response:
+                    async for line in response.content:
+                        text.append(line.decode())
+                        if not counted and line.startswith(b"data: {"):
+                            counted, first_chunks = True, first_chunks + 1
+                            if first_chunks == streams:
+                                started.set()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # cut off: past --shutdown-timeout?
+                return f"draining stream #{i}: {type(e).__name__}: {e}"
+            return check_sse(f"draining stream #{i}", "".join(text))
 
         async def whole(i: int) -> str | None:
             return await good_request(session, url, ("chat", "completion")[i % 2], i, max_tokens, ignore_eos=True)
