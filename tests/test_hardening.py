@@ -83,7 +83,7 @@ def test_openapi_describes_request_bodies():
 
 def test_zz_sigterm_drains_in_flight_requests_refuses_new_ones_exits_0(server):
     """Last of the module: it stops the server."""
-    _check(asyncio.run(phases.drain(server.url, server.proc, streams=4, max_tokens=24)))
+    _check(asyncio.run(phases.drain(server.url, server.proc, streams=4, max_tokens=16)))
     assert "Server stopped" in server.log_tail()
 
 
