@@ -32,6 +32,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -380,7 +381,10 @@ def fuzz(url: str, examples: int = 100, phases: str = "coverage,fuzzing", max_ti
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "fuzz_hooks", "PYTHONPATH": str(HERE)}
     start = time.monotonic()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE, timeout=max_time_s + 120)
+    # cwd: schemathesis keeps a .schemathesis/ cache there, which does not belong in the repository.
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), timeout=max_time_s + 120
+    )
     took = time.monotonic() - start
     output = done.stdout + done.stderr
     cases = re.search(r"(\d+) generated", output)
