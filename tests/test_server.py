@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "What is the capital of France?"}]
 API_KEY = "sk-test-123"
+JSON = {"Content-Type": "application/json"}  # for raw bodies: the server answers 415 to any other type
 ORIGIN = "https://ok.example"
 
 
@@ -309,13 +310,13 @@ OK_CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 ])
 def test_bad_requests(server, path, body, status, param, match):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    _assert_error(httpx.post(server.url + path, content=content), status, param, match)
+    _assert_error(httpx.post(server.url + path, content=content, headers=JSON), status, param, match)
 
 
 def test_wrong_method_and_body_too_large(server):
     _assert_error(httpx.get(f"{server.url}/v1/completions"), 405)
     huge = json.dumps({"prompt": "x" * (11 * 2**20)}).encode()
-    _assert_error(httpx.post(f"{server.url}/v1/completions", content=huge), 413, match="body")
+    _assert_error(httpx.post(f"{server.url}/v1/completions", content=huge, headers=JSON), 413, match="body")
     assert httpx.get(f"{server.url}/health").status_code == 200
 
 
@@ -571,7 +572,7 @@ def _json(strategy) -> st.SearchStrategy[bytes]:
        | _json(st.fixed_dictionaries({"prompt": st.text(max_size=10)}, optional={"add_special_tokens": _ANY}))
        | _json(st.fixed_dictionaries({"messages": st.lists(_MESSAGE | _BAD_MESSAGE, max_size=2)})))
 def test_fuzz_raw_bodies(server, path, body):
-    _check_fuzzed(httpx.post(server.url + path, content=body, timeout=60), body)
+    _check_fuzzed(httpx.post(server.url + path, content=body, headers=JSON, timeout=60), body)
 
 
 # ----- API key, CORS, shutdown (the secured server) -----

@@ -3,14 +3,18 @@
 it and drains in-flight requests on SIGINT/SIGTERM.
 
 Middleware, outermost first: CORS preflight (before auth: browsers send no credentials on
-preflight), errors (everything leaves as {"error": {...}}), API key. CORS headers on real
-responses are added in on_response_prepare, so streamed responses get them too.
+preflight), errors (everything leaves as {"error": {...}}), API key, JSON content type (a POST body
+must be `application/json`: a browser sends text/plain cross-origin without a preflight, so
+accepting it would let any web page drive a server on localhost). CORS headers on real responses
+are added in on_response_prepare, so streamed responses get them too. The body size limit is
+aiohttp's client_max_size, which the error middleware turns into an OpenAI-shaped 413.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hmac
 import logging
 import signal
@@ -124,7 +128,8 @@ def build_app(
     state = ServerState(async_engine, names, desc, metrics, chat, completion, p.now(), openapi_schema(bool(api_key)))
 
     app = web.Application(
-        middlewares=[_preflight(list(allowed_origins)), _errors, _auth(api_key)], client_max_size=max_body_bytes
+        middlewares=[_preflight(list(allowed_origins)), _errors, _auth(api_key), _json_content_type],
+        client_max_size=max_body_bytes,
     )
     app[STATE] = state
     if allowed_origins:
@@ -188,6 +193,22 @@ def _auth(api_key: str | None):
         return await handler(request)
 
     return auth
+
+
+@web.middleware
+async def _json_content_type(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """415 for a POST to a route whose body is not declared `application/json` (charset allowed), as vLLM.
+    Unknown paths and wrong methods fall through to their 404 / 405."""
+    if request.method == "POST" and request.match_info.http_exception is None:
+        media_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            shown = f"'{media_type}'" if media_type else "none"
+            raise APIError(
+                f"Unsupported Media Type: only 'application/json' is allowed (got {shown})",
+                415,
+                code="unsupported_media_type",
+            )
+    return await handler(request)
 
 
 def _origin_allowed(request: web.Request, origins: list[str]) -> str | None:
@@ -275,7 +296,8 @@ async def _tokenize(request: web.Request) -> web.Response:
         raise APIError("this server was started without a tokenizer")
     if req.messages is not None:
         tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools] if req.tools else None
-        ids = state.chat.render(
+        ids = await state.chat.off_loop(
+            state.chat.render,
             [m.to_template_dict() for m in req.messages],
             req.add_generation_prompt,
             req.continue_final_message,
@@ -283,7 +305,10 @@ async def _tokenize(request: web.Request) -> web.Response:
             tools,
         )
     else:
-        ids = list(tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens))
+        text = req.prompt or ""
+        state.chat.check_prompt_chars(len(text), "prompt")
+        encode = functools.partial(tokenizer.encode, text, add_special_tokens=req.add_special_tokens)
+        ids = list(await state.chat.off_loop(encode))
     engine = state.chat.engine
     return web.json_response(
         p.TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len, tokens=ids).model_dump()
@@ -300,7 +325,8 @@ async def _detokenize(request: web.Request) -> web.Response:
     vocab = len(tokenizer)
     if any(not 0 <= t < vocab for t in req.tokens):
         raise APIError(f"token ids must be in [0, {vocab})", param="tokens")
-    return web.json_response(p.DetokenizeResponse(prompt=str(tokenizer.decode(req.tokens))).model_dump())
+    text = await state.chat.off_loop(tokenizer.decode, req.tokens)
+    return web.json_response(p.DetokenizeResponse(prompt=str(text)).model_dump())
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -343,6 +369,7 @@ def openapi_schema(api_key_required: bool) -> dict:
             (401, "Missing or wrong API key"),
             (404, "Unknown model or path"),
             (413, "Request body too large"),
+            (415, "Request body not declared application/json"),
             (500, "Failure inside the server"),
         )
     }

@@ -16,7 +16,16 @@ import uuid
 from collections.abc import Container
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 # torch.Generator.manual_seed accepts exactly this range.
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
@@ -99,6 +108,19 @@ def _validation_error(error: ValidationError, fields: Container[str] = ()) -> AP
 
 
 # ----- requests -----
+
+
+def _integral(value: Any) -> Any:
+    # JSON (and JSON Schema's "integer") counts 1.0 as an integer, and so does vLLM; 1.5 stays a 400.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+_INTEGRAL = BeforeValidator(_integral)
+# Constraints go inside, before the validator, so that /openapi.json shows them as minimum/maximum.
+Int = Annotated[int, _INTEGRAL]
+PositiveInt = Annotated[int, Field(ge=1), _INTEGRAL]
+NonNegativeInt = Annotated[int, Field(ge=0), _INTEGRAL]
+NumLogprobs = Annotated[int, Field(ge=0, le=MAX_LOGPROBS), _INTEGRAL]
 
 
 class _Request(BaseModel):
@@ -282,13 +304,13 @@ class SamplingRequest(_Lenient):
     """Fields shared by chat and text completions. None means "the default"."""
 
     model: str | None = None
-    n: int | None = Field(1, ge=1, le=MAX_N)
+    n: Annotated[int, Field(ge=1, le=MAX_N), _INTEGRAL] | None = 1
     temperature: float | None = Field(None, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    seed: int | None = Field(None, ge=_SEED_MIN, le=_SEED_MAX)
+    seed: Annotated[int, Field(ge=_SEED_MIN, le=_SEED_MAX), _INTEGRAL] | None = None
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -307,12 +329,12 @@ class SamplingRequest(_Lenient):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     guided_decoding_backend: str | None = None  # accepted and ignored: the server's backend is used
-    top_k: int | None = Field(None, ge=-1)
+    top_k: Annotated[int, Field(ge=-1), _INTEGRAL] | None = None
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
-    min_tokens: int | None = Field(None, ge=0)
+    min_tokens: NonNegativeInt | None = None
     ignore_eos: bool | None = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Int] | None = None
     skip_special_tokens: bool | None = True
     spaces_between_special_tokens: bool | None = True
     include_stop_str_in_output: bool | None = False
@@ -363,10 +385,10 @@ class SamplingRequest(_Lenient):
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI for max_completion_tokens.")
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: PositiveInt | None = Field(None, description="Deprecated by OpenAI for max_completion_tokens.")
+    max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: NumLogprobs | None = None
     # vLLM's chat extras
     add_generation_prompt: bool = True
     continue_final_message: bool = False
@@ -393,14 +415,14 @@ class ChatCompletionRequest(SamplingRequest):
         return self
 
 
-PromptType = str | list[str] | list[int] | list[list[int]]
+PromptType = str | list[str] | list[Int] | list[list[Int]]
 
 
 class CompletionRequest(SamplingRequest):
     prompt: PromptType
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: PositiveInt | None = 16
     echo: bool | None = False
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    logprobs: NumLogprobs | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -418,6 +440,15 @@ class CompletionRequest(SamplingRequest):
 
 
 class TokenizeRequest(_Request):
+    # Exactly one of prompt and messages, in the schema too (so a fuzzer knows).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ]
+        }
+    )
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -436,7 +467,7 @@ class TokenizeRequest(_Request):
 
 class DetokenizeRequest(_Request):
     model: str | None = None
-    tokens: list[Annotated[int, Field(ge=0)]]
+    tokens: list[NonNegativeInt]
 
 
 # ----- responses -----

@@ -80,10 +80,13 @@ class ServingChat(OpenAIServing):
         chat_template_kwargs: dict | None,
         tools: list[dict] | None = None,
     ) -> list[int]:
-        """Messages -> prompt token ids. The template was checked at start-up, so whatever fails
-        here fails because of the request (roles out of order, odd chat_template_kwargs): a 400."""
+        """Messages -> prompt token ids (blocking: callers on the event loop go through `off_loop`).
+        The template was checked at start-up, so whatever fails here fails because of the request
+        (roles out of order, odd chat_template_kwargs): a 400. Messages whose text alone cannot fit
+        the context are refused before rendering."""
         if self.tokenizer is None:
             raise APIError("chat needs a tokenizer, and this server was started without one", param="messages")
+        self.check_prompt_chars(sum(map(_text_length, messages)), "messages")
         try:
             return apply_chat_template(
                 self.tokenizer,
@@ -124,14 +127,15 @@ class ServingChat(OpenAIServing):
         model = self.model_name(req.model)
         mode, name = self.tool_mode(req)
         tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools] if req.tools else None
-        ids = self.render(
+        ids = await self.off_loop(
+            self.render,
             [m.to_template_dict() for m in req.messages],
             req.add_generation_prompt,
             req.continue_final_message,
             req.chat_template_kwargs,
             tools,
         )
-        _, ids = self.process_prompt(ids, "messages")
+        _, ids = await self.off_loop(self.process_prompt, ids, "messages")
         asked, param = (
             (req.max_completion_tokens, "max_completion_tokens")
             if req.max_completion_tokens is not None
@@ -169,7 +173,7 @@ class ServingChat(OpenAIServing):
         outputs = self.generate(None, ids, params, response_id)
         if constraint is not None:
             outputs = await checked_start(outputs, constraint_param)
-        prompt_text = str(self.tokenizer.decode(ids)) if reasoning_parser is not None and self.tokenizer else ""
+        prompt_text = await self.off_loop(self._decode, ids) if reasoning_parser is not None else ""
         choices = [
             ChoiceOutput(
                 mode,
@@ -189,6 +193,9 @@ class ServingChat(OpenAIServing):
         return web.json_response(
             (await self._collect(outputs, response_id, created, model, choices, len(ids), top_logprobs)).model_dump()
         )
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids)) if self.tokenizer is not None else ""
 
     def _reasoning_parser(self, cls: type | None, prompt: str) -> Any:
         if cls is None:
@@ -298,6 +305,14 @@ class ServingChat(OpenAIServing):
                     )
         if include_usage:
             yield chunk(None, UsageInfo.of(prompt_len, completion_tokens))
+
+
+def _text_length(message: dict) -> int:
+    """Characters of a template message's text (a string or text parts)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return len(content)
+    return sum(len(part.get("text") or "") for part in content or ())
 
 
 def _token(lp: Logprob) -> dict:

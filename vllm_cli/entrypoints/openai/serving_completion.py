@@ -39,7 +39,7 @@ class ServingCompletion(OpenAIServing):
     async def handle(self, request: web.Request) -> web.StreamResponse:
         req = await self.parse(CompletionRequest, request)
         model = self.model_name(req.model)
-        prompts = [self.process_prompt(p, "prompt") for p in req.prompts()]
+        prompts = [await self.off_loop(self.process_prompt, p, "prompt") for p in req.prompts()]
         response_id, created = random_id("cmpl"), now()
         echo_logprobs = req.logprobs if req.echo else None
         constraint, constraint_param = self.structured_outputs(req)
@@ -63,7 +63,7 @@ class ServingCompletion(OpenAIServing):
             streams.append(stream)
         outputs = merge_streams(streams)
         n = req.n or 1
-        prompt_texts = [self._prompt_text(text, ids) if req.echo else "" for text, ids in prompts]
+        prompt_texts = [await self.off_loop(self._prompt_text, text, ids) if req.echo else "" for text, ids in prompts]
         choices = [_Choice() for _ in range(len(prompts) * n)]
         prompt_tokens = sum(len(ids) for _, ids in prompts)
 

@@ -3,6 +3,12 @@ request -> SamplingParams (response_format / structured_outputs / guided_* -> on
 StructuredOutputsParams), the engine call (with metrics), merging several engine streams,
 and the SSE writer.
 
+Tokenizing, chat-template rendering and long detokenization run on one tokenizer thread
+(`off_loop`), not on the event loop: a prompt of megabytes takes seconds to tokenize, and on the
+loop every other client (and /health) would wait that long. The tokenizers release the GIL. A text
+prompt longer than `max_prompt_chars` (max_model_len * MAX_CHARS_PER_TOKEN) cannot fit the context
+and is refused before it is tokenized at all.
+
 Every engine stream is closed with `aclosing`: a client that goes away (a failed write, or
 the handler task cancelled) closes it at once, which aborts the request and frees its KV
 blocks instead of waiting for garbage collection.
@@ -12,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -31,6 +38,18 @@ logger = init_logger(__name__)
 
 _SAMPLING_FIELDS = frozenset(SamplingParams.__dataclass_fields__)
 
+# A token is about 4 characters of English prose and fewer of code or most other scripts; the
+# longest tokens of common vocabularies are runs of spaces or dashes, and no real prompt averages
+# anywhere near 32 characters a token. So a text of more than max_model_len * 32 characters cannot
+# fit the context, and is refused before the tokenizer spends seconds finding that out.
+MAX_CHARS_PER_TOKEN = 32
+
+# One thread, as vLLM: a fast tokenizer must not be called from two threads at once, and on a
+# CPU server the engine's step needs the other cores.
+_TOKENIZER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-cli-tokenizer")
+
+T = TypeVar("T")
+
 
 class OpenAIServing:
     def __init__(self, async_engine: AsyncEngine, metrics: Metrics, served_model_names: list[str]):
@@ -41,6 +60,24 @@ class OpenAIServing:
         self.tokenizer = self.engine.tokenizer
         self.metrics = metrics
         self.served_model_names = served_model_names
+        self.max_prompt_chars = self.engine.max_model_len * MAX_CHARS_PER_TOKEN
+
+    @staticmethod
+    async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on the tokenizer thread (tokenizing, template rendering, decoding), so the
+        event loop keeps serving; its exceptions (APIError included) are raised here."""
+        return await asyncio.get_running_loop().run_in_executor(_TOKENIZER_THREAD, fn, *args)
+
+    def check_prompt_chars(self, num_chars: int, param: str) -> None:
+        """Refuse a text that cannot fit the context before tokenizing it (see MAX_CHARS_PER_TOKEN)."""
+        if num_chars > self.max_prompt_chars:
+            limit = self.engine.max_model_len
+            raise APIError(
+                f"This model's maximum context length is {limit} tokens, and the prompt has {num_chars} "
+                f"characters: more than {self.max_prompt_chars} ({MAX_CHARS_PER_TOKEN} a token) cannot fit. "
+                "Please reduce the length of the prompt.",
+                param=param,
+            )
 
     @staticmethod
     async def parse(model: type[ModelT], request: web.Request) -> ModelT:
@@ -93,6 +130,9 @@ class OpenAIServing:
         return requested
 
     def process_prompt(self, prompt: str | list[int], param: str) -> tuple[str | None, list[int]]:
+        """Checked and tokenized (blocking: callers on the event loop go through `off_loop`)."""
+        if isinstance(prompt, str):
+            self.check_prompt_chars(len(prompt), param)
         try:
             return self.engine.process_prompt(prompt)
         except ValueError as e:
