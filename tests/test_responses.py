@@ -117,6 +117,22 @@ def test_stream_events_in_order_add_up_to_the_final_response(client: openai.Open
     assert final.usage.output_tokens == whole.usage.output_tokens
 
 
+def test_stream_framing_and_the_incomplete_event(server: ServerProcess) -> None:
+    body = {"model": MODEL, "input": "Write a long story.", "max_output_tokens": 2, "stream": True}
+    text = httpx.post(f"{server.url}/v1/responses", json=body, timeout=600).text
+    blocks = [b for b in text.split("\n\n") if b]
+    assert "[DONE]" not in text  # the Responses API ends with its last event
+    events = []
+    for block in blocks:
+        event_line, data_line = block.split("\n")
+        assert event_line.startswith("event: ") and data_line.startswith("data: "), block
+        events.append(json.loads(data_line[6:]))
+        assert events[-1]["type"] == event_line[7:]
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert events[-1]["response"]["output"][0]["status"] == "incomplete"
+
+
 # ----- structured output -----
 
 def test_parse_with_a_pydantic_model(client: openai.OpenAI) -> None:
@@ -335,3 +351,17 @@ def test_input_items_become_chat_messages() -> None:
         {"role": "assistant", "content": "Checking.", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "22 C"},
     ]
+
+
+def test_a_server_without_a_store() -> None:
+    from vllm_cli.entrypoints.openai.protocol import APIError
+    from vllm_cli.entrypoints.openai.serving_responses import ResponseStore, ServingResponses
+
+    serving = ServingResponses(chat=None, store_size=0)  # type: ignore[arg-type]  # _history needs no chat
+    with pytest.raises(APIError) as info:
+        serving._history("resp_1")
+    assert info.value.status == 400 and info.value.param == "previous_response_id"
+    assert "--responses-store-size 0" in info.value.message
+    assert not serving.store.enabled and len(serving.store) == 0
+    with pytest.raises(ValueError, match="responses store size"):
+        ResponseStore(-1)

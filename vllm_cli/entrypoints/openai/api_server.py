@@ -215,7 +215,7 @@ def _preflight(origins: list[str]):
             status=204,
             headers={
                 "Access-Control-Allow-Origin": "*" if "*" in origins else origin,
-                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
                 "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
                 "Access-Control-Max-Age": "600",
                 "Vary": "Origin",

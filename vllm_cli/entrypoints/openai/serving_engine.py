@@ -247,7 +247,10 @@ async def stream_sse(
                 raise
             except Exception as e:
                 error = server_error(e)
-                await response.write(_sse(json.dumps(error.to_dict()), "error" if typed_events else None))
+                payload = error.to_dict()
+                if typed_events:  # the Responses API's error event, which also keeps chat's "error" object
+                    payload = {"type": "error", **payload["error"], **payload}
+                await response.write(_sse(json.dumps(payload), "error" if typed_events else None))
         if not typed_events:
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

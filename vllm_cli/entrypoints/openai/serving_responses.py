@@ -401,7 +401,7 @@ class ServingResponses:
             parallel_tool_calls=req.parallel_tool_calls is not False,
             previous_response_id=req.previous_response_id,
             reasoning=req.reasoning.model_dump(exclude_none=True) if req.reasoning else None,
-            store=bool(req.store) and self.store.enabled,
+            store=req.store is not False and self.store.enabled,
             temperature=req.temperature,
             top_p=req.top_p,
             text={"format": req.text.format.model_dump(by_alias=True, exclude_none=True)}
