@@ -337,6 +337,7 @@ _vllm_cli_serve() {
         '--allowed-origins[CORS origins allowed to call the API: '\''*'\'', a list like '\''("https://a.example")'\'' or comma...]:allowed-origins:_files' \
         '--log-level[Server log level.]:log-level:(debug info warning error critical)' \
         '--shutdown-timeout[On SIGINT/SIGTERM, seconds in-flight requests get to finish before they are aborted.]:shutdown-timeout: ' \
+        '--responses-store-size[How many /v1/responses results the server keeps in memory (least recently used dropped...]:responses-store-size: ' \
         '--enable-auto-tool-choice[Serve tool_choice '\''auto'\'' (and tools without tool_choice) by parsing calls out of the mo...]' \
         '--tool-call-parser[How the model writes tool calls: hermes, llama3_json, mistral, pythonic, or one a --too...]:tool-call-parser:_files' \
         '--tool-parser-plugin[A Python file that registers a tool parser (ToolParserManager.register_module).]:tool-parser-plugin:_files' \

@@ -112,6 +112,17 @@ def serve(
             rich_help_panel=_SERVER,
         ),
     ] = 30.0,
+    responses_store_size: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            rich_help_panel=_SERVER,
+            help="How many /v1/responses results the server keeps in memory (least recently used dropped "
+            "first) for GET /v1/responses/{id} and previous_response_id; 0: none (store is ignored). Per "
+            "process: lost on restart.",
+        ),
+    ] = 1000,
     enable_auto_tool_choice: Annotated[
         bool,
         typer.Option(
@@ -171,6 +182,7 @@ def serve(
                 allowed_origins=origins,
                 shutdown_timeout=shutdown_timeout,
                 parsers=parsers,
+                responses_store_size=responses_store_size,
             )
         )
 

@@ -37,6 +37,7 @@ from vllm_cli.entrypoints.openai.protocol import APIError, parse_request
 from vllm_cli.entrypoints.openai.serving_chat import ServingChat
 from vllm_cli.entrypoints.openai.serving_completion import ServingCompletion
 from vllm_cli.entrypoints.openai.serving_engine import server_error
+from vllm_cli.entrypoints.openai.serving_responses import DEFAULT_STORE_SIZE, ServingResponses
 from vllm_cli.logger import init_logger
 from vllm_cli.tokenizer import resolve_chat_template
 from vllm_cli.version import __version__
@@ -59,6 +60,7 @@ class ServerState:
     completion: ServingCompletion
     created: int
     openapi: dict
+    responses: ServingResponses
 
 
 STATE = web.AppKey("state", ServerState)
@@ -100,10 +102,12 @@ def build_app(
     served_model_names: Sequence[str] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     parsers: ParserOptions | None = None,
+    responses_store_size: int = DEFAULT_STORE_SIZE,
 ) -> web.Application:
     """The app for one engine. api_key: required as `Authorization: Bearer KEY` on every path but
     /health, /metrics and /version. allowed_origins: CORS origins ("*" for any; none: CORS off).
-    parsers: tool-call and reasoning parsing (none by default)."""
+    parsers: tool-call and reasoning parsing (none by default). responses_store_size: how many /v1/responses
+    results are kept for GET and previous_response_id (0: none)."""
     parsers = parsers or ParserOptions()
     tool_parser, reasoning_parser = parsers.resolve()
     engine = async_engine.engine
@@ -125,7 +129,10 @@ def build_app(
         served_model_names=names,
     )
     completion = ServingCompletion(async_engine, metrics=metrics, served_model_names=names)
-    state = ServerState(async_engine, names, desc, metrics, chat, completion, p.now(), openapi_schema(bool(api_key)))
+    responses = ServingResponses(chat, responses_store_size)
+    state = ServerState(
+        async_engine, names, desc, metrics, chat, completion, p.now(), openapi_schema(bool(api_key)), responses
+    )
 
     app = web.Application(
         middlewares=[_preflight(list(allowed_origins)), _errors, _auth(api_key), _json_content_type],
@@ -141,6 +148,9 @@ def build_app(
     app.router.add_get("/v1/models/{model:.+}", _model)
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/completions", _completions)
+    app.router.add_post("/v1/responses", _responses)
+    app.router.add_get("/v1/responses/{response_id}", _get_response)
+    app.router.add_delete("/v1/responses/{response_id}", _delete_response)
     app.router.add_post("/tokenize", _tokenize)
     app.router.add_post("/detokenize", _detokenize)
     app.router.add_get("/openapi.json", _openapi)
@@ -228,7 +238,7 @@ def _preflight(origins: list[str]):
             status=204,
             headers={
                 "Access-Control-Allow-Origin": "*" if "*" in origins else origin,
-                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
                 "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
                 "Access-Control-Max-Age": "600",
                 "Vary": "Origin",
@@ -287,6 +297,18 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     return await request.app[STATE].completion.handle(request)
 
 
+async def _responses(request: web.Request) -> web.StreamResponse:
+    return await request.app[STATE].responses.create(request)
+
+
+async def _get_response(request: web.Request) -> web.Response:
+    return await request.app[STATE].responses.retrieve(request)
+
+
+async def _delete_response(request: web.Request) -> web.Response:
+    return await request.app[STATE].responses.delete(request)
+
+
 async def _tokenize(request: web.Request) -> web.Response:
     state = request.app[STATE]
     req = parse_request(p.TokenizeRequest, await request.read())
@@ -338,6 +360,7 @@ def openapi_schema(api_key_required: bool) -> dict:
     requests: list[type[BaseModel]] = [
         p.ChatCompletionRequest,
         p.CompletionRequest,
+        p.ResponsesRequest,
         p.TokenizeRequest,
         p.DetokenizeRequest,
     ]
@@ -345,6 +368,8 @@ def openapi_schema(api_key_required: bool) -> dict:
         p.ChatCompletionResponse,
         p.ChatCompletionChunk,
         p.CompletionResponse,
+        p.ResponseObject,
+        p.ResponseDeleted,
         p.ModelList,
         p.ModelCard,
         p.TokenizeResponse,
@@ -395,6 +420,15 @@ def openapi_schema(api_key_required: bool) -> dict:
     paths = {
         "/v1/chat/completions": post("Chat completion", p.ChatCompletionRequest, p.ChatCompletionResponse, True),
         "/v1/completions": post("Text completion", p.CompletionRequest, p.CompletionResponse, True),
+        "/v1/responses": post("Response (OpenAI's Responses API)", p.ResponsesRequest, p.ResponseObject, True),
+        "/v1/responses/{response_id}": {
+            **get("A stored response", json_body(ref(p.ResponseObject)), parameters=[_path_param("response_id")]),
+            "delete": {
+                "summary": "Delete a stored response",
+                "parameters": [_path_param("response_id")],
+                "responses": {"200": {"description": "OK", **json_body(ref(p.ResponseDeleted))}, **errors},
+            },
+        },
         "/v1/models": get("Served models", json_body(ref(p.ModelList))),
         "/v1/models/{model}": get(
             "One served model",
@@ -422,6 +456,10 @@ def openapi_schema(api_key_required: bool) -> dict:
             for op in path.values():
                 del op["responses"]["401"]
     return doc
+
+
+def _path_param(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 # ----- running it -----
@@ -469,6 +507,7 @@ async def run_server(
     allowed_origins: Sequence[str] = (),
     shutdown_timeout: float = 30.0,
     parsers: ParserOptions | None = None,
+    responses_store_size: int = DEFAULT_STORE_SIZE,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, give in-flight requests up to
     shutdown_timeout seconds to finish, abort the rest and return."""
@@ -480,7 +519,13 @@ async def run_server(
     )
     async_engine = AsyncEngine.from_engine_args(engine_args)
     try:
-        app = build_app(async_engine, api_key=api_key, allowed_origins=allowed_origins, parsers=parsers)
+        app = build_app(
+            async_engine,
+            api_key=api_key,
+            allowed_origins=allowed_origins,
+            parsers=parsers,
+            responses_store_size=responses_store_size,
+        )
         state = app[STATE]
         access_log = logging.getLogger("vllm_cli.access")
         runner = web.AppRunner(

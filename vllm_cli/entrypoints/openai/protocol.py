@@ -10,6 +10,7 @@ ignored, as vLLM does: `ignored_fields` lists them for one warning line in the s
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -642,3 +643,394 @@ class DetokenizeResponse(BaseModel):
 
 class VersionResponse(BaseModel):
     version: str
+
+
+# ----- the Responses API (/v1/responses) -----
+# Requests: OpenAI's shapes for text, function tools and tool round trips; each is translated to a chat
+# request (serving_responses.py), so everything chat checks is checked once, there.
+
+_RESPONSES_REFUSED: dict[str, str] = {
+    "background": "background responses are not supported",
+    "conversation": "conversations are not supported: use previous_response_id",
+    "prompt": "prompt templates are not supported",
+    "top_logprobs": "top_logprobs is not supported on /v1/responses",
+}
+
+
+class ResponseInputText(_Lenient):
+    """A text part of an input message; output_text is how an earlier answer comes back."""
+
+    type: Literal["input_text", "output_text"]
+    text: str
+    annotations: list[Any] | None = None  # output_text: accepted, not used
+    logprobs: list[Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_text(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("type") not in ("input_text", "output_text"):
+            raise ValueError(
+                f"unsupported content part type {value.get('type')!r}: only 'input_text' and 'output_text' parts "
+                "are supported"
+            )
+        return value
+
+
+ResponseContent = str | list[ResponseInputText]
+
+
+def _text_of(content: ResponseContent) -> str:
+    return content if isinstance(content, str) else "".join(part.text for part in content)
+
+
+class ResponseInputMessage(_Lenient):
+    """A message: {"role", "content"} (type "message" may be left out), or an earlier output message."""
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: ResponseContent
+    id: str | None = None
+    status: str | None = None
+
+    @property
+    def text(self) -> str:
+        return _text_of(self.content)
+
+
+class ResponseFunctionCallInput(_Lenient):
+    """A call the model made earlier (the function_call output item, sent back)."""
+
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class ResponseFunctionCallOutputInput(_Lenient):
+    """The result of a call, for the model to read."""
+
+    type: Literal["function_call_output"]
+    call_id: str
+    output: ResponseContent
+    id: str | None = None
+    status: str | None = None
+
+    @property
+    def text(self) -> str:
+        return _text_of(self.output)
+
+
+class ResponseReasoningInput(_Lenient):
+    """An earlier reasoning item sent back: accepted and left out of the prompt (templates drop old thinking)."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[Any] = Field(default_factory=list)
+    content: list[Any] | None = None
+    encrypted_content: str | None = None
+    status: str | None = None
+
+
+ResponseInputItem = (
+    ResponseInputMessage | ResponseFunctionCallInput | ResponseFunctionCallOutputInput | (ResponseReasoningInput)
+)
+
+
+class ResponsesFunctionTool(_Lenient):
+    """A function tool in the Responses API's flat shape ({"type", "name", "parameters", ...})."""
+
+    type: Literal["function"]
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_functions(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("type") != "function":
+            raise ValueError(f"unsupported tool type {value.get('type')!r}: only 'function' tools are supported")
+        return value
+
+
+class ResponsesNamedToolChoice(_Lenient):
+    type: Literal["function"]
+    name: str
+
+
+class ResponseTextFormat(_Lenient):
+    """text.format: "text", "json_object", or "json_schema" with the schema inline (flat, unlike chat)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str = "response"
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseTextFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("text.format of type 'json_schema' needs schema")
+        return self
+
+
+class ResponseTextConfig(_Lenient):
+    format: ResponseTextFormat | None = None
+    verbosity: str | None = None  # accepted: there is no knob for it
+
+
+class ResponseReasoningParam(_Lenient):
+    effort: str | None = None
+    summary: str | None = None  # accepted: the reasoning item carries the full text, no summary
+    generate_summary: str | None = None
+
+    @field_validator("effort")
+    @classmethod
+    def _no_effort(cls, effort: str | None) -> str | None:
+        if effort is not None:
+            raise ValueError("reasoning.effort is not supported (the model's template decides how it thinks)")
+        return effort
+
+
+class ResponsesRequest(_Lenient):
+    model: str | None = None
+    input: str | list[ResponseInputItem]
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    tools: list[ResponsesFunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ResponsesNamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: ResponseTextConfig | None = None
+    reasoning: ResponseReasoningParam | None = None
+    stream: bool | None = False
+    store: bool | None = True
+    truncation: Literal["disabled"] | None = None
+    # Accepted and ignored: they do not change the output.
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    include: list[str] | None = None
+    stream_options: dict[str, Any] | None = None
+    max_tool_calls: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checked_shape(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, why in _RESPONSES_REFUSED.items():
+            if data.get(name) not in (None, False):
+                raise ValueError(f"unsupported parameter: {name!r}: {why}")
+        if data.get("truncation") == "auto":
+            raise ValueError("unsupported parameter: 'truncation': only 'disabled' is supported")
+        return data
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _items_by_type(cls, items: Any) -> Any:
+        """Each item validated by the model its `type` names (a plain union would report every member)."""
+        if not isinstance(items, list):
+            return items
+        models: dict[str, type[BaseModel]] = {
+            "message": ResponseInputMessage,
+            "function_call": ResponseFunctionCallInput,
+            "function_call_output": ResponseFunctionCallOutputInput,
+            "reasoning": ResponseReasoningInput,
+        }
+        out = []
+        for i, item in enumerate(items):
+            kind = item.get("type", "message") if isinstance(item, dict) else None
+            if kind not in models:
+                raise ValueError(f"item {i}: unsupported input item type {kind!r}: expected one of {', '.join(models)}")
+            try:
+                out.append(models[kind].model_validate_json(json.dumps(item)))
+            except ValidationError as e:
+                first = e.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in first["loc"])
+                msg = first["msg"].removeprefix("Value error, ")
+                raise ValueError(f"item {i}{' ' + where if where else ''}: {msg}") from None
+        return out
+
+    @model_validator(mode="after")
+    def _tool_choice_needs_tools(self) -> ResponsesRequest:
+        choice = self.tool_choice
+        if choice is None or choice == "none":
+            return self
+        if not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, ResponsesNamedToolChoice) and choice.name not in {t.name for t in self.tools}:
+            raise ValueError(f"tool_choice names the function {choice.name!r}, which is not among tools")
+        return self
+
+
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
+class ResponseOutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = Field(default_factory=list)
+    logprobs: list[Any] = Field(default_factory=list)
+
+
+class ResponseOutputMessage(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    status: ItemStatus = "completed"
+    content: list[ResponseOutputText] = Field(default_factory=list)
+
+
+class ResponseFunctionCall(BaseModel):
+    id: str
+    type: Literal["function_call"] = "function_call"
+    call_id: str
+    name: str
+    arguments: str  # JSON text of the arguments object
+    status: ItemStatus = "completed"
+
+
+class ResponseReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ResponseReasoningItem(BaseModel):
+    id: str
+    type: Literal["reasoning"] = "reasoning"
+    summary: list[Any] = Field(default_factory=list)
+    content: list[ResponseReasoningText] = Field(default_factory=list)
+    status: ItemStatus = "completed"
+
+
+ResponseOutputItem = ResponseOutputMessage | ResponseFunctionCall | ResponseReasoningItem
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+
+class IncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens", "content_filter"]
+
+
+class ResponseObject(BaseModel):
+    """A response of /v1/responses (`object: "response"`), as returned, streamed in lifecycle events and stored."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    model: str
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    incomplete_details: IncompleteDetails | None = None
+    error: ErrorInfo | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    output: list[ResponseOutputItem] = Field(default_factory=list)
+    parallel_tool_calls: bool = True
+    previous_response_id: str | None = None
+    reasoning: dict[str, Any] | None = None
+    store: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
+    tool_choice: str | dict[str, Any] = "auto"
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    truncation: Literal["disabled"] = "disabled"
+    usage: ResponseUsage | None = None
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+
+    @property
+    def output_text(self) -> str:
+        return "".join(
+            part.text for item in self.output if isinstance(item, ResponseOutputMessage) for part in item.content
+        )
+
+
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response.deleted"] = "response.deleted"
+    deleted: bool = True
+
+
+# Streamed events: `type` names the event (also the SSE `event:` line), numbered in order from 0.
+
+
+class ResponseStreamEvent(BaseModel):
+    type: str
+    sequence_number: int = 0
+
+
+class ResponseLifecycleEvent(ResponseStreamEvent):
+    """response.created, response.in_progress, response.completed, response.incomplete."""
+
+    response: ResponseObject
+
+
+class ResponseOutputItemEvent(ResponseStreamEvent):
+    """response.output_item.added (the item as it starts) and response.output_item.done (as it ended)."""
+
+    output_index: int
+    item: ResponseOutputItem
+
+
+class ResponseContentPartEvent(ResponseStreamEvent):
+    """response.content_part.added / .done for a message's output_text part."""
+
+    item_id: str
+    output_index: int
+    content_index: int = 0
+    part: ResponseOutputText
+
+
+class ResponseTextDeltaEvent(ResponseStreamEvent):
+    """response.output_text.delta and response.reasoning_text.delta."""
+
+    item_id: str
+    output_index: int
+    content_index: int = 0
+    delta: str
+    logprobs: list[Any] = Field(default_factory=list)
+
+
+class ResponseTextDoneEvent(ResponseStreamEvent):
+    """response.output_text.done and response.reasoning_text.done."""
+
+    item_id: str
+    output_index: int
+    content_index: int = 0
+    text: str
+    logprobs: list[Any] = Field(default_factory=list)
+
+
+class ResponseArgumentsDeltaEvent(ResponseStreamEvent):
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class ResponseArgumentsDoneEvent(ResponseStreamEvent):
+    item_id: str
+    output_index: int
+    name: str
+    arguments: str

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -45,10 +46,22 @@ from vllm_cli.entrypoints.openai.protocol import (
 from vllm_cli.entrypoints.openai.serving_engine import OpenAIServing, checked_start, stream_sse
 from vllm_cli.logger import init_logger
 from vllm_cli.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
-from vllm_cli.sampling_params import StructuredOutputsParams
+from vllm_cli.sampling_params import SamplingParams, StructuredOutputsParams
 from vllm_cli.tokenizer import apply_chat_template, chat_stop_strings
 
 logger = init_logger(__name__)
+
+
+@dataclass
+class ChatPlan:
+    """A chat request ready for the engine (ServingChat.plan)."""
+
+    ids: list[int]  # the rendered prompt
+    params: SamplingParams
+    choices: list[ChoiceOutput]  # one output parser per choice (n)
+    constraint_param: str | None  # the field that constrains the output (named in a compile error), if any
+    top_logprobs: int | None
+
 
 AUTO_NEEDS_FLAGS = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
 
@@ -122,9 +135,10 @@ class ServingChat(OpenAIServing):
             )
         return None, None
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        req = await self.parse(ChatCompletionRequest, request)
-        model = self.model_name(req.model)
+    async def plan(self, req: ChatCompletionRequest) -> ChatPlan:
+        """Everything a chat request decides before the engine runs: the prompt (template, tools), the
+        tool mode, the output constraint, the sampling parameters and each choice's output parser.
+        /v1/responses runs the same plan on the chat request it translates to."""
         mode, name = self.tool_mode(req)
         tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools] if req.tools else None
         ids = await self.off_loop(
@@ -169,10 +183,6 @@ class ServingChat(OpenAIServing):
         if any(getattr(cls, "needs_special_tokens", False) for cls in (tool_parser, reasoning_parser)):
             overrides["skip_special_tokens"] = False  # the parser reads markers that are special tokens
         params = self.sampling_params(req, self.max_tokens(asked, len(ids), param), self.extra_stop, **overrides)
-        response_id, created = random_id("chatcmpl"), now()
-        outputs = self.generate(None, ids, params, response_id)
-        if constraint is not None:
-            outputs = await checked_start(outputs, constraint_param)
         prompt_text = await self.off_loop(self._decode, ids) if reasoning_parser is not None else ""
         choices = [
             ChoiceOutput(
@@ -185,13 +195,29 @@ class ServingChat(OpenAIServing):
             )
             for _ in range(params.n)
         ]
+        return ChatPlan(ids, params, choices, constraint_param, top_logprobs)
+
+    async def start(self, plan: ChatPlan, request_id: str) -> AsyncGenerator[RequestOutput, None]:
+        """The engine's outputs for a plan; a constraint that does not compile is a 400 before any output."""
+        outputs = self.generate(None, plan.ids, plan.params, request_id)
+        if plan.constraint_param is not None:
+            outputs = await checked_start(outputs, plan.constraint_param)
+        return outputs
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        req = await self.parse(ChatCompletionRequest, request)
+        model = self.model_name(req.model)
+        plan = await self.plan(req)
+        response_id, created = random_id("chatcmpl"), now()
+        outputs = await self.start(plan, response_id)
+        prompt_len, choices, top_logprobs = len(plan.ids), plan.choices, plan.top_logprobs
         if req.stream:
             chunks = self._chunks(
-                outputs, response_id, created, model, choices, len(ids), top_logprobs, req.include_usage
+                outputs, response_id, created, model, choices, prompt_len, top_logprobs, req.include_usage
             )
             return await stream_sse(request, chunks)
         return web.json_response(
-            (await self._collect(outputs, response_id, created, model, choices, len(ids), top_logprobs)).model_dump()
+            (await self._collect(outputs, response_id, created, model, choices, prompt_len, top_logprobs)).model_dump()
         )
 
     def _decode(self, ids: list[int]) -> str:

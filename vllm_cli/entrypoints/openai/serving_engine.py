@@ -264,13 +264,17 @@ async def merge_streams(streams: Sequence[AsyncGenerator[Any, None]]) -> AsyncGe
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _sse(payload: str) -> bytes:
-    return f"data: {payload}\n\n".encode()
+def _sse(payload: str, event: str | None = None) -> bytes:
+    return (f"event: {event}\n" if event else "").encode() + f"data: {payload}\n\n".encode()
 
 
-async def stream_sse(request: web.Request, events: AsyncGenerator[BaseModel, None]) -> web.StreamResponse:
+async def stream_sse(
+    request: web.Request, events: AsyncGenerator[BaseModel, None], *, typed_events: bool = False
+) -> web.StreamResponse:
     """Send each event as `data: {json}`, then `data: [DONE]`. An engine failure mid-stream
-    becomes an error event (the status line is long gone); a client that went away ends it."""
+    becomes an error event (the status line is long gone); a client that went away ends it.
+    typed_events (the Responses API's framing): each event also names its `type` in an `event:` line,
+    and no [DONE] follows (the last event says the stream is over)."""
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",
@@ -283,13 +287,18 @@ async def stream_sse(request: web.Request, events: AsyncGenerator[BaseModel, Non
         async with aclosing(events):
             try:
                 async for event in events:
-                    await response.write(_sse(event.model_dump_json()))
+                    name = getattr(event, "type", None) if typed_events else None
+                    await response.write(_sse(event.model_dump_json(), name))
             except (ConnectionResetError, asyncio.CancelledError):
                 raise
             except Exception as e:
                 error = server_error(e)
-                await response.write(_sse(json.dumps(error.to_dict())))
-        await response.write(b"data: [DONE]\n\n")
+                payload = error.to_dict()
+                if typed_events:  # the Responses API's error event, which also keeps chat's "error" object
+                    payload = {"type": "error", **payload["error"], **payload}
+                await response.write(_sse(json.dumps(payload), "error" if typed_events else None))
+        if not typed_events:
+            await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
     except ConnectionResetError:
         logger.debug("client went away mid-stream: %s", request.path)
