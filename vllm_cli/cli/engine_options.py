@@ -28,6 +28,12 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     "dtype": (str, "auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint's 16-bit type on CUDA)."),
     "device": (str, "auto | cpu | cuda."),
     "load_format": (str, "auto | dummy (random weights from config.json alone, for benchmarks)."),
+    "quantization": (
+        str,
+        "auto | none | gguf | int8 | int4: weight-only quantization, CPU (auto: a .gguf keeps its "
+        "quantized tensors, a float checkpoint stays float; none: dequantize a .gguf at load; int8 / "
+        "int4: pack a float checkpoint's linears at load into Q8_0 / Q4_1 groups of 32).",
+    ),
     "model_impl": (
         str,
         "auto | native | transformers (auto: our implementation if there is one, else "
