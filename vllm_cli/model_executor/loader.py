@@ -5,6 +5,8 @@ dtype and device, filled from the checkpoint one tensor at a time (or randomly f
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -109,7 +111,11 @@ def load_model(
     else:
         with torch.no_grad():
             keep = quant.supported_types() if method == "gguf" else ()
-            loaded = model.load_weights(iterate_weights(source, hf_config=hf_config, keep_quantized=keep))
+            # QuantizedWeights among the tensors: only layers with `accepts_quantized` keep them as they come
+            weights = cast(
+                Iterator[tuple[str, torch.Tensor]], iterate_weights(source, hf_config=hf_config, keep_quantized=keep)
+            )
+            loaded = model.load_weights(weights)
         missing = sorted(set(params) - loaded - _tied_names(model))
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")

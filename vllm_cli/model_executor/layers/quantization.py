@@ -18,6 +18,7 @@ columns, which stay quantized when every rank's share is whole blocks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,9 @@ class QuantizedPart(nn.Module):
     """Rows of a layer's weight loaded from one checkpoint tensor: GGUF blocks (buffer `qweight`,
     type `qtype`) or a float tensor (buffer `fweight`, in the model's dtype)."""
 
+    qweight: torch.Tensor
+    fweight: torch.Tensor
+
     def __init__(self, tensor: CheckpointTensor, dtype: torch.dtype, quantize_to: str | None = None):
         super().__init__()
         self.rows, self.in_features = int(tensor.shape[0]), int(tensor.shape[1])
@@ -121,7 +125,7 @@ class QuantizedPart(nn.Module):
         return quant.dequantize(rows, self.qtype, (flat.numel(), self.in_features)).view(*ids.shape, self.in_features)
 
     def extra_repr(self) -> str:
-        return f"rows={self.rows}, in_features={self.in_features}, type={self.qtype or self._buffers['fweight'].dtype}"
+        return f"rows={self.rows}, in_features={self.in_features}, type={self.qtype or self.fweight.dtype}"
 
 
 def _placeholder() -> nn.Parameter:
@@ -152,6 +156,7 @@ class QuantizedLinear(nn.Module):
         self.weight = _placeholder()
         self.bias = linear.bias
         self.parts = nn.ModuleDict()  # str(output offset) -> QuantizedPart
+        self._plan: list[tuple[int, QuantizedPart]] | None = None
         if isinstance(linear, ParallelLMHead):  # the padding rows of the last shard have no part
             start, end, _ = padded_shard(linear.vocab_size)
             self.expected_rows = end - start
@@ -233,14 +238,15 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        parts = self.parts
-        if len(parts) == 1 and next(iter(parts.values())).rows == self.out_features:
-            y = next(iter(parts.values())).matmul(x2)
+        if self._plan is None:  # built once, after loading
+            self._plan = part_list(self.parts)
+        parts = self._plan
+        if len(parts) == 1 and parts[0][1].rows == self.out_features:
+            y = parts[0][1].matmul(x2)
         else:  # fused (QKV, gate/up) or a padded vocabulary shard: each part writes its slice
             y = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
             covered = 0
-            for offset, part in parts.items():
-                start = int(offset)
+            for start, part in parts:
                 target = y[:, start : start + part.rows]
                 if target.is_contiguous():  # one row of x (decode): written in place
                     part.matmul(x2, out=target)
@@ -259,6 +265,11 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         kind = type(self.source).__name__
         return f"in_features={self.in_features}, out_features={self.out_features}, from={kind}"
+
+
+def part_list(parts: nn.ModuleDict) -> list[tuple[int, QuantizedPart]]:
+    """(output offset, part) of a layer's parts, by offset."""
+    return sorted(((int(offset), cast(QuantizedPart, part)) for offset, part in parts.items()), key=lambda p: p[0])
 
 
 def _split(tensor: CheckpointTensor, sizes: list[int]) -> list[CheckpointTensor]:
@@ -287,7 +298,7 @@ class QuantizedEmbedding(nn.Module):
         self.parts["0"] = QuantizedPart(rows, self.weight.dtype)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        part = self.parts["0"]
+        part = part_list(self.parts)[0][1]
         if get_tp_size() == 1:
             return part.lookup(input_ids).to(self.weight.dtype)
         mine = (input_ids >= self.vocab_start) & (input_ids < self.vocab_end)
@@ -372,7 +383,7 @@ def check_loaded(model: nn.Module) -> None:
     """Every quantized layer received all of its rows (a fused layer: one part per shard)."""
     for name, module in model.named_modules():
         if isinstance(module, QuantizedLinear | QuantizedEmbedding):
-            rows = sum(part.rows for part in module.parts.values())
+            rows = sum(part.rows for _, part in part_list(module.parts))
             if rows != module.expected_rows:
                 raise ValueError(f"checkpoint left {name} incomplete: {rows} of its {module.expected_rows} rows loaded")
 
@@ -392,11 +403,19 @@ def quantized_numel(model: nn.Module) -> int:
 
 
 def model_weight_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer the model holds, shared ones once (quantized blocks included)."""
+    """Bytes of every parameter and buffer the model holds, shared ones once: quantized blocks
+    included, and the CPU linears' prepacked weights (which live outside the parameters)."""
+    from vllm_cli.model_executor.layers.cpu_linear import CpuLinear
+
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [m.packed for m in model.modules() if isinstance(m, CpuLinear)]
     seen: set[int] = set()
     total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.device.type == "meta" or tensor.data_ptr() in seen:
+    for tensor in tensors:
+        if tensor.device.type == "meta" or tensor.is_mkldnn:
+            total += 0 if tensor.device.type == "meta" else tensor.numel() * tensor.element_size()
+            continue
+        if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())
         total += tensor.numel() * tensor.element_size()
