@@ -60,6 +60,7 @@ _vllm_cli_bench_latency() {
         '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
+        '--quantization[auto | none | gguf | int8 | int4: weight-only quantization, CPU (auto: a .gguf keeps it...]:quantization:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
@@ -123,6 +124,7 @@ _vllm_cli_bench_throughput() {
         '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
+        '--quantization[auto | none | gguf | int8 | int4: weight-only quantization, CPU (auto: a .gguf keeps it...]:quantization:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
@@ -172,6 +174,7 @@ _vllm_cli_chat() {
         '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
+        '--quantization[auto | none | gguf | int8 | int4: weight-only quantization, CPU (auto: a .gguf keeps it...]:quantization:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
@@ -212,6 +215,7 @@ _vllm_cli_generate() {
         '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
+        '--quantization[auto | none | gguf | int8 | int4: weight-only quantization, CPU (auto: a .gguf keeps it...]:quantization:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
@@ -257,6 +261,7 @@ _vllm_cli_serve() {
         '--dtype[auto | float32 | bfloat16 | float16 (auto: float32 on CPU, the checkpoint'\''s 16-bit type...]:dtype:_files' \
         '--device[auto | cpu | cuda.]:device:_files' \
         '--load-format[auto | dummy (random weights from config.json alone, for benchmarks).]:load-format:_files' \
+        '--quantization[auto | none | gguf | int8 | int4: weight-only quantization, CPU (auto: a .gguf keeps it...]:quantization:_files' \
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
