@@ -62,6 +62,7 @@ _vllm_cli_bench_latency() {
         '--dtype[auto: float32 on CPU, the checkpoint'\''s 16-bit type on CUDA.]:dtype:(auto float32 bfloat16 float16)' \
         '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
         '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
+        '--quantization[Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float check...]:quantization:(auto none gguf int8 int4)' \
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
@@ -74,7 +75,7 @@ _vllm_cli_bench_latency() {
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
-        '--prefix-caching-hash-algo[sha256 | sha256_cbor: the prefix cache'\''s block hash (SHA-256 of a compact byte encoding...]:prefix-caching-hash-algo:_files' \
+        '--prefix-caching-hash-algo[The prefix cache'\''s block hash (SHA-256 of a compact byte encoding, or of canonical CBOR).]:prefix-caching-hash-algo:(sha256 sha256_cbor)' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
@@ -209,6 +210,7 @@ _vllm_cli_bench_throughput() {
         '--dtype[auto: float32 on CPU, the checkpoint'\''s 16-bit type on CUDA.]:dtype:(auto float32 bfloat16 float16)' \
         '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
         '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
+        '--quantization[Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float check...]:quantization:(auto none gguf int8 int4)' \
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
@@ -221,7 +223,7 @@ _vllm_cli_bench_throughput() {
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
-        '--prefix-caching-hash-algo[sha256 | sha256_cbor: the prefix cache'\''s block hash (SHA-256 of a compact byte encoding...]:prefix-caching-hash-algo:_files' \
+        '--prefix-caching-hash-algo[The prefix cache'\''s block hash (SHA-256 of a compact byte encoding, or of canonical CBOR).]:prefix-caching-hash-algo:(sha256 sha256_cbor)' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
@@ -260,6 +262,7 @@ _vllm_cli_chat() {
         '--dtype[auto: float32 on CPU, the checkpoint'\''s 16-bit type on CUDA.]:dtype:(auto float32 bfloat16 float16)' \
         '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
         '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
+        '--quantization[Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float check...]:quantization:(auto none gguf int8 int4)' \
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
@@ -272,7 +275,7 @@ _vllm_cli_chat() {
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
-        '--prefix-caching-hash-algo[sha256 | sha256_cbor: the prefix cache'\''s block hash (SHA-256 of a compact byte encoding...]:prefix-caching-hash-algo:_files' \
+        '--prefix-caching-hash-algo[The prefix cache'\''s block hash (SHA-256 of a compact byte encoding, or of canonical CBOR).]:prefix-caching-hash-algo:(sha256 sha256_cbor)' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
@@ -302,6 +305,7 @@ _vllm_cli_generate() {
         '--dtype[auto: float32 on CPU, the checkpoint'\''s 16-bit type on CUDA.]:dtype:(auto float32 bfloat16 float16)' \
         '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
         '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
+        '--quantization[Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float check...]:quantization:(auto none gguf int8 int4)' \
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
@@ -314,7 +318,7 @@ _vllm_cli_generate() {
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
-        '--prefix-caching-hash-algo[sha256 | sha256_cbor: the prefix cache'\''s block hash (SHA-256 of a compact byte encoding...]:prefix-caching-hash-algo:_files' \
+        '--prefix-caching-hash-algo[The prefix cache'\''s block hash (SHA-256 of a compact byte encoding, or of canonical CBOR).]:prefix-caching-hash-algo:(sha256 sha256_cbor)' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \
@@ -350,6 +354,7 @@ _vllm_cli_serve() {
         '--dtype[auto: float32 on CPU, the checkpoint'\''s 16-bit type on CUDA.]:dtype:(auto float32 bfloat16 float16)' \
         '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
         '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
+        '--quantization[Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float check...]:quantization:(auto none gguf int8 int4)' \
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
@@ -362,7 +367,7 @@ _vllm_cli_serve() {
         '--max-num-batched-tokens[Token budget of one step (default 2048).]:max-num-batched-tokens: ' \
         '--enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
         '--no-enable-prefix-caching[Reuse the KV cache of shared prompt prefixes.]' \
-        '--prefix-caching-hash-algo[sha256 | sha256_cbor: the prefix cache'\''s block hash (SHA-256 of a compact byte encoding...]:prefix-caching-hash-algo:_files' \
+        '--prefix-caching-hash-algo[The prefix cache'\''s block hash (SHA-256 of a compact byte encoding, or of canonical CBOR).]:prefix-caching-hash-algo:(sha256 sha256_cbor)' \
         '--enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--no-enable-chunked-prefill[Split long prompts into chunks that share steps with decodes.]' \
         '--tensor-parallel-size[Ranks to shard the model over (processes; one GPU each on CUDA).]:tensor-parallel-size: ' \

@@ -29,6 +29,9 @@ STRUCTURED_OUTPUTS_BACKENDS = ("auto", "xgrammar", "guidance")
 # Prefix-cache block hashes (engine/block_manager.py), as vLLM names them: SHA-256 of a compact byte
 # encoding, or of canonical CBOR (cbor2). vLLM's xxhash variants are left out: not collision-resistant.
 PREFIX_CACHING_HASH_ALGOS = ("sha256", "sha256_cbor")
+# auto: a .gguf keeps its quantized tensors, a float checkpoint stays float; none: dequantize a .gguf
+# at load; gguf: require a .gguf's own types; int8 / int4: pack a float checkpoint's linears at load
+QUANTIZATION_METHODS = ("auto", "none", "gguf", "int8", "int4")
 
 
 @dataclass
@@ -40,6 +43,7 @@ class EngineArgs:
     dtype: str = "auto"
     device: str = "auto"
     load_format: str = "auto"
+    quantization: str = "auto"  # weight-only quantization (QUANTIZATION_METHODS), CPU
     model_impl: str = "auto"  # auto: native class if we have one, else transformers' modeling code
     attention_backend: str = "auto"  # auto: $VLLM_CLI_ATTENTION_BACKEND, else torch (triton is opt-in)
     seed: int = 0
@@ -76,6 +80,10 @@ class EngineArgs:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {self.load_format!r}")
+        if self.quantization not in QUANTIZATION_METHODS:
+            raise ValueError(
+                f"quantization must be one of {', '.join(QUANTIZATION_METHODS)}, got {self.quantization!r}"
+            )
         if self.model_impl not in MODEL_IMPLS:
             raise ValueError(f"model_impl must be one of {', '.join(MODEL_IMPLS)}, got {self.model_impl!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:

@@ -22,6 +22,8 @@ from vllm_cli.config import (
     DTYPES,
     LOAD_FORMATS,
     MODEL_IMPLS,
+    PREFIX_CACHING_HASH_ALGOS,
+    QUANTIZATION_METHODS,
     STRUCTURED_OUTPUTS_BACKENDS,
     EngineArgs,
 )
@@ -46,6 +48,12 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     ),
     "device": (choices(DEVICES), "Where the model runs (auto: cuda when there is a GPU)."),
     "load_format": (choices(LOAD_FORMATS), "dummy: random weights from config.json alone, for benchmarks."),
+    "quantization": (
+        choices(QUANTIZATION_METHODS),
+        "Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float checkpoint stays "
+        "float; none: dequantize a .gguf at load; int8 / int4: pack a float checkpoint's linears at load "
+        "into Q8_0 / Q4_1 groups of 32).",
+    ),
     "model_impl": (
         choices(MODEL_IMPLS),
         "auto: our implementation if there is one, else transformers' modeling code on the paged KV cache.",
@@ -75,9 +83,8 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     "max_num_batched_tokens": (Optional[int], "Token budget of one step (default 2048)."),
     "enable_prefix_caching": (bool, "Reuse the KV cache of shared prompt prefixes."),
     "prefix_caching_hash_algo": (
-        str,
-        "sha256 | sha256_cbor: the prefix cache's block hash (SHA-256 of a compact byte encoding, or of "
-        "canonical CBOR).",
+        choices(PREFIX_CACHING_HASH_ALGOS),
+        "The prefix cache's block hash (SHA-256 of a compact byte encoding, or of canonical CBOR).",
     ),
     "enable_chunked_prefill": (bool, "Split long prompts into chunks that share steps with decodes."),
     "tensor_parallel_size": (int, "Ranks to shard the model over (processes; one GPU each on CUDA)."),

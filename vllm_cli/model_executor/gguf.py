@@ -3,12 +3,15 @@
 Public surface:
   load_gguf_config(directory, gguf_file)            the transformers config (cached)
   load_gguf_tokenizer(directory, gguf_file)         the transformers tokenizer (cached)
-  iterate_gguf_weights(gguf_path, hf_config)        (HF name, float32 tensor) one tensor at a time
+  iterate_gguf_weights(gguf_path, hf_config, keep_quantized)
+                                                    (HF name, float32 tensor or QuantizedWeight) one at a time
   read_gguf(gguf_path) -> GGUFFile                  scalar metadata and memory-mapped tensor data
   gguf_cache_root(), gguf_cache_dir(gguf_path), CACHE_DIR_ENV
 
 The weights are dequantized to float32 and llama.cpp's conversions (e.g. the rotary Q/K row
-permutation) are undone, so that a model loads them exactly like a safetensors checkpoint.
+permutation) are undone, so that a model loads them exactly like a safetensors checkpoint; 2-D
+tensors of the types the quantized layers run (layers/quantization.py) may instead stay in their
+blocks, rows reordered by the same conversion.
 
 The metadata cache: transformers needs seconds to turn a GGUF's metadata into a config and a fast
 tokenizer (it parses the whole 49k-token vocab each time), and building the tensor-name map imports
@@ -32,7 +35,7 @@ import os
 import shutil
 import struct
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -63,6 +66,7 @@ from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorPr
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from vllm_cli.config import cache_home
+from vllm_cli.model_executor.layers.quantization import QuantizedWeight
 
 logger = logging.getLogger(__name__)
 
@@ -414,9 +418,13 @@ def _read_gguf_with_reader(path: str) -> GGUFFile:
 # --------------------------------------------------------------------------- weights
 
 
-def iterate_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF parameter name, float32 tensor) for each tensor of the .gguf at `path`: dequantized,
-    with llama.cpp's conversions undone, in the shape of the transformers model built from hf_config."""
+def iterate_gguf_weights(
+    path: str, hf_config: Any, keep_quantized: Collection[str] = ()
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+    """Yield (HF parameter name, tensor) for each tensor of the .gguf at `path`, with llama.cpp's
+    conversions undone, in the shape of the transformers model built from hf_config: float32
+    (dequantized), except 2-D tensors of the types named in keep_quantized ("q4_1", ...), which come
+    as QuantizedWeight (their blocks, rows reordered as the conversion reorders them)."""
     gguf_file = read_gguf(path)
     arch = gguf_file.metadata["general.architecture"]
     # transformers' per-arch processor undoes llama.cpp's conversions: for "llama" it reverses the
@@ -428,6 +436,10 @@ def iterate_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch
     side: dict[str, dict[str, torch.Tensor]] = {"tensors": {}}
 
     for t in gguf_file.tensors:
+        quantized = _quantized_weight(t, processor, name_map, shapes, keep_quantized)
+        if quantized is not None:
+            yield name_map[t.name], quantized
+            continue
         weights = dequantize(t.data, t.tensor_type)  # float32, numpy shape = reversed GGUF shape
         result = processor.process(weights=weights, name=t.name, tensor_key_mapping=name_map, parsed_parameters=side)
         if result.name is None:
@@ -445,6 +457,35 @@ def iterate_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch
         yield hf_name, tensor
     # Tensors assembled across several GGUF tensors (fused MoE experts) are complete only now.
     yield from side["tensors"].items()
+
+
+def _quantized_weight(
+    t: GGUFTensor,
+    processor: Any,
+    name_map: dict[str, str],
+    shapes: dict[str, torch.Size],
+    keep_quantized: Collection[str],
+) -> QuantizedWeight | None:
+    """t's blocks as a QuantizedWeight, when it is a 2-D tensor of a kept type in the shape of its HF
+    parameter and the processor's conversion of it only reorders rows; else None (dequantize it)."""
+    qtype = t.tensor_type.name.lower()
+    if qtype not in keep_quantized or t.data.ndim != 2 or t.name not in name_map:
+        return None
+    rows, row_bytes = t.data.shape
+    block_elems, block_bytes = GGML_QUANT_SIZES[t.tensor_type]
+    shape = torch.Size((rows, row_bytes // block_bytes * block_elems))
+    if shapes.get(name_map[t.name], shape) != shape:
+        return None
+    # Which rows the conversion moves where: run it on the row indices (a [rows, 1] column). A
+    # conversion that changes the shape, the values or the name is not a row permutation.
+    probe = np.arange(rows, dtype=np.float64).reshape(rows, 1)
+    result = processor.process(weights=probe, name=t.name, tensor_key_mapping=name_map, parsed_parameters={})
+    order = np.asarray(result.weights)
+    if result.name != t.name or order.shape != (rows, 1) or not np.array_equal(np.sort(order[:, 0]), probe[:, 0]):
+        return None
+    order = order[:, 0].astype(np.int64)
+    data = np.array(t.data, order="C") if np.array_equal(order, probe[:, 0]) else np.ascontiguousarray(t.data[order])
+    return QuantizedWeight(torch.from_numpy(data), qtype, shape, name=t.name)
 
 
 def _to_torch(weights: np.ndarray) -> torch.Tensor:

@@ -5,14 +5,26 @@ dtype and device, filled from the checkpoint one tensor at a time (or randomly f
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig
 
 from vllm_cli.distributed.parallel_state import get_tp_rank, get_tp_size
+from vllm_cli.kernels import quant
 from vllm_cli.logger import init_logger
 from vllm_cli.model_executor.layers.cpu_linear import optimize_linears_for_cpu
+from vllm_cli.model_executor.layers.quantization import (
+    check_loaded,
+    fill_dummy,
+    model_weight_bytes,
+    quantization_summary,
+    quantize_model,
+    quantized_numel,
+    resolve_quantization,
+)
 from vllm_cli.model_executor.model_source import ModelSource
 from vllm_cli.model_executor.models import get_model_class
 from vllm_cli.model_executor.weight_utils import checkpoint_dtype, iterate_weights
@@ -65,6 +77,7 @@ def load_model(
     load_format: str = "auto",
     seed: int = 0,
     model_impl: str = "auto",
+    quantization: str = "auto",
 ) -> nn.Module:
     cls = get_model_class(hf_config, model_impl)
     if get_tp_size() > 1 and not getattr(cls, "supports_tensor_parallel", True):
@@ -73,8 +86,17 @@ def load_model(
             "through the transformers fallback, which runs on one rank only"
         )
     start = time.perf_counter()
+    method = resolve_quantization(
+        quantization,
+        is_gguf=bool(source.gguf_file),
+        device=device,
+        native=getattr(cls, "accepts_quantized_weights", False),
+        load_format=load_format,
+    )
     with torch.device("meta"):
         model = cls(hf_config)
+        if method is not None:  # before materializing: no float copy of a quantized weight is allocated
+            quantize_model(model, method)
     _materialize(model, dtype, device)
     model.eval()
     params = dict(model.named_parameters())
@@ -83,16 +105,26 @@ def load_model(
         for param in params.values():
             # vLLM's dummy weights: small uniform values keep activations finite at any depth.
             param.data.copy_(torch.empty(param.shape, dtype=torch.float32).uniform_(-1e-3, 1e-3, generator=generator))
+        if method is not None:
+            fill_dummy(model, generator)
         source_desc = "dummy weights"
     else:
         with torch.no_grad():
-            loaded = model.load_weights(iterate_weights(source, hf_config=hf_config))
+            keep = quant.supported_types() if method == "gguf" else ()
+            # QuantizedWeights among the tensors: only layers with `accepts_quantized` keep them as they come
+            weights = cast(
+                Iterator[tuple[str, torch.Tensor]], iterate_weights(source, hf_config=hf_config, keep_quantized=keep)
+            )
+            loaded = model.load_weights(weights)
         missing = sorted(set(params) - loaded - _tied_names(model))
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
         source_desc = source.gguf_file or source.path
-    num_params = sum(p.numel() for p in params.values())
-    size = sum(p.numel() * p.element_size() for p in params.values())
+    if method is not None:
+        check_loaded(model)
+        source_desc += f"; quantized weights ({method}): {quantization_summary(model)}"
+    num_params = sum(p.numel() for p in params.values()) + quantized_numel(model)
+    size = model_weight_bytes(model)
     del params  # the CPU re-layout below replaces weights: let the originals go as it does
     if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
         # a model may bring its own re-layout (the transformers fallback's linears see [batch, seq, features])

@@ -11,12 +11,13 @@ import json
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import torch
 
 from vllm_cli.model_executor.gguf import iterate_gguf_weights
+from vllm_cli.model_executor.layers.quantization import QuantizedWeight
 from vllm_cli.model_executor.model_source import ModelSource, load_hf_config
 
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -67,12 +68,15 @@ def checkpoint_dtype(hf_config: Any) -> torch.dtype | None:
     return None
 
 
-def iterate_weights(source: ModelSource, *, hf_config: Any = None) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_weights(
+    source: ModelSource, *, hf_config: Any = None, keep_quantized: Collection[str] = ()
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
     """Yield (HF parameter name, tensor) one tensor at a time, in the checkpoint's dtype
-    (float32 for GGUF, which is dequantized: model_executor/gguf.py). The caller casts and copies."""
+    (float32 for GGUF, which is dequantized: model_executor/gguf.py, except the 2-D tensors of the
+    GGUF types in keep_quantized, which come as QuantizedWeight). The caller casts and copies."""
     if source.gguf_file:
         gguf_path = os.path.join(source.path, source.gguf_file)
-        yield from iterate_gguf_weights(gguf_path, hf_config or load_hf_config(source))
+        yield from iterate_gguf_weights(gguf_path, hf_config or load_hf_config(source), keep_quantized)
         return
     if files := _safetensors_files(source.path):
         for file in files:

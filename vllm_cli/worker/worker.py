@@ -66,6 +66,7 @@ class Worker:
             load_format=args.load_format,
             seed=args.seed or 0,
             model_impl=args.model_impl,
+            quantization=args.quantization,
         )
         assert isinstance(model, CausalLM)
         self.runner = ModelRunner(model, device, self.dtype, args.block_size, args.attention_backend)

@@ -12,6 +12,7 @@ from torch import nn
 from vllm_cli.attention.backend import ForwardContext
 from vllm_cli.attention.layer import Attention
 from vllm_cli.model_executor.layers.linear import ParallelLMHead, ShardId, gather_logits
+from vllm_cli.model_executor.layers.quantization import QuantizedWeight
 from vllm_cli.model_executor.layers.rotary import RotaryEmbedding
 
 
@@ -22,6 +23,9 @@ class CausalLM(nn.Module):
     # checkpoint name fragment -> (fused parameter fragment, shard id)
     stacked_params: dict[str, tuple[str, ShardId]] = {}
     tie_word_embeddings = False
+    # Whether load_weights passes GGUF tensors on as they come (QuantizedWeight: rows of blocks);
+    # False where it reshapes checkpoint tensors itself (they then arrive dequantized).
+    accepts_quantized_weights = True
     lm_head: nn.Module
 
     def __init__(self, config: Any):
@@ -64,6 +68,8 @@ class CausalLM(nn.Module):
                 raise ValueError(f"checkpoint tensor {name!r} has no counterpart in {type(self).__name__}")
             module_name, _, param_name = name.rpartition(".")
             module = self.get_submodule(module_name)
+            if isinstance(tensor, QuantizedWeight) and not getattr(module, "accepts_quantized", False):
+                tensor = tensor.dequantize()  # a layer without a quantized form (e.g. a norm)
             load_weight = getattr(module, "load_weight", None)
             if load_weight is not None:
                 try:  # the layer checks the whole tensor before taking its slice; the name is known here

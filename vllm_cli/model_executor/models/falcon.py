@@ -93,6 +93,8 @@ class FalconDecoderLayer(nn.Module):
 
 
 class FalconForCausalLM(DecoderForCausalLM):
+    accepts_quantized_weights = False  # load_weights transposes / regroups tensors
+
     def __init__(self, config: Any):
         if getattr(config, "alibi", False):
             raise ValueError("Falcon with ALiBi (falcon-rw-1b/7b) is not supported; only rotary Falcon models are")

@@ -72,6 +72,8 @@ class GPT2Block(nn.Module):
 
 
 class GPT2LMHeadModel(DecoderForCausalLM):
+    accepts_quantized_weights = False  # load_weights transposes / regroups tensors
+
     def __init__(self, config: Any):
         if getattr(config, "add_cross_attention", False):
             raise ValueError("GPT-2 with cross-attention (an encoder-decoder) is not supported")

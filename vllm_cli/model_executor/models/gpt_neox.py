@@ -77,6 +77,8 @@ class GPTNeoXLayer(nn.Module):
 
 
 class GPTNeoXForCausalLM(DecoderForCausalLM):
+    accepts_quantized_weights = False  # load_weights transposes / regroups tensors
+
     def __init__(self, config: Any):
         head_dim = config.hidden_size // config.num_attention_heads
         super().__init__(

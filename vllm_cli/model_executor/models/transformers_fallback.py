@@ -188,6 +188,7 @@ class TransformersForCausalLM(CausalLM):
     """transformers' modeling code with our paged KV cache and scheduler plugged in."""
 
     supports_tensor_parallel = False  # transformers' layers hold whole weights
+    accepts_quantized_weights = False  # its weights load through transformers' own conversion
 
     def __init__(self, config: Any):
         super().__init__(config)

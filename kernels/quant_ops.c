@@ -1,0 +1,288 @@
+/* Matmuls on GGUF-quantized weights, in their own block format (ggml's layout, byte for byte), so a
+ * quantized checkpoint stays quantized in memory: Q8_0, Q4_0, Q4_1 (32 weights per block).
+ *
+ *   Q8_0: f16 d, int8 q[32]                  w = q * d
+ *   Q4_0: f16 d, uint8 qs[16]                w[j] = ((qs[j] & 15) - 8) * d, w[j + 16] = ((qs[j] >> 4) - 8) * d
+ *   Q4_1: f16 d, f16 m, uint8 qs[16]         w[j] = (qs[j] & 15) * d + m, w[j + 16] = (qs[j] >> 4) * d + m
+ *
+ * Entry points, one pair per type (the K-quants in quant_kquants.c follow the same names, and
+ * kernels/quant.py binds whatever the library has by these names):
+ *   void gguf_dequantize_<type>(const uint8_t *blocks, float *out, int64_t n_elements)
+ *   void gguf_matmul_<type>(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y)
+ *       y[m, n] = x[m, k] @ dequant(w)[n, k]^T; w is n rows of k / 32 blocks, row-major.
+ *
+ * Activations stay float32 and so do the sums (llama.cpp quantizes activations to int8 for its
+ * dot products; here results equal "dequantize, then float matmul" up to float rounding). At m = 1
+ * the matmul is bound by reading the weights, so each block is expanded to floats in registers
+ * and consumed by FMAs at once, never written back. For m > 1 every weight block is expanded once
+ * per tile of up to MT rows of x. Threads (OpenMP: torch's own runtime, see cpu_ops.c) split the
+ * output features in chunks of ROW_CHUNK weight rows, which stay in L2 while the tiles of x pass.
+ *
+ * Three builds of the same loops: AVX-512 (16 floats a vector, two per block), AVX2 + FMA (8 a
+ * vector, four per block), and plain C. kernels/cpu.py's load_variant("x86-64-v3") builds the
+ * AVX2 one on an AVX-512 machine for the tests.
+ */
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define QK 32          /* weights per block for every type here */
+#define ROW_CHUNK 16   /* weight rows per thread work item */
+
+static inline float fp16_to_f32(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (mant << 13);  /* inf / NaN */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else {  /* subnormal: normalize */
+        exp = 113;
+        while (!(mant & 0x400u)) { mant <<= 1; exp--; }
+        bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One block -> 32 floats, plain C (the reference layout; also the dequantize entry points). */
+
+static inline void block_q8_0(const uint8_t *b, float *out) {
+    const float d = fp16_to_f32(b);
+    const int8_t *q = (const int8_t *)(b + 2);
+    for (int j = 0; j < QK; j++) out[j] = (float)q[j] * d;
+}
+
+static inline void block_q4_0(const uint8_t *b, float *out) {
+    const float d = fp16_to_f32(b);
+    const uint8_t *qs = b + 2;
+    for (int j = 0; j < QK / 2; j++) {
+        out[j] = (float)((qs[j] & 15) - 8) * d;
+        out[j + QK / 2] = (float)((qs[j] >> 4) - 8) * d;
+    }
+}
+
+static inline void block_q4_1(const uint8_t *b, float *out) {
+    const float d = fp16_to_f32(b), m = fp16_to_f32(b + 2);
+    const uint8_t *qs = b + 4;
+    for (int j = 0; j < QK / 2; j++) {
+        out[j] = (float)(qs[j] & 15) * d + m;
+        out[j + QK / 2] = (float)(qs[j] >> 4) * d + m;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One block -> vector registers: W(0..VPB-1), VPB vectors of the block's 32 weights in order. */
+
+#if defined(__AVX512F__)
+typedef __m512 vec_t;
+#define VW 16
+#define VPB 2
+#define MT 8
+#define V_LOAD _mm512_loadu_ps
+#define V_FMA _mm512_fmadd_ps
+#define V_ZERO _mm512_setzero_ps
+#define V_ADD _mm512_add_ps
+#define V_SUM _mm512_reduce_add_ps
+
+static inline void vec_q8_0(const uint8_t *b, vec_t *w) {
+    const __m512 d = _mm512_set1_ps(fp16_to_f32(b));
+    for (int v = 0; v < 2; v++)
+        w[v] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2 + 16 * v)))));
+}
+
+/* the 16 low nibbles (weights 0-15) and the 16 high nibbles (weights 16-31) as int32 vectors */
+static inline void nibbles_512(const uint8_t *qs, __m512i *lo, __m512i *hi) {
+    const __m128i bytes = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(15);
+    *lo = _mm512_cvtepu8_epi32(_mm_and_si128(bytes, mask));
+    *hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask));
+}
+
+static inline void vec_q4_0(const uint8_t *b, vec_t *w) {
+    const __m512 d = _mm512_set1_ps(fp16_to_f32(b));
+    const __m512i eight = _mm512_set1_epi32(8);
+    __m512i lo, hi;
+    nibbles_512(b + 2, &lo, &hi);
+    w[0] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, eight)));
+    w[1] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, eight)));
+}
+
+static inline void vec_q4_1(const uint8_t *b, vec_t *w) {
+    const __m512 d = _mm512_set1_ps(fp16_to_f32(b)), m = _mm512_set1_ps(fp16_to_f32(b + 2));
+    __m512i lo, hi;
+    nibbles_512(b + 4, &lo, &hi);
+    w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), d, m);
+    w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), d, m);
+}
+
+#elif defined(__AVX2__)
+typedef __m256 vec_t;
+#define VW 8
+#define VPB 4
+#define MT 4
+#define V_LOAD _mm256_loadu_ps
+#define V_FMA _mm256_fmadd_ps
+#define V_ZERO _mm256_setzero_ps
+#define V_ADD _mm256_add_ps
+
+static inline float V_SUM(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline void vec_q8_0(const uint8_t *b, vec_t *w) {
+    const __m256 d = _mm256_set1_ps(fp16_to_f32(b));
+    for (int v = 0; v < 4; v++)
+        w[v] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * v)))));
+}
+
+/* weights 0-7, 8-15 (low nibbles), 16-23, 24-31 (high nibbles) as int32 vectors */
+static inline void nibbles_256(const uint8_t *qs, __m256i *q) {
+    const __m128i bytes = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(15);
+    const __m128i lo = _mm_and_si128(bytes, mask), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    q[0] = _mm256_cvtepu8_epi32(lo);
+    q[1] = _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8));
+    q[2] = _mm256_cvtepu8_epi32(hi);
+    q[3] = _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8));
+}
+
+static inline void vec_q4_0(const uint8_t *b, vec_t *w) {
+    const __m256 d = _mm256_set1_ps(fp16_to_f32(b));
+    const __m256i eight = _mm256_set1_epi32(8);
+    __m256i q[4];
+    nibbles_256(b + 2, q);
+    for (int v = 0; v < 4; v++) w[v] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(q[v], eight)));
+}
+
+static inline void vec_q4_1(const uint8_t *b, vec_t *w) {
+    const __m256 d = _mm256_set1_ps(fp16_to_f32(b)), m = _mm256_set1_ps(fp16_to_f32(b + 2));
+    __m256i q[4];
+    nibbles_256(b + 4, q);
+    for (int v = 0; v < 4; v++) w[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[v]), d, m);
+}
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * The matmul, for each type: a tile of `mt` rows of x against one weight row, then the driver. */
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+
+/* mt = 1 (single-stream decode): two blocks per iteration, so that 2 * VPB independent FMA
+ * chains hide the FMA latency. */
+#define DEFINE_ROW_DOT(T, BYTES)                                                                   \
+static inline float row_dot_##T(const float *x, const uint8_t *w, int64_t nb) {                    \
+    vec_t acc[2 * VPB], wv[2 * VPB];                                                               \
+    for (int v = 0; v < 2 * VPB; v++) acc[v] = V_ZERO();                                           \
+    int64_t b = 0;                                                                                 \
+    for (; b + 1 < nb; b += 2) {                                                                   \
+        vec_##T(w + b * BYTES, wv);                                                                \
+        vec_##T(w + (b + 1) * BYTES, wv + VPB);                                                    \
+        for (int v = 0; v < 2 * VPB; v++) acc[v] = V_FMA(V_LOAD(x + b * QK + v * VW), wv[v], acc[v]); \
+    }                                                                                              \
+    if (b < nb) {                                                                                  \
+        vec_##T(w + b * BYTES, wv);                                                                \
+        for (int v = 0; v < VPB; v++) acc[v] = V_FMA(V_LOAD(x + b * QK + v * VW), wv[v], acc[v]);  \
+    }                                                                                              \
+    for (int v = 1; v < 2 * VPB; v++) acc[0] = V_ADD(acc[0], acc[v]);                              \
+    return V_SUM(acc[0]);                                                                          \
+}                                                                                                  \
+                                                                                                   \
+/* mt rows of x (row stride k) against one weight row: out[i * ldo] = x_i . w. Two accumulators   \
+ * per row (even and odd vectors of a block). always_inline + the constant mt of each call site    \
+ * below: the loops over rows unroll and the accumulators stay in registers. */                    \
+static inline __attribute__((always_inline)) void tile_dot_##T(const float *x, int64_t k, int mt,  \
+                                                              const uint8_t *w, int64_t nb,        \
+                                                              float *out, int64_t ldo) {           \
+    vec_t acc[MT][2], wv[VPB];                                                                     \
+    for (int i = 0; i < mt; i++) acc[i][0] = acc[i][1] = V_ZERO();                                 \
+    for (int64_t b = 0; b < nb; b++) {                                                             \
+        vec_##T(w + b * BYTES, wv);                                                                \
+        for (int i = 0; i < mt; i++) {                                                             \
+            const float *xb = x + i * k + b * QK;                                                  \
+            for (int v = 0; v < VPB; v++) acc[i][v & 1] = V_FMA(V_LOAD(xb + v * VW), wv[v], acc[i][v & 1]); \
+        }                                                                                          \
+    }                                                                                              \
+    for (int i = 0; i < mt; i++) out[i * ldo] = V_SUM(V_ADD(acc[i][0], acc[i][1]));                \
+}
+
+#else  /* plain C: expand each block to floats, then a dot product per row of the tile */
+
+#define MT 4
+#define DEFINE_ROW_DOT(T, BYTES)                                                                   \
+static inline void tile_dot_##T(const float *x, int64_t k, int mt, const uint8_t *w, int64_t nb,   \
+                                float *out, int64_t ldo) {                                         \
+    float acc[MT] = {0}, wf[QK];                                                                   \
+    for (int64_t b = 0; b < nb; b++) {                                                             \
+        block_##T(w + b * BYTES, wf);                                                              \
+        for (int i = 0; i < mt; i++) {                                                             \
+            const float *xb = x + i * k + b * QK;                                                  \
+            float s = 0.f;                                                                         \
+            for (int j = 0; j < QK; j++) s += xb[j] * wf[j];                                       \
+            acc[i] += s;                                                                           \
+        }                                                                                          \
+    }                                                                                              \
+    for (int i = 0; i < mt; i++) out[i * ldo] = acc[i];                                            \
+}                                                                                                  \
+static inline float row_dot_##T(const float *x, const uint8_t *w, int64_t nb) {                    \
+    float out;                                                                                     \
+    tile_dot_##T(x, 0, 1, w, nb, &out, 1);                                                         \
+    return out;                                                                                    \
+}
+#endif
+
+#define DEFINE_GGUF_TYPE(T, BYTES)                                                                 \
+DEFINE_ROW_DOT(T, BYTES)                                                                           \
+                                                                                                   \
+void gguf_dequantize_##T(const uint8_t *blocks, float *out, int64_t n_elements) {                  \
+    const int64_t nb = n_elements / QK;                                                            \
+    _Pragma("omp parallel for schedule(static) if (nb > 8192)")                                    \
+    for (int64_t b = 0; b < nb; b++) block_##T(blocks + b * BYTES, out + b * QK);                  \
+}                                                                                                  \
+                                                                                                   \
+void gguf_matmul_##T(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
+    const int64_t nb = k / QK, row_bytes = nb * BYTES, chunks = (n + ROW_CHUNK - 1) / ROW_CHUNK;   \
+    _Pragma("omp parallel for schedule(static)")                                                   \
+    for (int64_t c = 0; c < chunks; c++) {                                                         \
+        const int64_t j0 = c * ROW_CHUNK, j1 = j0 + ROW_CHUNK < n ? j0 + ROW_CHUNK : n;            \
+        if (m == 1) {                                                                              \
+            for (int64_t j = j0; j < j1; j++) y[j] = row_dot_##T(x, w + j * row_bytes, nb);        \
+            continue;                                                                              \
+        }                                                                                          \
+        for (int64_t i0 = 0; i0 < m; i0 += MT) {                                                   \
+            const int64_t rows = m - i0 < MT ? m - i0 : MT;                                        \
+            const float *xt = x + i0 * k;                                                          \
+            float *yt = y + i0 * n;                                                                \
+            for (int64_t j = j0; j < j1; j++) {                                                    \
+                const uint8_t *wr = w + j * row_bytes;                                             \
+                switch (rows) { /* constant tile heights: unrolled register tiles */               \
+                    case MT: tile_dot_##T(xt, k, MT, wr, nb, yt + j, n); break;                    \
+                    case 1: tile_dot_##T(xt, k, 1, wr, nb, yt + j, n); break;                      \
+                    case 2: tile_dot_##T(xt, k, 2, wr, nb, yt + j, n); break;                      \
+                    case 3: tile_dot_##T(xt, k, 3, wr, nb, yt + j, n); break;                      \
+                    default: tile_dot_##T(xt, k, (int)rows, wr, nb, yt + j, n); break;             \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+}
+
+DEFINE_GGUF_TYPE(q8_0, 34)
+DEFINE_GGUF_TYPE(q4_0, 18)
+DEFINE_GGUF_TYPE(q4_1, 20)
