@@ -87,6 +87,15 @@ _SIGNATURES = {
         _ptr,
         _i64,
     ],
+    "add_rms_norm": [_i64, _i64, _ptr, _i64, _ptr, _i64, _ptr, _f32, _ptr, _i64],
+    "silu_and_mul": [_i64, _i64, _ptr, _i64, _ptr, _i64],
+    "decode_qkv_attention": [
+        *(_i64, _i64, _i64, _i64, _i64),  # S, H, KVH, D, rotary dims
+        *(_ptr, _i64, _ptr, _ptr, _ptr),  # qkv, its row stride, cos, sin, slots
+        *(_ptr, _ptr, _ptr, _i64, _ptr),  # k_cache, v_cache, block tables, their row stride, context lens
+        *(_i64, _i64, _f32, _ptr, _i64),  # block size, chunk, scale, ALiBi slopes, window
+        *(_ptr, _i64),  # out, its row stride
+    ],
 }
 _WRITE_KV_SIGNATURE = [_i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _ptr]
 
@@ -225,6 +234,44 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
     return out
 
 
+def add_rms_norm_(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """residual += x (in place, rounded as torch's add), then RMSNorm(residual) into out (a new
+    tensor unless given; may be x). x and residual [rows, N], each row contiguous."""
+    rows, n = x.shape
+    assert residual.shape == x.shape and x.stride(1) == 1 and residual.stride(1) == 1 and weight.is_contiguous()
+    assert residual.dtype == x.dtype == weight.dtype
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype)
+    _kernels[("add_rms_norm", x.dtype)](
+        rows,
+        n,
+        x.data_ptr(),
+        x.stride(0),
+        residual.data_ptr(),
+        residual.stride(0),
+        weight.data_ptr(),
+        eps,
+        out.data_ptr(),
+        out.stride(0),
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# SiLU-and-mul (the Llama MLP's activation), for decode-sized batches
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [rows, 2N] = [gate | up] (each row contiguous) -> silu(gate) * up, [rows, N]."""
+    rows, width = x.shape
+    assert x.stride(1) == 1 and width % 2 == 0
+    out = torch.empty((rows, width // 2), dtype=x.dtype)
+    _kernels[("silu_and_mul", x.dtype)](rows, width // 2, x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Rotary embedding (neox style), in place
 
@@ -321,6 +368,61 @@ def paged_decode_attention(
         chunk,
         scale,
         None if slopes is None else slopes.data_ptr(),
+        sliding_window or 0,
+        out.data_ptr(),
+        out.stride(0),
+    )
+    return out
+
+
+def decode_qkv_attention(
+    qkv: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    rotary_dim: int,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    slots: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+    scale: float,
+    alibi_slopes: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    chunk: int = DECODE_CHUNK,
+) -> torch.Tensor:
+    """A decode step's attention for one layer in one call: rotary_neox_ on q and k (when cos/sin
+    are given), write_kv_cache, paged_decode_attention; every row of qkv [S, (H + 2 KVH) D] (rows
+    may be strided, each contiguous) is one sequence's new token. Returns a new [S, H * D] tensor.
+    The per-step arguments (slots int64, block tables and context lengths int32, cos/sin in qkv's
+    dtype, all contiguous; caches contiguous) are the caller's to check once per step: this runs
+    once per layer, so it only checks the rows."""
+    num_seqs = qkv.shape[0]
+    assert qkv.stride(1) == 1 and qkv.shape[1] == (num_heads + 2 * num_kv_heads) * head_dim
+    out = torch.empty((num_seqs, num_heads * head_dim), dtype=qkv.dtype)
+    _kernels[("decode_qkv_attention", qkv.dtype)](
+        num_seqs,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rotary_dim,
+        qkv.data_ptr(),
+        qkv.stride(0),
+        None if cos is None else cos.data_ptr(),
+        None if sin is None else sin.data_ptr(),
+        slots.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        block_tables.data_ptr(),
+        block_tables.stride(0),
+        context_lens.data_ptr(),
+        block_size,
+        chunk,
+        scale,
+        None if alibi_slopes is None else alibi_slopes.data_ptr(),
         sliding_window or 0,
         out.data_ptr(),
         out.stride(0),
