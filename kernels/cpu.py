@@ -16,8 +16,13 @@ path gathers them into a padded copy and builds a mask; it runs its work items o
 OpenMP threads (the library links libgomp.so.1, which the loader resolves to torch's copy) and
 prefetches the scattered blocks, which the hardware prefetchers do not follow. Its reference is
 kernels/attention_reference.py, shared with the Triton kernels. (Tried and dropped: the same
-kernel single-threaded was slower than gather + torch's SDPA, and without prefetching no faster; a fused
-silu-and-mul was slower than torch's two ops.)
+kernel single-threaded was slower than gather + torch's SDPA, and without prefetching no faster.)
+
+For the fixed cost of a decode step (issue 19: per layer, the dispatch of each small op costs
+more than its arithmetic at batch 1): the residual add fused into the next RMSNorm
+(add_rms_norm_), SiLU-and-mul in one call for decode-sized batches (torch's two ops, on every
+thread, win on large ones), and a decode step's whole attention for one layer (rotary, KV write,
+attention) in one call from the fused qkv output (decode_qkv_attention).
 
 The library is compiled once per source/flags/compiler/CPU into
 ${XDG_CACHE_HOME:-~/.cache}/vllm-cli/kernels (0.6 s here) and loaded with ctypes. With no C
@@ -203,8 +208,8 @@ def supports(*tensors: torch.Tensor) -> bool:
     dtype = tensors[0].dtype
     if dtype not in _SUFFIX:
         return False
-    for t in tensors:
-        if t.dtype != dtype or t.device.type != "cpu":
+    for t in tensors:  # is_cpu: no device object per call (this runs several times per layer)
+        if t.dtype != dtype or not t.is_cpu:
             return False
     return True
 
