@@ -58,22 +58,22 @@ def read_bandwidth_gbs(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:
-    """Bytes a batch-1 decode step reads: every parameter and prepacked weight (CpuLinear.packed),
-    but of the token embedding one row only."""
+    """Bytes a batch-1 decode step reads: every parameter, every prepacked linear (CpuLinear: its
+    logical in x out weight; a packed buffer's own size says little), but of the token embedding
+    one row only."""
     embedding = getattr(model, "embedding", None)
     embedding_ptr = embedding.weight.data_ptr() if embedding is not None else None
-    tensors = list(model.parameters()) + [
-        m.packed for m in model.modules() if isinstance(getattr(m, "packed", None), torch.Tensor)
-    ]
     seen: set[int] = set()
     total = 0
-    for t in tensors:
-        ptr = t.data_ptr() if not t.is_mkldnn else id(t)
-        if ptr in seen:
+    for t in model.parameters():
+        if t.data_ptr() in seen:
             continue
-        seen.add(ptr)
-        size = t.element_size() * t.numel()
-        total += t.shape[1] * t.element_size() if ptr == embedding_ptr else size
+        seen.add(t.data_ptr())
+        total += t.shape[1] * t.element_size() if t.data_ptr() == embedding_ptr else t.numel() * t.element_size()
+    for m in model.modules():
+        packed = getattr(m, "packed", None)
+        if isinstance(packed, torch.Tensor):
+            total += m.in_features * m.out_features * packed.element_size()
     return total
 
 

@@ -54,9 +54,9 @@ def cpu_name() -> str:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name":
                     model = value.strip()
-                elif key.strip() == "cpu family":
+                    break  # after "cpu family" in the first processor's entry
+                if key.strip() == "cpu family":
                     family = value.strip()
-                    break
     except OSError:
         pass
     return f"{model} (family {family}), {os.cpu_count()} CPUs"
