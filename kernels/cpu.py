@@ -16,8 +16,13 @@ path gathers them into a padded copy and builds a mask; it runs its work items o
 OpenMP threads (the library links libgomp.so.1, which the loader resolves to torch's copy) and
 prefetches the scattered blocks, which the hardware prefetchers do not follow. Its reference is
 kernels/attention_reference.py, shared with the Triton kernels. (Tried and dropped: the same
-kernel single-threaded was slower than gather + torch's SDPA, and without prefetching no faster; a fused
-silu-and-mul was slower than torch's two ops.)
+kernel single-threaded was slower than gather + torch's SDPA, and without prefetching no faster.)
+
+For the fixed cost of a decode step (issue 19: per layer, the dispatch of each small op costs
+more than its arithmetic at batch 1): the residual add fused into the next RMSNorm
+(add_rms_norm_), SiLU-and-mul in one call for decode-sized batches (torch's two ops, on every
+thread, win on large ones), and a decode step's whole attention for one layer (rotary, KV write,
+attention) in one call from the fused qkv output (decode_qkv_attention).
 
 The library is compiled once per source/flags/compiler/CPU into
 ${XDG_CACHE_HOME:-~/.cache}/vllm-cli/kernels (0.6 s here) and loaded with ctypes. With no C
@@ -103,6 +108,15 @@ _SIGNATURES = {
         _i64,
         _ptr,
         _i64,
+    ],
+    "add_rms_norm": [_i64, _i64, _ptr, _i64, _ptr, _i64, _ptr, _f32, _ptr, _i64],
+    "silu_and_mul": [_i64, _i64, _ptr, _i64, _ptr, _i64],
+    "decode_qkv_attention": [
+        *(_i64, _i64, _i64, _i64, _i64),  # S, H, KVH, D, rotary dims
+        *(_ptr, _i64, _ptr, _ptr, _ptr),  # qkv, its row stride, cos, sin, slots
+        *(_ptr, _ptr, _ptr, _i64, _ptr),  # k_cache, v_cache, block tables, their row stride, context lens
+        *(_i64, _i64, _f32, _ptr, _i64),  # block size, chunk, scale, ALiBi slopes, window
+        *(_ptr, _i64),  # out, its row stride
     ],
 }
 _WRITE_KV_SIGNATURE = [_i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _ptr]
@@ -211,8 +225,8 @@ def supports(*tensors: torch.Tensor) -> bool:
     dtype = tensors[0].dtype
     if dtype not in _SUFFIX:
         return False
-    for t in tensors:
-        if t.dtype != dtype or t.device.type != "cpu":
+    for t in tensors:  # is_cpu: no device object per call (this runs several times per layer)
+        if t.dtype != dtype or not t.is_cpu:
             return False
     return True
 
@@ -239,6 +253,44 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
         out_rows.data_ptr(),
         out_rows.stride(0),
     )
+    return out
+
+
+def add_rms_norm_(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """residual += x (in place, rounded as torch's add), then RMSNorm(residual) into out (a new
+    tensor unless given; may be x). x and residual [rows, N], each row contiguous."""
+    rows, n = x.shape
+    assert residual.shape == x.shape and x.stride(1) == 1 and residual.stride(1) == 1 and weight.is_contiguous()
+    assert residual.dtype == x.dtype == weight.dtype
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype)
+    _kernels[("add_rms_norm", x.dtype)](
+        rows,
+        n,
+        x.data_ptr(),
+        x.stride(0),
+        residual.data_ptr(),
+        residual.stride(0),
+        weight.data_ptr(),
+        eps,
+        out.data_ptr(),
+        out.stride(0),
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# SiLU-and-mul (the Llama MLP's activation), for decode-sized batches
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [rows, 2N] = [gate | up] (each row contiguous) -> silu(gate) * up, [rows, N]."""
+    rows, width = x.shape
+    assert x.stride(1) == 1 and width % 2 == 0
+    out = torch.empty((rows, width // 2), dtype=x.dtype)
+    _kernels[("silu_and_mul", x.dtype)](rows, width // 2, x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0))
     return out
 
 
@@ -338,6 +390,61 @@ def paged_decode_attention(
         chunk,
         scale,
         None if slopes is None else slopes.data_ptr(),
+        sliding_window or 0,
+        out.data_ptr(),
+        out.stride(0),
+    )
+    return out
+
+
+def decode_qkv_attention(
+    qkv: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    rotary_dim: int,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    slots: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+    scale: float,
+    alibi_slopes: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    chunk: int = DECODE_CHUNK,
+) -> torch.Tensor:
+    """A decode step's attention for one layer in one call: rotary_neox_ on q and k (when cos/sin
+    are given), write_kv_cache, paged_decode_attention; every row of qkv [S, (H + 2 KVH) D] (rows
+    may be strided, each contiguous) is one sequence's new token. Returns a new [S, H * D] tensor.
+    The per-step arguments (slots int64, block tables and context lengths int32, cos/sin in qkv's
+    dtype, all contiguous; caches contiguous) are the caller's to check once per step: this runs
+    once per layer, so it only checks the rows."""
+    num_seqs = qkv.shape[0]
+    assert qkv.stride(1) == 1 and qkv.shape[1] == (num_heads + 2 * num_kv_heads) * head_dim
+    out = torch.empty((num_seqs, num_heads * head_dim), dtype=qkv.dtype)
+    _kernels[("decode_qkv_attention", qkv.dtype)](
+        num_seqs,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rotary_dim,
+        qkv.data_ptr(),
+        qkv.stride(0),
+        None if cos is None else cos.data_ptr(),
+        None if sin is None else sin.data_ptr(),
+        slots.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        block_tables.data_ptr(),
+        block_tables.stride(0),
+        context_lens.data_ptr(),
+        block_size,
+        chunk,
+        scale,
+        None if alibi_slopes is None else alibi_slopes.data_ptr(),
         sliding_window or 0,
         out.data_ptr(),
         out.stride(0),

@@ -237,7 +237,9 @@ void paged_decode_attention_##T(int64_t S, int64_t H, int64_t KVH, int64_t D, co
     }                                                                                               \
     const int64_t items = chunk_start[S], part = H * (D + 2);                                       \
     float *partials = malloc(sizeof(float) * (size_t)(items * part));                               \
-    _Pragma("omp parallel")                                                                         \
+    /* one work item (batch 1, a short context): no parallel region, whose fork and barriers cost   \
+     * more than the item, and on a loaded machine wait for a thread that is not running */       \
+    _Pragma("omp parallel if(items > 1)")                                                           \
     {                                                                                               \
         float *scores = malloc(sizeof(float) * (size_t)(H * chunk + KVH * D + H * D));              \
         float *row = scores + H * chunk, *qf = row + KVH * D;                                       \
@@ -298,3 +300,66 @@ void write_kv_cache(int64_t tokens, int64_t row_bytes, const int64_t *slots, con
         memcpy(v_cache + slots[t] * row_bytes, v + t * v_stride_bytes, (size_t)row_bytes);
     }
 }
+
+/* The residual add before a norm, fused (vLLM's fused_add_rms_norm): residual += x (rounded to T,
+ * as torch's add), then out = RMSNorm(residual). Rows may be strided; out may alias x. */
+#define DEFINE_ADD_RMS_NORM(T)                                                                      \
+void add_rms_norm_##T(int64_t rows, int64_t N, const T##_t *x, int64_t x_stride, T##_t *residual, \
+                      int64_t res_stride, const T##_t *weight, float eps, T##_t *out,              \
+                      int64_t out_stride) {                                                         \
+    for (int64_t r = 0; r < rows; r++) {                                                            \
+        const T##_t *xr = x + r * x_stride;                                                         \
+        T##_t *rr = residual + r * res_stride;                                                      \
+        for (int64_t i = 0; i < N; i++) rr[i] = STORE_##T(LOAD_##T(rr[i]) + LOAD_##T(xr[i]));     \
+    }                                                                                               \
+    rms_norm_##T(rows, N, residual, res_stride, weight, eps, out, out_stride);                     \
+}
+
+DEFINE_ADD_RMS_NORM(f32)
+DEFINE_ADD_RMS_NORM(bf16)
+
+/* SiLU-and-mul of the Llama MLP: out = silu(gate) * up for rows [gate (N) | up (N)], each op
+ * rounded to T as torch computes F.silu(gate) * up. For decode-sized batches (the caller's
+ * choice): torch's two ops win on large ones, where they run on every thread. */
+#define DEFINE_SILU_AND_MUL(T)                                                                      \
+void silu_and_mul_##T(int64_t rows, int64_t N, const T##_t *x, int64_t x_stride, T##_t *out,      \
+                      int64_t out_stride) {                                                         \
+    for (int64_t r = 0; r < rows; r++) {                                                            \
+        const T##_t *g = x + r * x_stride, *u = g + N;                                              \
+        T##_t *o = out + r * out_stride;                                                            \
+        for (int64_t i = 0; i < N; i++) {                                                           \
+            const float gi = LOAD_##T(g[i]);                                                        \
+            const float silu = LOAD_##T(STORE_##T(gi / (1.f + expf(-gi))));                        \
+            o[i] = STORE_##T(silu * LOAD_##T(u[i]));                                                \
+        }                                                                                           \
+    }                                                                                               \
+}
+
+DEFINE_SILU_AND_MUL(f32)
+DEFINE_SILU_AND_MUL(bf16)
+
+/* A decode step's whole attention for one layer, from the fused qkv projection's output, in one
+ * call: rotary (neox) on q and k in place, the new K/V rows into the cache, then paged decode
+ * attention; every row is one sequence's single new token. qkv [S, (H + 2 KVH) D] rows of stride
+ * qkv_stride; cos/sin [S, rot / 2] or NULL (no rotary: ALiBi or none); the rest as the kernels
+ * above. Saves the per-layer Python and tensor views between the three. */
+#define DEFINE_DECODE_QKV_ATTENTION(T)                                                              \
+void decode_qkv_attention_##T(int64_t S, int64_t H, int64_t KVH, int64_t D, int64_t rot,         \
+                              T##_t *qkv, int64_t qkv_stride, const T##_t *cos, const T##_t *sin, \
+                              const int64_t *slots, T##_t *k_cache, T##_t *v_cache,                 \
+                              const int32_t *block_tables, int64_t bt_stride,                       \
+                              const int32_t *context_lens, int64_t block_size, int64_t chunk,      \
+                              float scale, const float *alibi_slopes, int64_t window, T##_t *out,   \
+                              int64_t out_stride) {                                                 \
+    if (cos != NULL) rotary_neox_##T(S, H + KVH, D, rot, qkv, qkv_stride, cos, sin);               \
+    const int64_t esize = (int64_t)sizeof(T##_t);                                                   \
+    write_kv_cache(S, KVH * D * esize, slots, (const char *)(qkv + H * D), qkv_stride * esize,     \
+                   (const char *)(qkv + (H + KVH) * D), qkv_stride * esize, (char *)k_cache,       \
+                   (char *)v_cache);                                                                \
+    paged_decode_attention_##T(S, H, KVH, D, qkv, qkv_stride, k_cache, v_cache, block_tables,      \
+                               bt_stride, context_lens, block_size, chunk, scale, alibi_slopes,    \
+                               window, out, out_stride);                                            \
+}
+
+DEFINE_DECODE_QKV_ATTENTION(f32)
+DEFINE_DECODE_QKV_ATTENTION(bf16)

@@ -164,6 +164,108 @@ def test_torch_backend_gives_the_same_output_with_and_without_the_kernel(dtype, 
     assert torch.equal(caches[0][0][torch.tensor(slots)], k) and torch.equal(caches[0][1][torch.tensor(slots)], v)
 
 
+@pytest.mark.parametrize("dtype", cpu.DTYPES)
+def test_add_rms_norm_matches_add_then_norm(dtype, rng):
+    assert cpu.load() is not None
+    rows, width = int(torch.randint(1, 20, (1,), generator=rng)), 576
+    x = torch.randn(rows, width, generator=rng).to(dtype)
+    residual = torch.randn(rows, width, generator=rng).to(dtype) * 4
+    weight = torch.randn(width, generator=rng).to(dtype)
+    expected_residual = residual + x
+    expected = rms_norm(expected_residual, weight, 1e-5)
+    out = cpu.add_rms_norm_(x, residual, weight, 1e-5)
+    assert torch.equal(residual, expected_residual), "the residual add rounds as torch's add"
+    _close(out, expected)
+    norm = RMSNorm(width, 1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+    residual2 = expected_residual - x  # any residual: add_forward adds in place like the kernel
+    _close(norm.add_forward(x, residual2), rms_norm(residual2, weight, 1e-5))
+
+
+@pytest.mark.parametrize("dtype", cpu.DTYPES)
+def test_silu_and_mul_matches_torch(dtype, rng, monkeypatch):
+    assert cpu.load() is not None
+    from vllm_cli.model_executor.layers.activation import silu_and_mul
+
+    gate_up = torch.randn(3, 2 * 1536, generator=rng).to(dtype) * 4
+    gate, up = gate_up.chunk(2, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    # expf vs torch's vectorized exp: a bf16 silu on a rounding boundary may land one ulp apart,
+    # and the product carries that ulp (2**-7 relative at most, plus its own rounding)
+    rtol = 1e-5 if dtype == torch.float32 else 2**-6
+    for out in (cpu.silu_and_mul(gate_up), silu_and_mul(gate_up)):  # the layer takes the kernel at decode sizes
+        torch.testing.assert_close(out.float(), expected.float(), rtol=rtol, atol=1e-5)
+    monkeypatch.setattr(cpu, "_library", None)
+    assert torch.equal(silu_and_mul(gate_up), expected)
+
+
+@pytest.mark.parametrize("dtype", cpu.DTYPES)
+@pytest.mark.parametrize("position", ["rotary", "partial", "alibi"])
+def test_decode_qkv_attention_is_rotary_then_kv_write_then_attention(dtype, position, rng):
+    """The fused decode call equals its three kernels in turn: q and k rotated (all or part of
+    each head, or not at all for ALiBi), k and v written to their slots, attention over the cache."""
+    assert cpu.load() is not None
+    num_heads, num_kv_heads, head_dim, block_size = 9, 3, 64, 16
+    ctx = [1, 40, 17, 300]
+    k_cache, v_cache, tables = _paged_cache(rng, ctx, block_size, num_kv_heads, head_dim, dtype)
+    slots = torch.tensor([int(tables[i, (n - 1) // block_size]) * block_size + (n - 1) % block_size
+                          for i, n in enumerate(ctx)])
+    qkv = torch.randn(len(ctx), (num_heads + 2 * num_kv_heads) * head_dim, generator=rng).to(dtype)
+    rotary_dim = {"rotary": head_dim, "partial": 32, "alibi": 0}[position]
+    cos = sin = slopes = None
+    if rotary_dim:
+        cos = torch.randn(len(ctx), rotary_dim // 2, generator=rng).to(dtype)
+        sin = torch.randn(len(ctx), rotary_dim // 2, generator=rng).to(dtype)
+    else:
+        slopes = torch.rand(num_heads, generator=rng)
+    context_lens = torch.tensor(ctx, dtype=torch.int32)
+    # the three kernels in turn, on copies
+    ref_qkv, ref_k, ref_v = qkv.clone(), k_cache.clone(), v_cache.clone()
+    qk = ref_qkv[:, : (num_heads + num_kv_heads) * head_dim].view(len(ctx), -1, head_dim)
+    if cos is not None:
+        cpu.rotary_neox_(qk, cos, sin, rotary_dim)
+    k = qk[:, num_heads:]
+    v = ref_qkv[:, (num_heads + num_kv_heads) * head_dim:].view(len(ctx), num_kv_heads, head_dim)
+    cpu.write_kv_cache(k, v, ref_k, ref_v, slots)
+    expected = cpu.paged_decode_attention(qk[:, :num_heads], ref_k, ref_v, tables, context_lens, block_size,
+                                          head_dim**-0.5, slopes, 21)
+    out = cpu.decode_qkv_attention(qkv, num_heads, num_kv_heads, head_dim, rotary_dim, cos, sin, slots, k_cache,
+                                   v_cache, tables, context_lens, block_size, head_dim**-0.5, slopes, 21)
+    assert torch.equal(out.view_as(expected), expected)
+    assert torch.equal(k_cache.nan_to_num(7.0), ref_k.nan_to_num(7.0))
+    assert torch.equal(v_cache.nan_to_num(7.0), ref_v.nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("dtype", cpu.DTYPES)
+def test_a_decode_step_gets_the_lean_metadata_and_the_same_output(dtype, rng):
+    """A step of single-token sequences: CpuDecodeMetadata (int32 tables and lengths only), and
+    the backend's forward gives what the torch backend gives on the same step."""
+    from vllm_cli.attention.backend import SeqBatchInfo
+    from vllm_cli.attention.cpu_backend import CpuAttentionBackend, CpuDecodeMetadata
+    from vllm_cli.attention.torch_backend import TorchAttentionBackend
+
+    block_size, num_heads, num_kv_heads, head_dim = 5, 6, 2, 64
+    ctx = [31, 1, 8, 12]
+    k_cache, v_cache, tables = _paged_cache(rng, ctx, block_size, num_kv_heads, head_dim, dtype)
+    k_cache, v_cache = k_cache.nan_to_num(0.0), v_cache.nan_to_num(0.0)  # the torch path reads padding slots
+    rows = [[b for b in row if b] for row in tables.tolist()]
+    slots = torch.tensor([row[(c - 1) // block_size] * block_size + (c - 1) % block_size for row, c in zip(rows, ctx)])
+    info = SeqBatchInfo([1] * len(ctx), ctx, rows)
+    q = torch.randn(len(ctx), num_heads, head_dim, generator=rng).to(dtype)
+    k, v = (torch.randn(len(ctx), num_kv_heads, head_dim, generator=rng).to(dtype) for _ in range(2))
+    lean = CpuAttentionBackend(block_size, torch.device("cpu"), dtype)
+    meta = lean.build_metadata(info, slots)
+    assert isinstance(meta, CpuDecodeMetadata) and meta.block_tables.dtype == torch.int32
+    assert not isinstance(CpuAttentionBackend(block_size, torch.device("cpu")).build_metadata(info, slots),
+                          CpuDecodeMetadata), "without the model dtype: the general metadata"
+    out = lean.forward(q, k, v, k_cache.clone(), v_cache.clone(), meta, 0.125)
+    reference = TorchAttentionBackend(block_size, torch.device("cpu"))
+    expected = reference.forward(q, k, v, k_cache.clone(), v_cache.clone(), reference.build_metadata(info, slots), 0.125)
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-6
+    torch.testing.assert_close(out.float(), expected.float(), rtol=tolerance, atol=tolerance)
+
+
 def test_a_failing_compiler_falls_back_to_torch(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(cpu, "_library", None)
     monkeypatch.setattr(cpu, "_tried", False)

@@ -40,6 +40,12 @@ class Attention(nn.Module):
 
     def attend(self, qkv: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """qkv [T, q_size + 2 * kv_size] (q heads, then k heads, then v heads) -> [T, q_size]."""
+        # A step of decodes on the CPU kernels: rotary, KV write and attention in one call.
+        attend_qkv = getattr(ctx.attn_metadata, "attend_qkv", None)
+        if attend_qkv is not None:
+            out = attend_qkv(self, qkv, ctx)
+            if out is not None:
+                return out
         rotary, cos, sin = ctx.rotary, ctx.cos, ctx.sin
         if rotary is not None and cos is not None and sin is not None:
             qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)

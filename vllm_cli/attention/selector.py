@@ -16,10 +16,13 @@ from vllm_cli.kernels import cpu as cpu_kernels
 ATTENTION_BACKEND_ENV = "VLLM_CLI_ATTENTION_BACKEND"
 
 
-def get_attention_backend(name: str, block_size: int, device: torch.device) -> AttentionBackend:
+def get_attention_backend(
+    name: str, block_size: int, device: torch.device, dtype: torch.dtype | None = None
+) -> AttentionBackend:
     """torch | triton | auto (--attention-backend): auto means the environment variable
     VLLM_CLI_ATTENTION_BACKEND if set, else torch. torch on the CPU, when kernels/cpu.py's C kernels
-    are built (not with VLLM_CLI_CPU_KERNELS=0, nor without a compiler), is CpuAttentionBackend."""
+    are built (not with VLLM_CLI_CPU_KERNELS=0, nor without a compiler), is CpuAttentionBackend
+    (dtype, the model's: whether its decode steps can run on the fused kernels)."""
     if name == "auto":
         name = os.environ.get(ATTENTION_BACKEND_ENV, "").strip().lower() or "auto"
         if name not in ATTENTION_BACKENDS:
@@ -32,7 +35,7 @@ def get_attention_backend(name: str, block_size: int, device: torch.device) -> A
     if name == "torch":
         device = torch.device(device)
         if device.type == "cpu" and cpu_kernels.load() is not None:
-            return CpuAttentionBackend(block_size, device)
+            return CpuAttentionBackend(block_size, device, dtype)
         return TorchAttentionBackend(block_size, device)
     if name == "triton":
         return TritonAttentionBackend(block_size, torch.device(device))

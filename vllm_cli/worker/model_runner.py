@@ -60,7 +60,7 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.block_size = block_size
-        self.backend = get_attention_backend(attention_backend, block_size, device)
+        self.backend = get_attention_backend(attention_backend, block_size, device, dtype)
         self.num_layers, self.num_kv_heads, self.head_dim = model.kv_cache_shape()
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -82,14 +82,17 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor | None:
         """Forward one step; float32 logits of step.logit_rows (None when there are none)."""
-        dev = self.device
-        ids_t = torch.tensor(step.input_ids, dtype=torch.long, device=dev)
-        pos_t = torch.tensor(step.positions, dtype=torch.long, device=dev)
-        slot_t = torch.tensor(step.slots, dtype=torch.long, device=dev)
+        # One host tensor (and one copy to the device) for the ids, positions and slots.
+        ids_t, pos_t, slot_t = torch.tensor([step.input_ids, step.positions, step.slots], dtype=torch.long).to(
+            self.device, non_blocking=True
+        )
         info = SeqBatchInfo(step.query_lens, step.context_lens, step.block_tables)
         meta = self.backend.build_metadata(info, slot_t)
         ctx = ForwardContext(backend=self.backend, attn_metadata=meta, kv_caches=self.kv_caches)
         hidden = self.model(ids_t, pos_t, ctx)
-        if not step.logit_rows:
+        rows = step.logit_rows
+        if not rows:
             return None
-        return self.model.compute_logits(hidden[step.logit_rows]).float()
+        if len(rows) != len(step.input_ids) or rows != list(range(len(rows))):  # a decode step samples every row
+            hidden = hidden[rows]
+        return self.model.compute_logits(hidden).float()

@@ -25,3 +25,16 @@ class RMSNorm(nn.Module):
         if cpu_kernels.load() is not None and cpu_kernels.supports(x, self.weight) and x.stride(-1) == 1:
             return cpu_kernels.rms_norm(x, self.weight, self.eps)
         return rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual += x in place (the residual stream; rounded as `residual + x`), then the norm of
+        it: one kernel call on the CPU where `residual = residual + x; norm(residual)` is three ops."""
+        if (
+            cpu_kernels.load() is not None
+            and x.dim() == 2
+            and cpu_kernels.supports(x, residual, self.weight)
+            and x.stride(-1) == 1
+            and residual.stride(-1) == 1
+        ):
+            return cpu_kernels.add_rms_norm_(x, residual, self.weight, self.eps)
+        return self.forward(residual.add_(x))

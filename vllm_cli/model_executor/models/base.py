@@ -157,6 +157,10 @@ class DecoderForCausalLM(CausalLM):
         if self.alibi_slopes is not None:  # one tensor for every layer: the backend builds the bias mask once
             ctx.alibi_slopes = self.alibi_slopes.to(dtype)
         hidden = self.embed(input_ids, positions)
-        for layer in getattr(trunk, layers):
+        return getattr(trunk, norm)(self.run_layers(getattr(trunk, layers), hidden, ctx))
+
+    def run_layers(self, layers: nn.ModuleList, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """The decoder layers in turn (a model whose layers carry a residual stream overrides it)."""
+        for layer in layers:
             hidden = layer(hidden, ctx)
-        return getattr(trunk, norm)(hidden)
+        return hidden

@@ -8,7 +8,7 @@ Under tensor parallelism each rank holds its heads and its share of the MLP (lay
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -78,8 +78,22 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), ctx)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+        out, residual = self.forward_residual(hidden, None, ctx)
+        return residual + out
+
+    def forward_residual(
+        self, hidden: torch.Tensor, residual: torch.Tensor | None, ctx: ForwardContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """vLLM's residual stream: (this layer's MLP output, the residual before adding it). Each add
+        goes into the following norm (RMSNorm.add_forward: one kernel call on the CPU), so a layer
+        costs no separate residual adds. residual None: hidden is the residual (the first layer)."""
+        if residual is None:
+            residual = hidden  # the embedding's fresh output: the norms may add into it in place
+            normed = self.input_layernorm(hidden)
+        else:
+            normed = self.input_layernorm.add_forward(hidden, residual)
+        normed = self.post_attention_layernorm.add_forward(self.self_attn(normed, ctx), residual)
+        return self.mlp(normed), residual
 
 
 class LlamaForCausalLM(DecoderForCausalLM):
@@ -118,6 +132,12 @@ class LlamaForCausalLM(DecoderForCausalLM):
     @staticmethod
     def max_position(config: Any) -> int:
         return int(getattr(config, "max_position_embeddings", 2048))
+
+    def run_layers(self, layers: nn.ModuleList, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        residual = None
+        for layer in cast("list[LlamaDecoderLayer]", layers):
+            hidden, residual = layer.forward_residual(hidden, residual, ctx)
+        return hidden if residual is None else residual.add_(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return self.load_stacked_weights(weights, skip=("rotary_emb.inv_freq",))
