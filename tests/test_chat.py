@@ -22,9 +22,9 @@ import pytest
 
 from conftest import launch_server
 
-from vllm_cli.cli.chat_backends import BackendError, TurnStats
+from vllm_cli.cli.chat_backends import BackendError, ReasoningText, TurnStats
 from vllm_cli.cli.chat_repl import ChatRunner, interactive, make_prompt_session, scripted
-from vllm_cli.cli.chat_session import DEFAULT_PARAMS, CommandError, Conversation, run_command
+from vllm_cli.cli.chat_session import COMMANDS, DEFAULT_PARAMS, HELP_INTRO, CommandError, Conversation, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "vllm_cli.cli.main"]
@@ -65,9 +65,7 @@ def test_system_reset_history_help_exit():
     assert conv.messages == [{"role": "system", "content": "be brief"}]
     run_command(conv, "/system")
     assert conv.messages == [] and run_command(conv, "/history").output == "(no messages)"
-    help_text = run_command(conv, "/help").output
-    for name in ("/system", "/reset", "/history", "/save", "/load", "/params", "/help", "/exit"):
-        assert name in help_text
+    assert run_command(conv, "/help").action == "help"  # rendered by the REPL: see test_help_lists_every_command
     assert run_command(conv, "/exit").exit and run_command(conv, "/quit").exit
     with pytest.raises(CommandError, match="unknown command /nope"):
         run_command(conv, "/nope")
@@ -125,22 +123,53 @@ def test_params_set_validate_and_reset():
         assert conv.params == before  # all or nothing
 
 
+def test_retry_undo_copy_think_markdown_edit_the_conversation():
+    conv = Conversation()
+    for name in ("/retry", "/copy", "/undo"):
+        with pytest.raises(CommandError, match="no reply|nothing to undo"):
+            run_command(conv, name)
+    for role, content in [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")]:
+        conv.add(role, content)
+    assert run_command(conv, "/copy").value == "a2"
+    result = run_command(conv, "/retry")
+    assert (result.action, result.value) == ("retry", "a2") and conv.turns[-1] == {"role": "user", "content": "q2"}
+    conv.add("assistant", "a2 again")
+    assert "'q2'" in run_command(conv, "/undo").note
+    assert [m["content"] for m in conv.messages] == ["q1", "a1"]
+    assert conv.template_kwargs is None and run_command(conv, "/think").output == "Thinking: the template's default"
+    run_command(conv, "/think off")
+    assert conv.template_kwargs == {"enable_thinking": False} and run_command(conv, "/think").output == "Thinking: off"
+    assert run_command(conv, "/markdown ON").value is True and run_command(conv, "/markdown off").value is False
+    for bad in ("/think maybe", "/markdown", "/markdown sometimes"):
+        with pytest.raises(CommandError, match="on\\|off"):
+            run_command(conv, bad)
+    assert [run_command(conv, f"/{name}").action for name in ("edit", "tokens", "model")] == ["edit", "tokens", "model"]
+
+
 # ----------------------------------------------------------------- the runner and the REPL on a fake backend
 
 class FakeBackend:
-    """Records the messages of every turn; replies "reply N" in two deltas."""
+    """Records the messages of every turn; replies "reply N" in two deltas (or `replies`' next),
+    after `reasoning` when set."""
 
     description = "fake"
+    details = ["model: fake", "engine: none"]
 
-    def __init__(self, fail_on: str | None = None, interrupt: bool = False):
+    def __init__(self, fail_on: str | None = None, interrupt: bool = False, replies: list[list[str]] | None = None,
+                 reasoning: str | None = None):
         self.calls: list[tuple[list[dict], dict]] = []
-        self.fail_on, self.interrupt = fail_on, interrupt
+        self.fail_on, self.interrupt, self.replies, self.reasoning = fail_on, interrupt, replies, reasoning
+
+    async def context_usage(self, messages, template_kwargs):
+        return sum(len(m["content"].split()) for m in messages), 100
 
     async def stream(self, messages, params, stats: TurnStats):
         self.calls.append((json.loads(json.dumps(messages)), dict(params)))
-        if messages[-1]["content"] == self.fail_on:
+        if messages[-1]["content"] == self.fail_on or (self.fail_on == "*" and len(self.calls) > 1):
             raise BackendError("the server went away")
-        for delta in ("reply ", str(len(self.calls))):
+        if self.reasoning:
+            yield ReasoningText(self.reasoning)
+        for delta in self.replies.pop(0) if self.replies else ("reply ", str(len(self.calls))):
             stats.completion_tokens += 1
             yield delta
             if self.interrupt:  # a Ctrl-C mid-reply: SIGINT, as the terminal would send it
@@ -152,8 +181,110 @@ class FakeBackend:
         pass
 
 
-def _runner(backend, system: str | None = None):
-    return ChatRunner(backend, Conversation(system=system), io.StringIO(), io.StringIO())
+def _runner(backend, system: str | None = None, out: io.StringIO | None = None):
+    return ChatRunner(backend, Conversation(system=system), out or io.StringIO(), io.StringIO())
+
+
+class TerminalStringIO(io.StringIO):
+    """What rich and the runner take for a terminal (colours and all), recorded."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_retry_replaces_the_reply_and_keeps_it_when_the_retry_fails():
+    backend = FakeBackend()
+    runner = _runner(backend)
+    assert asyncio.run(scripted(runner, ["hi", "/retry", "/tokens", "/model"]))
+    assert [m["content"] for m in runner.conv.messages] == ["hi", "reply 2"]
+    assert backend.calls[1][0] == [{"role": "user", "content": "hi"}]  # resent without the old reply
+    assert runner.out.getvalue() == "reply 1\nreply 2\n3 tokens of 100 (3.0% of the context), 2 messages\n" \
+        "model: fake\nengine: none\n"
+    backend = FakeBackend(fail_on="*")
+    runner = _runner(backend)
+    assert not asyncio.run(scripted(runner, ["hi", "/retry"]))
+    assert [m["content"] for m in runner.conv.messages] == ["hi", "reply 1"]
+
+
+def test_think_reaches_the_backend_and_reasoning_is_dimmed_not_kept():
+    backend = FakeBackend(reasoning="\nLet me think.")
+    runner = _runner(backend, out=TerminalStringIO())
+    runner.markdown = False
+    assert asyncio.run(scripted(runner, ["/think on", "hi"]))
+    assert backend.calls[0][1]["chat_template_kwargs"] == {"enable_thinking": True}
+    assert runner.out.getvalue() == "\x1b[2mLet me think.\x1b[0m\n\nreply 1\n"
+    assert runner.conv.messages[-1] == {"role": "assistant", "content": "reply 1"}
+    assert "chat_template_kwargs" not in _runner(FakeBackend()).conv.params
+
+
+def test_markdown_is_rendered_on_a_terminal_and_plain_elsewhere():
+    reply = ["# Title\n\nSome ", "**bold** text and `code`.\n\n", "```python\nprint('hi')\n```\n"]
+    runner = _runner(FakeBackend(replies=[list(reply)]), out=TerminalStringIO())
+    assert asyncio.run(scripted(runner, ["hi"]))
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", runner.out.getvalue())  # colours and cursor moves
+    assert "Title" in shown and "bold text" in shown and "print('hi')" in shown
+    assert "**" not in shown and "```" not in shown and "# Title" not in shown
+    assert runner.conv.messages[-1]["content"] == "".join(reply)  # the conversation keeps the Markdown
+    piped = _runner(FakeBackend(replies=[list(reply)]))
+    assert asyncio.run(scripted(piped, ["hi", "/markdown on"]))
+    assert piped.out.getvalue() == "".join(reply) and "not a terminal" in piped.err.getvalue()
+    plain = _runner(FakeBackend(replies=[list(reply)]), out=TerminalStringIO())
+    assert asyncio.run(scripted(plain, ["/markdown off", "hi"]))
+    assert plain.out.getvalue() == "".join(reply)
+
+
+def test_help_lists_every_command_wrapped_at_word_boundaries(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    runner = _runner(FakeBackend())
+    assert asyncio.run(scripted(runner, ["/help"]))
+    text = runner.out.getvalue()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 60 and len(lines) > len(COMMANDS) + 3
+    for command, description in COMMANDS:
+        assert command in text
+        # wrapped, never cut inside a word: the description's words are all there, whole
+        assert f"{command} {description}" in " ".join(text.split())
+    words = set(" ".join(d for _, d in COMMANDS).split()) | set(" ".join(c for c, _ in COMMANDS).split())
+    words |= set(HELP_INTRO.split())
+    assert set(text.split()) <= words
+
+
+def test_copy_without_a_clipboard_writes_a_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no wl-copy, xclip, xsel or pbcopy
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setitem(sys.modules, "pyperclip", None)  # as if not installed
+    runner = _runner(FakeBackend())
+    assert asyncio.run(scripted(runner, ["hi", "/copy"]))
+    path = tmp_path / "xdg" / "vllm-cli" / "last_reply.md"
+    assert path.read_text() == "reply 1" and f"the last reply is in {path}" in runner.err.getvalue()
+    # a clipboard tool on PATH takes it
+    (tmp_path / "xsel").write_text(f"#!/bin/sh\nexec /bin/cat > {tmp_path / 'clipboard'}\n")
+    (tmp_path / "xsel").chmod(0o755)
+    assert asyncio.run(scripted(runner, ["/copy"]))
+    assert (tmp_path / "clipboard").read_text() == "reply 1" and "clipboard (xsel)" in runner.err.getvalue()
+
+
+def test_edit_sends_what_the_editor_wrote_and_nothing_when_empty(tmp_path, monkeypatch):
+    editor = tmp_path / "editor.sh"
+    editor.write_text("#!/bin/sh\ncat \"$(dirname \"$0\")/next\" > \"$1\"\n")
+    editor.chmod(0o755)
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", str(editor))
+    backend = FakeBackend()
+    runner = _runner(backend)
+    (tmp_path / "next").write_text("line one\nline two\n")
+    assert asyncio.run(scripted(runner, ["/edit"]))
+    (tmp_path / "next").write_text("\n  \n")
+    assert asyncio.run(scripted(runner, ["/edit"]))
+    assert [c[0][-1]["content"] for c in backend.calls] == ["line one\nline two"]
+    assert "Empty message: nothing sent." in runner.err.getvalue()
+    monkeypatch.setenv("EDITOR", "false")
+    assert not asyncio.run(scripted(runner, ["/edit"]))
+    assert "exited with status 1: nothing sent" in runner.err.getvalue()
+    monkeypatch.delenv("EDITOR")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert not asyncio.run(scripted(runner, ["/edit"]))
+    assert "Error: no editor found: set $EDITOR (none of vi, nano is installed)" in runner.err.getvalue()
 
 
 def test_every_turn_sends_the_whole_history():
