@@ -505,6 +505,76 @@ def test_repl_in_a_pseudo_terminal(tiny_llama_dir, tmp_path):
     assert "+Tell me a long story" in history and "+first line\n+second line" in history
 
 
+# Qwen3's switch: with enable_thinking false the generation prompt holds an empty think block.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def test_repl_commands_in_a_pseudo_terminal_on_smollm2(smollm2_gguf_path, tmp_path):
+    """/model, /tokens, /think, /retry, /copy, /undo, /edit, /markdown, /help through the real REPL."""
+    pexpect = pytest.importorskip("pexpect")
+    ready = re.escape("\x1b[?2004h")
+    stats = r"\[\d+ tokens?, [\d.]+ tokens/s"
+    (tmp_path / "template.jinja").write_text(THINKING_TEMPLATE)
+    editor = tmp_path / "editor.sh"  # what the user "types" in the editor
+    editor.write_text("#!/bin/sh\nprintf 'What is 2+2?\\nAnswer briefly.\\n' > \"$1\"\n")
+    editor.chmod(0o755)
+    shims = tmp_path / "bin"  # clipboard tools that fail, as they do without a display
+    shims.mkdir()
+    for tool in ("wl-copy", "xclip", "xsel", "pbcopy"):
+        (shims / tool).write_text("#!/bin/sh\nexit 1\n")
+        (shims / tool).chmod(0o755)
+    env = _env(tmp_path, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", EDITOR=str(editor),
+               PATH=f"{shims}{os.pathsep}{os.environ['PATH']}")
+    env.pop("VISUAL", None)
+    child = pexpect.spawn(sys.executable, ["-m", "vllm_cli.cli.main", "chat", smollm2_gguf_path, "-s", "Be terse.",
+                                           "--max-tokens", "8", "--temperature", "0", "--chat-template",
+                                           "template.jinja", "--max-model-len", "1024", "--kv-cache-memory", "64MiB"],
+                          cwd=str(tmp_path), env=env, encoding="utf-8", timeout=180, dimensions=(50, 200))
+
+    def run(line: str, *answers: str) -> list[re.Match]:
+        child.expect(ready)
+        child.sendline(line)
+        found = []
+        for answer in answers:
+            child.expect(answer)
+            found.append(child.match)
+        return found
+
+    try:
+        child.expect("Ctrl-D leaves")
+        (context,) = run("/model", r"engine: in this process.*\r\ncontext: (\d+) tokens\r\nchat template: ")
+        run("Hi", stats)
+        (default,) = run("/tokens", r"(\d+) tokens of (\d+) \([\d.]+% of the context\), 3 messages")
+        assert default.group(2) == context.group(1)
+        run("/think off", r"Thinking off \(enable_thinking=False\)")
+        (off,) = run("/tokens", r"(\d+) tokens of \d+")
+        assert int(off.group(1)) > int(default.group(1))  # the template got enable_thinking=False
+        run("/think on", "Thinking on")
+        run("/retry", stats)
+        (copied,) = run("/copy", r"the last reply is in (\S+last_reply\.md)")
+        run("/save retried.json", "Saved 3 messages")
+        run("/undo", r"Removed the last exchange \('Hi'\)")
+        run("/edit", stats)
+        run("/markdown off", "Markdown rendering off")
+        run("/help", r"/tokens +how much of the model's context", r"/exit +leave")
+        run("/save saved.json", "Saved 3 messages")
+        child.expect(ready)
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    retried = json.loads((tmp_path / "retried.json").read_text())
+    assert Path(copied.group(1)).read_text() == retried[2]["content"]  # /copy took the regenerated reply
+    saved = json.loads((tmp_path / "saved.json").read_text())
+    assert [m["role"] for m in saved] == ["system", "user", "assistant"]
+    assert saved[1]["content"] == "What is 2+2?\nAnswer briefly." and saved[2]["content"].strip()
+
+
 # ----------------------------------------------------------------- --url: a real `vllm-cli serve`
 
 API_KEY = "sk-chat-test"
@@ -525,7 +595,7 @@ class RecordingProxy:
     def __init__(self, upstream: str):
         from aiohttp import ClientSession, web
 
-        self.upstream, self.bodies = upstream, []
+        self.upstream, self.bodies, self.tokenized = upstream, [], []
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
@@ -533,6 +603,8 @@ class RecordingProxy:
             body = await request.read()
             if request.path.endswith("/chat/completions"):
                 self.bodies.append(json.loads(body))
+            if request.path.endswith("/tokenize"):
+                self.tokenized.append(json.loads(body))
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
             async with ClientSession() as session:
                 async with session.request(request.method, upstream + request.path_qs, data=body,
@@ -583,6 +655,24 @@ def test_url_mode_sends_the_whole_conversation_to_a_real_server(server_url, tmp_
     assert out.stdout.startswith(_expected_stdout([reply["content"]]))
     assert "[assistant] " + reply["content"] in out.stdout  # /history, asked for, goes to stdout too
     assert out.stderr.count("[5 tokens") == 2
+
+
+def test_url_mode_think_tokens_and_model_are_the_servers(server_url, tmp_path):
+    proxy = RecordingProxy(server_url)
+    try:
+        out = _chat(tmp_path, "--url", proxy.url, "--max-tokens", "3", input="/model\n/think off\nHello\n/tokens\n",
+                    env={"VLLM_API_KEY": API_KEY}, timeout=60)
+    finally:
+        proxy.close()
+    assert out.returncode == 0, out.stderr
+    (body,) = proxy.bodies
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}  # vLLM's field, in the body
+    assert f"model: tiny-a\nserver: {proxy.url}\ncontext: " in out.stdout
+    used, total = map(int, re.search(r"(\d+) tokens of (\d+) \(", out.stdout).groups())
+    # the server's /tokenize counted the conversation with its template: more than the last prompt alone
+    assert proxy.tokenized == [{"model": "tiny-a", "messages": body["messages"] + [
+        {"role": "assistant", "content": out.stdout.splitlines()[3]}], "chat_template_kwargs":
+        {"enable_thinking": False}}] and used > 3 and f"context: {total} tokens" in out.stdout
 
 
 def test_url_mode_named_model_and_wrong_key(server_url, tmp_path):
