@@ -249,6 +249,12 @@ def test_help_lists_every_command_wrapped_at_word_boundaries(monkeypatch):
     assert set(text.split()) <= words
 
 
+def test_readme_lists_every_command():
+    readme = (REPO / "README.md").read_text()
+    for command, _ in COMMANDS:
+        assert f"`{command.split()[0]}" in readme, command
+
+
 def test_copy_without_a_clipboard_writes_a_file(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no wl-copy, xclip, xsel or pbcopy
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
@@ -367,7 +373,8 @@ def engine_backend(tiny_llama_dir):
 def test_engine_backend_applies_the_template_to_the_whole_history(engine_backend, monkeypatch):
     seen = []
     real = engine_backend.prompt_ids
-    monkeypatch.setattr(engine_backend, "prompt_ids", lambda messages: seen.append(messages) or real(messages))
+    monkeypatch.setattr(engine_backend, "prompt_ids",
+                        lambda messages, kwargs=None: seen.append(messages) or real(messages, kwargs))
     runner = _runner(engine_backend, system="You are a pirate.")
     runner.conv.params["max_tokens"] = 6
     assert asyncio.run(scripted(runner, ["Ahoy", "Where is the gold?"]))
@@ -433,7 +440,8 @@ def test_whole_input_is_one_turn(tiny_llama_dir, monkeypatch):
 
     seen = []
     real = EngineBackend.prompt_ids
-    monkeypatch.setattr(EngineBackend, "prompt_ids", lambda self, messages: seen.append(messages) or real(self, messages))
+    monkeypatch.setattr(EngineBackend, "prompt_ids",
+                        lambda self, messages, kwargs=None: seen.append(messages) or real(self, messages, kwargs))
     result = _invoke(tiny_llama_dir, "--whole-input", "--max-tokens", "3", "-s", "S", "--kv-cache-memory", "16MiB",
                      input="/not a command\nline two\n")
     assert result.exit_code == 0, result.output
