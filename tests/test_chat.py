@@ -683,6 +683,63 @@ def test_url_mode_think_tokens_and_model_are_the_servers(server_url, tmp_path):
         {"enable_thinking": False}}] and used > 3 and f"context: {total} tokens" in out.stdout
 
 
+def test_url_mode_reasoning_content_and_tokens_without_tokenize(tmp_path):
+    """A server that streams `reasoning_content` (vLLM's --reasoning-parser) and has no /tokenize:
+    the reasoning is shown dimmed and not kept, /tokens falls back to the last reply's usage."""
+    from aiohttp import web
+
+    from vllm_cli.cli.chat_backends import OpenAIBackend
+
+    def sse(delta: dict, usage: dict | None = None) -> bytes:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": None}], "usage": usage}
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+    async def models(request):
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "created": 0,
+                                                              "owned_by": "x", "max_model_len": 2048}]})
+
+    async def completions(request):
+        body = await request.json()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for delta in ({"role": "assistant", "reasoning_content": "Hmm, "}, {"reasoning_content": "a greeting."},
+                      {"content": "Hello!"}):
+            await response.write(sse(delta))
+        await response.write(sse({}, {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17}))
+        await response.write(b"data: [DONE]\n\n")
+        seen.append(body)
+        return response
+
+    seen: list[dict] = []
+
+    async def session():
+        app = web.Application()
+        app.router.add_get("/v1/models", models)
+        app.router.add_post("/v1/chat/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            backend = await OpenAIBackend.connect(url, None, None)
+            chat = _runner(backend, out=TerminalStringIO())
+            chat.markdown = False
+            ok = await scripted(chat, ["/tokens", "/think on", "Hi", "/tokens"])
+            await backend.aclose()
+            return ok, chat
+        finally:
+            await runner.cleanup()
+
+    ok, chat = asyncio.run(session())
+    assert ok and seen[0]["chat_template_kwargs"] == {"enable_thinking": True}
+    assert chat.out.getvalue() == ("Token count unknown: the server has no /tokenize and there is no reply yet.\n"
+                                   "\x1b[2mHmm, \x1b[0m\x1b[2ma greeting.\x1b[0m\n\nHello!\n"
+                                   "17 tokens of 2048 (0.8% of the context), 2 messages\n")
+    assert chat.conv.messages[-1] == {"role": "assistant", "content": "Hello!"}
+
+
 def test_url_mode_named_model_and_wrong_key(server_url, tmp_path):
     out = _chat(tmp_path, "--url", f"{server_url}/v1", "--model-name", "tiny-b", "-q", "hi", "--max-tokens", "2",
                 env={"VLLM_API_KEY": API_KEY})
