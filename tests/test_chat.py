@@ -224,6 +224,7 @@ def test_markdown_is_rendered_on_a_terminal_and_plain_elsewhere():
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", runner.out.getvalue())  # colours and cursor moves
     assert "Title" in shown and "bold text" in shown and "print('hi')" in shown
     assert "**" not in shown and "```" not in shown and "# Title" not in shown
+    assert "bold text and code.\n" in shown  # no padding to the width after the text
     assert runner.conv.messages[-1]["content"] == "".join(reply)  # the conversation keeps the Markdown
     piped = _runner(FakeBackend(replies=[list(reply)]))
     assert asyncio.run(scripted(piped, ["hi", "/markdown on"]))

@@ -67,8 +67,20 @@ class _Lines:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         for line in self.lines:
-            yield from line
+            yield from _without_padding(line)
             yield Segment.line()
+
+
+def _without_padding(line: list[Segment]) -> list[Segment]:
+    """A rendered line less the plain spaces that pad it to the width (they would come along when
+    the reply is selected and copied from the terminal); a code block's background stays."""
+    end = len(line)
+    while end and not line[end - 1].text.strip():
+        style = line[end - 1].style
+        if style is not None and style.bgcolor is not None:
+            break
+        end -= 1
+    return line[:end]
 
 
 class MarkdownStream:
