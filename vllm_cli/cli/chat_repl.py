@@ -74,13 +74,14 @@ class _Lines:
 def _without_padding(line: list[Segment]) -> list[Segment]:
     """A rendered line less the plain spaces that pad it to the width (they would come along when
     the reply is selected and copied from the terminal); a code block's background stays."""
-    end = len(line)
-    while end and not line[end - 1].text.strip():
-        style = line[end - 1].style
-        if style is not None and style.bgcolor is not None:
+    line = list(line)
+    while line and (line[-1].style is None or line[-1].style.bgcolor is None):
+        text = line[-1].text.rstrip(" ")
+        if text:
+            line[-1] = Segment(text, line[-1].style, line[-1].control)
             break
-        end -= 1
-    return line[:end]
+        line.pop()
+    return line
 
 
 class MarkdownStream:
@@ -103,8 +104,9 @@ class MarkdownStream:
         lines = self.console.render_lines(Markdown(text), self.console.options, pad=False)
         keep = max(self.console.height - 2, 1)
         if final:
-            keep = len(lines)  # the rest stays in the Live area, which stop() leaves on the screen
+            keep = 0  # all printed for good: the Live area pads its lines to the widest
         if len(lines) - self.printed > keep:
+            self.live.update(_Lines([]), refresh=True)  # cleared first, or the print would draw it again
             self.live.console.print(_Lines(lines[self.printed : len(lines) - keep]))
             self.printed = len(lines) - keep
         self.live.update(_Lines(lines[self.printed :]), refresh=True)
