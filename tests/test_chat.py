@@ -215,6 +215,8 @@ def test_think_reaches_the_backend_and_reasoning_is_dimmed_not_kept():
     assert runner.out.getvalue() == "\x1b[2mLet me think.\x1b[0m\n\nreply 1\n"
     assert runner.conv.messages[-1] == {"role": "assistant", "content": "reply 1"}
     assert "chat_template_kwargs" not in _runner(FakeBackend()).conv.params
+    piped = _runner(FakeBackend(reasoning="Let me think."))
+    assert asyncio.run(scripted(piped, ["hi"])) and piped.out.getvalue() == "reply 1\n"  # stdout: replies only
 
 
 def test_markdown_is_rendered_on_a_terminal_and_plain_elsewhere():

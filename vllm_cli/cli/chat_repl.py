@@ -181,7 +181,8 @@ class ChatRunner:
         try:
             async for delta in self.backend.stream(messages, params, stats):
                 if isinstance(delta, ReasoningText):
-                    if rendered is None and not parts:  # reasoning comes before the reply
+                    # Reasoning comes before the reply; piped stdout keeps to the replies.
+                    if rendered is None and not parts and self.out.isatty():
                         self.out.write(_dim(delta.lstrip("\n") if not thinking else delta, self.out))
                         self.out.flush()
                         thinking = True
