@@ -220,6 +220,7 @@ complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l system -l system-prompt -s s -
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l quick -s q -r -F -d 'Send one message, print the reply, exit.'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l whole-input -d 'With piped stdin: all of it is one message (default: each line is one).'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l stats -l no-stats -d 'Print tokens and tokens/s after each reply (on stderr).'
+complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l markdown -l no-markdown -d 'Render replies as Markdown on a terminal (/markdown switches it later).'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l chat-template -r -F -d 'Jinja chat template (a file or inline); default: the tokenizer\'s, else ChatML.'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l log-level -x -a 'debug info warning error critical' -d 'Log level (default: warning, so that the chat stays readable).'
 complete -c vllm-cli -n "__vllm_cli_at 'chat'" -l url -r -F -d 'Chat with an OpenAI-compatible server instead, e.g. http://localhost:8000/v1.'

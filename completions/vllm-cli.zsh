@@ -246,6 +246,8 @@ _vllm_cli_chat() {
         '--whole-input[With piped stdin: all of it is one message (default: each line is one).]' \
         '--stats[Print tokens and tokens/s after each reply (on stderr).]' \
         '--no-stats[Print tokens and tokens/s after each reply (on stderr).]' \
+        '--markdown[Render replies as Markdown on a terminal (/markdown switches it later).]' \
+        '--no-markdown[Render replies as Markdown on a terminal (/markdown switches it later).]' \
         '--chat-template[Jinja chat template (a file or inline); default: the tokenizer'\''s, else ChatML.]:chat-template:_files' \
         '--log-level[Log level (default: warning, so that the chat stays readable).]:log-level:(debug info warning error critical)' \
         '--url[Chat with an OpenAI-compatible server instead, e.g. http://localhost:8000/v1.]:url:_files' \

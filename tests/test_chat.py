@@ -22,9 +22,9 @@ import pytest
 
 from conftest import launch_server
 
-from vllm_cli.cli.chat_backends import BackendError, TurnStats
+from vllm_cli.cli.chat_backends import BackendError, ReasoningText, TurnStats
 from vllm_cli.cli.chat_repl import ChatRunner, interactive, make_prompt_session, scripted
-from vllm_cli.cli.chat_session import DEFAULT_PARAMS, CommandError, Conversation, run_command
+from vllm_cli.cli.chat_session import COMMANDS, DEFAULT_PARAMS, HELP_INTRO, CommandError, Conversation, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "vllm_cli.cli.main"]
@@ -65,9 +65,7 @@ def test_system_reset_history_help_exit():
     assert conv.messages == [{"role": "system", "content": "be brief"}]
     run_command(conv, "/system")
     assert conv.messages == [] and run_command(conv, "/history").output == "(no messages)"
-    help_text = run_command(conv, "/help").output
-    for name in ("/system", "/reset", "/history", "/save", "/load", "/params", "/help", "/exit"):
-        assert name in help_text
+    assert run_command(conv, "/help").action == "help"  # rendered by the REPL: see test_help_lists_every_command
     assert run_command(conv, "/exit").exit and run_command(conv, "/quit").exit
     with pytest.raises(CommandError, match="unknown command /nope"):
         run_command(conv, "/nope")
@@ -125,22 +123,53 @@ def test_params_set_validate_and_reset():
         assert conv.params == before  # all or nothing
 
 
+def test_retry_undo_copy_think_markdown_edit_the_conversation():
+    conv = Conversation()
+    for name in ("/retry", "/copy", "/undo"):
+        with pytest.raises(CommandError, match="no reply|nothing to undo"):
+            run_command(conv, name)
+    for role, content in [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")]:
+        conv.add(role, content)
+    assert run_command(conv, "/copy").value == "a2"
+    result = run_command(conv, "/retry")
+    assert (result.action, result.value) == ("retry", "a2") and conv.turns[-1] == {"role": "user", "content": "q2"}
+    conv.add("assistant", "a2 again")
+    assert "'q2'" in run_command(conv, "/undo").note
+    assert [m["content"] for m in conv.messages] == ["q1", "a1"]
+    assert conv.template_kwargs is None and run_command(conv, "/think").output == "Thinking: the template's default"
+    run_command(conv, "/think off")
+    assert conv.template_kwargs == {"enable_thinking": False} and run_command(conv, "/think").output == "Thinking: off"
+    assert run_command(conv, "/markdown ON").value is True and run_command(conv, "/markdown off").value is False
+    for bad in ("/think maybe", "/markdown", "/markdown sometimes"):
+        with pytest.raises(CommandError, match="on\\|off"):
+            run_command(conv, bad)
+    assert [run_command(conv, f"/{name}").action for name in ("edit", "tokens", "model")] == ["edit", "tokens", "model"]
+
+
 # ----------------------------------------------------------------- the runner and the REPL on a fake backend
 
 class FakeBackend:
-    """Records the messages of every turn; replies "reply N" in two deltas."""
+    """Records the messages of every turn; replies "reply N" in two deltas (or `replies`' next),
+    after `reasoning` when set."""
 
     description = "fake"
+    details = ["model: fake", "engine: none"]
 
-    def __init__(self, fail_on: str | None = None, interrupt: bool = False):
+    def __init__(self, fail_on: str | None = None, interrupt: bool = False, replies: list[list[str]] | None = None,
+                 reasoning: str | None = None):
         self.calls: list[tuple[list[dict], dict]] = []
-        self.fail_on, self.interrupt = fail_on, interrupt
+        self.fail_on, self.interrupt, self.replies, self.reasoning = fail_on, interrupt, replies, reasoning
+
+    async def context_usage(self, messages, template_kwargs):
+        return sum(len(m["content"].split()) for m in messages), 100
 
     async def stream(self, messages, params, stats: TurnStats):
         self.calls.append((json.loads(json.dumps(messages)), dict(params)))
-        if messages[-1]["content"] == self.fail_on:
+        if messages[-1]["content"] == self.fail_on or (self.fail_on == "*" and len(self.calls) > 1):
             raise BackendError("the server went away")
-        for delta in ("reply ", str(len(self.calls))):
+        if self.reasoning:
+            yield ReasoningText(self.reasoning)
+        for delta in self.replies.pop(0) if self.replies else ("reply ", str(len(self.calls))):
             stats.completion_tokens += 1
             yield delta
             if self.interrupt:  # a Ctrl-C mid-reply: SIGINT, as the terminal would send it
@@ -152,8 +181,119 @@ class FakeBackend:
         pass
 
 
-def _runner(backend, system: str | None = None):
-    return ChatRunner(backend, Conversation(system=system), io.StringIO(), io.StringIO())
+def _runner(backend, system: str | None = None, out: io.StringIO | None = None):
+    return ChatRunner(backend, Conversation(system=system), out or io.StringIO(), io.StringIO())
+
+
+class TerminalStringIO(io.StringIO):
+    """What rich and the runner take for a terminal (colours and all), recorded."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_retry_replaces_the_reply_and_keeps_it_when_the_retry_fails():
+    backend = FakeBackend()
+    runner = _runner(backend)
+    assert asyncio.run(scripted(runner, ["hi", "/retry", "/tokens", "/model"]))
+    assert [m["content"] for m in runner.conv.messages] == ["hi", "reply 2"]
+    assert backend.calls[1][0] == [{"role": "user", "content": "hi"}]  # resent without the old reply
+    assert runner.out.getvalue() == "reply 1\nreply 2\n3 tokens of 100 (3.0% of the context), 2 messages\n" \
+        "model: fake\nengine: none\n"
+    backend = FakeBackend(fail_on="*")
+    runner = _runner(backend)
+    assert not asyncio.run(scripted(runner, ["hi", "/retry"]))
+    assert [m["content"] for m in runner.conv.messages] == ["hi", "reply 1"]
+
+
+def test_think_reaches_the_backend_and_reasoning_is_dimmed_not_kept():
+    backend = FakeBackend(reasoning="\nLet me think.")
+    runner = _runner(backend, out=TerminalStringIO())
+    runner.markdown = False
+    assert asyncio.run(scripted(runner, ["/think on", "hi"]))
+    assert backend.calls[0][1]["chat_template_kwargs"] == {"enable_thinking": True}
+    assert runner.out.getvalue() == "\x1b[2mLet me think.\x1b[0m\n\nreply 1\n"
+    assert runner.conv.messages[-1] == {"role": "assistant", "content": "reply 1"}
+    assert "chat_template_kwargs" not in _runner(FakeBackend()).conv.params
+    piped = _runner(FakeBackend(reasoning="Let me think."))
+    assert asyncio.run(scripted(piped, ["hi"])) and piped.out.getvalue() == "reply 1\n"  # stdout: replies only
+
+
+def test_markdown_is_rendered_on_a_terminal_and_plain_elsewhere():
+    reply = ["# Title\n\nSome ", "**bold** text and `code`.\n\n", "```python\nprint('hi')\n```\n"]
+    runner = _runner(FakeBackend(replies=[list(reply)]), out=TerminalStringIO())
+    assert asyncio.run(scripted(runner, ["hi"]))
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", runner.out.getvalue())  # colours and cursor moves
+    assert "Title" in shown and "bold text" in shown and "print('hi')" in shown
+    assert "**" not in shown and "```" not in shown and "# Title" not in shown
+    assert "bold text and code.\n" in shown  # no padding to the width after the text
+    assert runner.conv.messages[-1]["content"] == "".join(reply)  # the conversation keeps the Markdown
+    piped = _runner(FakeBackend(replies=[list(reply)]))
+    assert asyncio.run(scripted(piped, ["hi", "/markdown on"]))
+    assert piped.out.getvalue() == "".join(reply) and "not a terminal" in piped.err.getvalue()
+    plain = _runner(FakeBackend(replies=[list(reply)]), out=TerminalStringIO())
+    assert asyncio.run(scripted(plain, ["/markdown off", "hi"]))
+    assert plain.out.getvalue() == "".join(reply)
+
+
+def test_help_lists_every_command_wrapped_at_word_boundaries(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    runner = _runner(FakeBackend())
+    assert asyncio.run(scripted(runner, ["/help"]))
+    text = runner.out.getvalue()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 60 and len(lines) > len(COMMANDS) + 3
+    for command, description in COMMANDS:
+        assert command in text
+        # wrapped, never cut inside a word: the description's words are all there, whole
+        assert f"{command} {description}" in " ".join(text.split())
+    words = set(" ".join(d for _, d in COMMANDS).split()) | set(" ".join(c for c, _ in COMMANDS).split())
+    words |= set(HELP_INTRO.split())
+    assert set(text.split()) <= words
+
+
+def test_readme_lists_every_command():
+    readme = (REPO / "README.md").read_text()
+    for command, _ in COMMANDS:
+        assert f"`{command.split()[0]}" in readme, command
+
+
+def test_copy_without_a_clipboard_writes_a_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no wl-copy, xclip, xsel or pbcopy
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setitem(sys.modules, "pyperclip", None)  # as if not installed
+    runner = _runner(FakeBackend())
+    assert asyncio.run(scripted(runner, ["hi", "/copy"]))
+    path = tmp_path / "xdg" / "vllm-cli" / "last_reply.md"
+    assert path.read_text() == "reply 1" and f"the last reply is in {path}" in runner.err.getvalue()
+    # a clipboard tool on PATH takes it
+    (tmp_path / "xsel").write_text(f"#!/bin/sh\nexec /bin/cat > {tmp_path / 'clipboard'}\n")
+    (tmp_path / "xsel").chmod(0o755)
+    assert asyncio.run(scripted(runner, ["/copy"]))
+    assert (tmp_path / "clipboard").read_text() == "reply 1" and "clipboard (xsel)" in runner.err.getvalue()
+
+
+def test_edit_sends_what_the_editor_wrote_and_nothing_when_empty(tmp_path, monkeypatch):
+    editor = tmp_path / "editor.sh"
+    editor.write_text("#!/bin/sh\ncat \"$(dirname \"$0\")/next\" > \"$1\"\n")
+    editor.chmod(0o755)
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", str(editor))
+    backend = FakeBackend()
+    runner = _runner(backend)
+    (tmp_path / "next").write_text("line one\nline two\n")
+    assert asyncio.run(scripted(runner, ["/edit"]))
+    (tmp_path / "next").write_text("\n  \n")
+    assert asyncio.run(scripted(runner, ["/edit"]))
+    assert [c[0][-1]["content"] for c in backend.calls] == ["line one\nline two"]
+    assert "Empty message: nothing sent." in runner.err.getvalue()
+    monkeypatch.setenv("EDITOR", "false")
+    assert not asyncio.run(scripted(runner, ["/edit"]))
+    assert "exited with status 1: nothing sent" in runner.err.getvalue()
+    monkeypatch.delenv("EDITOR")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert not asyncio.run(scripted(runner, ["/edit"]))
+    assert "Error: no editor found: set $EDITOR (none of vi, nano is installed)" in runner.err.getvalue()
 
 
 def test_every_turn_sends_the_whole_history():
@@ -236,7 +376,8 @@ def engine_backend(tiny_llama_dir):
 def test_engine_backend_applies_the_template_to_the_whole_history(engine_backend, monkeypatch):
     seen = []
     real = engine_backend.prompt_ids
-    monkeypatch.setattr(engine_backend, "prompt_ids", lambda messages: seen.append(messages) or real(messages))
+    monkeypatch.setattr(engine_backend, "prompt_ids",
+                        lambda messages, kwargs=None: seen.append(messages) or real(messages, kwargs))
     runner = _runner(engine_backend, system="You are a pirate.")
     runner.conv.params["max_tokens"] = 6
     assert asyncio.run(scripted(runner, ["Ahoy", "Where is the gold?"]))
@@ -302,7 +443,8 @@ def test_whole_input_is_one_turn(tiny_llama_dir, monkeypatch):
 
     seen = []
     real = EngineBackend.prompt_ids
-    monkeypatch.setattr(EngineBackend, "prompt_ids", lambda self, messages: seen.append(messages) or real(self, messages))
+    monkeypatch.setattr(EngineBackend, "prompt_ids",
+                        lambda self, messages, kwargs=None: seen.append(messages) or real(self, messages, kwargs))
     result = _invoke(tiny_llama_dir, "--whole-input", "--max-tokens", "3", "-s", "S", "--kv-cache-memory", "16MiB",
                      input="/not a command\nline two\n")
     assert result.exit_code == 0, result.output
@@ -374,6 +516,76 @@ def test_repl_in_a_pseudo_terminal(tiny_llama_dir, tmp_path):
     assert "+Tell me a long story" in history and "+first line\n+second line" in history
 
 
+# Qwen3's switch: with enable_thinking false the generation prompt holds an empty think block.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def test_repl_commands_in_a_pseudo_terminal_on_smollm2(smollm2_gguf_path, tmp_path):
+    """/model, /tokens, /think, /retry, /copy, /undo, /edit, /markdown, /help through the real REPL."""
+    pexpect = pytest.importorskip("pexpect")
+    ready = re.escape("\x1b[?2004h")
+    stats = r"\[\d+ tokens?, [\d.]+ tokens/s"
+    (tmp_path / "template.jinja").write_text(THINKING_TEMPLATE)
+    editor = tmp_path / "editor.sh"  # what the user "types" in the editor
+    editor.write_text("#!/bin/sh\nprintf 'What is 2+2?\\nAnswer briefly.\\n' > \"$1\"\n")
+    editor.chmod(0o755)
+    shims = tmp_path / "bin"  # clipboard tools that fail, as they do without a display
+    shims.mkdir()
+    for tool in ("wl-copy", "xclip", "xsel", "pbcopy"):
+        (shims / tool).write_text("#!/bin/sh\nexit 1\n")
+        (shims / tool).chmod(0o755)
+    env = _env(tmp_path, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", EDITOR=str(editor),
+               PATH=f"{shims}{os.pathsep}{os.environ['PATH']}")
+    env.pop("VISUAL", None)
+    child = pexpect.spawn(sys.executable, ["-m", "vllm_cli.cli.main", "chat", smollm2_gguf_path, "-s", "Be terse.",
+                                           "--max-tokens", "8", "--temperature", "0", "--chat-template",
+                                           "template.jinja", "--max-model-len", "1024", "--kv-cache-memory", "64MiB"],
+                          cwd=str(tmp_path), env=env, encoding="utf-8", timeout=180, dimensions=(50, 200))
+
+    def run(line: str, *answers: str) -> list[re.Match]:
+        child.expect(ready)
+        child.sendline(line)
+        found = []
+        for answer in answers:
+            child.expect(answer)
+            found.append(child.match)
+        return found
+
+    try:
+        child.expect("Ctrl-D leaves")
+        (context,) = run("/model", r"engine: in this process.*\r\ncontext: (\d+) tokens\r\nchat template: ")
+        run("Hi", stats)
+        (default,) = run("/tokens", r"(\d+) tokens of (\d+) \([\d.]+% of the context\), 3 messages")
+        assert default.group(2) == context.group(1)
+        run("/think off", r"Thinking off \(enable_thinking=False\)")
+        (off,) = run("/tokens", r"(\d+) tokens of \d+")
+        assert int(off.group(1)) > int(default.group(1))  # the template got enable_thinking=False
+        run("/think on", "Thinking on")
+        run("/retry", stats)
+        (copied,) = run("/copy", r"the last reply is in (\S+last_reply\.md)")
+        run("/save retried.json", "Saved 3 messages")
+        run("/undo", r"Removed the last exchange \('Hi'\)")
+        run("/edit", stats)
+        run("/markdown off", "Markdown rendering off")
+        run("/help", r"/tokens +how much of the model's context", r"/exit +leave")
+        run("/save saved.json", "Saved 3 messages")
+        child.expect(ready)
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    retried = json.loads((tmp_path / "retried.json").read_text())
+    assert Path(copied.group(1)).read_text() == retried[2]["content"]  # /copy took the regenerated reply
+    saved = json.loads((tmp_path / "saved.json").read_text())
+    assert [m["role"] for m in saved] == ["system", "user", "assistant"]
+    assert saved[1]["content"] == "What is 2+2?\nAnswer briefly." and saved[2]["content"].strip()
+
+
 # ----------------------------------------------------------------- --url: a real `vllm-cli serve`
 
 API_KEY = "sk-chat-test"
@@ -394,7 +606,7 @@ class RecordingProxy:
     def __init__(self, upstream: str):
         from aiohttp import ClientSession, web
 
-        self.upstream, self.bodies = upstream, []
+        self.upstream, self.bodies, self.tokenized = upstream, [], []
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
@@ -402,6 +614,8 @@ class RecordingProxy:
             body = await request.read()
             if request.path.endswith("/chat/completions"):
                 self.bodies.append(json.loads(body))
+            if request.path.endswith("/tokenize"):
+                self.tokenized.append(json.loads(body))
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
             async with ClientSession() as session:
                 async with session.request(request.method, upstream + request.path_qs, data=body,
@@ -452,6 +666,81 @@ def test_url_mode_sends_the_whole_conversation_to_a_real_server(server_url, tmp_
     assert out.stdout.startswith(_expected_stdout([reply["content"]]))
     assert "[assistant] " + reply["content"] in out.stdout  # /history, asked for, goes to stdout too
     assert out.stderr.count("[5 tokens") == 2
+
+
+def test_url_mode_think_tokens_and_model_are_the_servers(server_url, tmp_path):
+    proxy = RecordingProxy(server_url)
+    try:
+        out = _chat(tmp_path, "--url", proxy.url, "--max-tokens", "3", input="/model\n/think off\nHello\n/tokens\n",
+                    env={"VLLM_API_KEY": API_KEY}, timeout=60)
+    finally:
+        proxy.close()
+    assert out.returncode == 0, out.stderr
+    (body,) = proxy.bodies
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}  # vLLM's field, in the body
+    assert f"model: tiny-a\nserver: {proxy.url}\ncontext: " in out.stdout
+    used, total = map(int, re.search(r"(\d+) tokens of (\d+) \(", out.stdout).groups())
+    # the server's /tokenize counted the conversation with its template: more than the last prompt alone
+    assert proxy.tokenized == [{"model": "tiny-a", "messages": body["messages"] + [
+        {"role": "assistant", "content": out.stdout.splitlines()[3]}], "chat_template_kwargs":
+        {"enable_thinking": False}}] and used > 3 and f"context: {total} tokens" in out.stdout
+
+
+def test_url_mode_reasoning_content_and_tokens_without_tokenize(tmp_path):
+    """A server that streams `reasoning_content` (vLLM's --reasoning-parser) and has no /tokenize:
+    the reasoning is shown dimmed and not kept, /tokens falls back to the last reply's usage."""
+    from aiohttp import web
+
+    from vllm_cli.cli.chat_backends import OpenAIBackend
+
+    def sse(delta: dict, usage: dict | None = None) -> bytes:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": None}], "usage": usage}
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+    async def models(request):
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "created": 0,
+                                                              "owned_by": "x", "max_model_len": 2048}]})
+
+    async def completions(request):
+        body = await request.json()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for delta in ({"role": "assistant", "reasoning_content": "Hmm, "}, {"reasoning_content": "a greeting."},
+                      {"content": "Hello!"}):
+            await response.write(sse(delta))
+        await response.write(sse({}, {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17}))
+        await response.write(b"data: [DONE]\n\n")
+        seen.append(body)
+        return response
+
+    seen: list[dict] = []
+
+    async def session():
+        app = web.Application()
+        app.router.add_get("/v1/models", models)
+        app.router.add_post("/v1/chat/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            backend = await OpenAIBackend.connect(url, None, None)
+            chat = _runner(backend, out=TerminalStringIO())
+            chat.markdown = False
+            ok = await scripted(chat, ["/tokens", "/think on", "Hi", "/tokens"])
+            await backend.aclose()
+            return ok, chat
+        finally:
+            await runner.cleanup()
+
+    ok, chat = asyncio.run(session())
+    assert ok and seen[0]["chat_template_kwargs"] == {"enable_thinking": True}
+    assert chat.out.getvalue() == ("Token count unknown: the server has no /tokenize and there is no reply yet.\n"
+                                   "\x1b[2mHmm, \x1b[0m\x1b[2ma greeting.\x1b[0m\n\nHello!\n"
+                                   "17 tokens of 2048 (0.8% of the context), 2 messages\n")
+    assert chat.conv.messages[-1] == {"role": "assistant", "content": "Hello!"}
 
 
 def test_url_mode_named_model_and_wrong_key(server_url, tmp_path):

@@ -69,6 +69,14 @@ def chat(
             "--stats/--no-stats", help="Print tokens and tokens/s after each reply (on stderr).", rich_help_panel=_CHAT
         ),
     ] = True,
+    markdown: Annotated[
+        bool,
+        typer.Option(
+            "--markdown/--no-markdown",
+            help="Render replies as Markdown on a terminal (/markdown switches it later).",
+            rich_help_panel=_CHAT,
+        ),
+    ] = True,
     chat_template: Annotated[
         str | None,
         typer.Option(
@@ -141,6 +149,7 @@ def chat(
                 whole_input=whole_input,
                 interactive=interactive,
                 stats=stats,
+                markdown=markdown,
                 log_level=log_level,
             )
         )
@@ -159,6 +168,7 @@ async def _main(
     whole_input: bool,
     interactive: bool,
     stats: bool,
+    markdown: bool,
     log_level: str | None,
 ) -> bool:
     # Lazy: see chat() (chat_repl brings prompt_toolkit).
@@ -179,7 +189,7 @@ async def _main(
     except BackendError as e:
         print(f"Error: {one_line(e)}", file=sys.stderr)
         return False
-    runner = ChatRunner(backend, conv, sys.stdout, sys.stderr, show_stats=stats)
+    runner = ChatRunner(backend, conv, sys.stdout, sys.stderr, show_stats=stats, markdown=markdown)
     try:
         if quick is not None:
             return await scripted(runner, [quick], commands=False)

@@ -36,19 +36,42 @@ PARAM_NAMES = (
 
 ROLES = ("system", "user", "assistant")
 
-HELP = """\
-Type a message and press Enter to send it; Esc then Enter (or a paste) adds a line break.
-Ctrl-C stops a reply (the session goes on), Ctrl-D or /exit leaves.
+HELP_INTRO = """\
+Type a message and press Enter to send it; Esc then Enter (or a paste) adds a line break. \
+Ctrl-C stops a reply (the session goes on), Ctrl-D or /exit leaves. A message that starts with // sends it \
+with one slash."""
 
-/system TEXT        replace the system message (/system alone removes it)
-/reset              clear the conversation, keep the system message
-/history            show the messages
-/save FILE          write the messages to FILE as JSON (OpenAI's `messages` shape)
-/load FILE          read messages from such a file (replaces the conversation)
-/params [k=v ...]   show or set sampling for the next turns, e.g. temperature=0.2 max_tokens=256
-                    (k=null goes back to the default); names: {names}
-/help               this text
-/exit               leave"""
+# Every slash command and what it does: /help renders this table, wrapped at the terminal's width.
+COMMANDS: list[tuple[str, str]] = [
+    ("/retry", "generate the last reply again (it is replaced)"),
+    ("/undo", "remove the last message and its reply"),
+    ("/edit", "write the next message in $VISUAL or $EDITOR (else vi or nano); an empty file sends nothing"),
+    (
+        "/copy",
+        "copy the last reply to the clipboard (pyperclip, wl-copy, xclip, xsel or pbcopy), "
+        "else write it to a file and print its path",
+    ),
+    ("/system TEXT", "replace the system message (/system alone removes it)"),
+    ("/reset", "clear the conversation, keep the system message"),
+    ("/history", "show the messages"),
+    ("/save FILE", "write the messages to FILE as JSON (OpenAI's `messages` shape)"),
+    ("/load FILE", "read messages from such a file (replaces the conversation)"),
+    (
+        "/params [k=v ...]",
+        "show or set sampling for the next turns, e.g. temperature=0.2 max_tokens=256 "
+        "(k=null goes back to the default); names: " + ", ".join(PARAM_NAMES),
+    ),
+    (
+        "/think on|off",
+        "ask the chat template to enable or disable thinking (chat_template_kwargs "
+        "enable_thinking); /think alone shows it. Reasoning the server returns is shown dimmed",
+    ),
+    ("/markdown on|off", "render replies as Markdown in the terminal (--no-markdown starts with it off)"),
+    ("/tokens", "how much of the model's context the conversation uses"),
+    ("/model", "the model and where it runs (in this process or which server)"),
+    ("/help", "this text"),
+    ("/exit", "leave"),
+]
 
 
 class CommandError(ValueError):
@@ -60,6 +83,9 @@ class CommandResult:
     output: str = ""  # what the user asked to see (stdout)
     note: str = ""  # a confirmation (stderr: keeps piped stdout to replies and requested output)
     exit: bool = False
+    # What needs the terminal or the backend, for the REPL to do: retry, edit, copy, markdown, tokens, model, help.
+    action: str | None = None
+    value: object = None  # the action's argument: /copy the reply, /markdown on or off
 
 
 @dataclass
@@ -67,6 +93,15 @@ class Conversation:
     system: str | None = None
     turns: list[dict] = field(default_factory=list)  # user/assistant messages, in order
     params: dict = field(default_factory=lambda: dict(DEFAULT_PARAMS))
+    think: bool | None = None  # /think: the template's enable_thinking; None: the template's default
+
+    @property
+    def template_kwargs(self) -> dict | None:
+        """chat_template_kwargs for every turn (in-process and in the body sent to a server)."""
+        return None if self.think is None else {"enable_thinking": self.think}
+
+    def last_reply(self) -> str | None:
+        return self.turns[-1]["content"] if self.turns and self.turns[-1]["role"] == "assistant" else None
 
     @property
     def messages(self) -> list[dict]:
@@ -115,6 +150,14 @@ class Conversation:
         self.params = params
 
 
+def parse_switch(command: str, arg: str) -> bool:
+    """on/off (also true/false, yes/no, 1/0) as a bool."""
+    value = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+    if arg.lower() not in value:
+        raise CommandError(f"usage: /{command} on|off")
+    return value[arg.lower()]
+
+
 def format_params(params: dict) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in params.items()) or "(defaults)"
 
@@ -154,8 +197,37 @@ def run_command(conv: Conversation, line: str) -> CommandResult:
     arg = arg.strip()
     if name in ("exit", "quit"):
         return CommandResult(exit=True)
-    if name == "help":
-        return CommandResult(output=HELP.format(names=", ".join(PARAM_NAMES)))
+    if name in ("help", "model", "tokens", "edit"):
+        return CommandResult(action=name)
+    if name == "retry":
+        reply = conv.last_reply()
+        if reply is None:
+            raise CommandError("no reply to generate again")
+        conv.turns.pop()
+        return CommandResult(action="retry", value=reply)  # the old reply comes back if the new one fails
+    if name == "undo":
+        if not conv.turns:
+            raise CommandError("nothing to undo")
+        removed = conv.turns.pop()
+        if removed["role"] == "assistant" and conv.turns and conv.turns[-1]["role"] == "user":
+            removed = conv.turns.pop()
+        preview = removed["content"] if len(removed["content"]) <= 40 else removed["content"][:40] + "..."
+        return CommandResult(note=f"Removed the last exchange ({preview!r}).")
+    if name == "copy":
+        reply = conv.last_reply()
+        if reply is None:
+            raise CommandError("no reply to copy yet")
+        return CommandResult(action="copy", value=reply)
+    if name == "markdown":
+        if not arg:
+            raise CommandError("usage: /markdown on|off")
+        return CommandResult(action="markdown", value=parse_switch(name, arg))
+    if name == "think":
+        if arg:
+            conv.think = parse_switch(name, arg)
+            return CommandResult(note=f"Thinking {'on' if conv.think else 'off'} (enable_thinking={conv.think}).")
+        state = "the template's default" if conv.think is None else ("on" if conv.think else "off")
+        return CommandResult(output=f"Thinking: {state}")
     if name == "system":
         conv.system = arg or None
         return CommandResult(note="System message set." if arg else "System message removed.")
