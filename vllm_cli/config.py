@@ -23,6 +23,7 @@ LOAD_FORMATS = ("auto", "dummy")
 MODEL_IMPLS = ("auto", "native", "transformers")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 STRUCTURED_OUTPUTS_BACKENDS = ("auto", "xgrammar", "guidance")
+RUNNERS = ("auto", "generate", "pooling")
 
 
 @dataclass
@@ -58,6 +59,9 @@ class EngineArgs:
     master_port: int | None = None
     # Constrained decoding: auto = xgrammar, llguidance for what xgrammar cannot compile.
     structured_outputs_backend: str = "auto"
+    # What the model runs for (vLLM's --runner): generate text, or pool hidden states into embeddings
+    # (/v1/embeddings). auto: pooling for a sentence-transformers directory, else generate.
+    runner: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -77,6 +81,8 @@ class EngineArgs:
                 f"structured_outputs_backend must be one of {', '.join(STRUCTURED_OUTPUTS_BACKENDS)}, "
                 f"got {self.structured_outputs_backend!r}"
             )
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.tensor_parallel_size < 1:

@@ -44,6 +44,11 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
         "auto | xgrammar | guidance: the constrained-decoding backend (auto: "
         "xgrammar, llguidance for what xgrammar cannot compile).",
     ),
+    "runner": (
+        str,
+        "auto | generate | pooling: generate text, or serve embeddings (/v1/embeddings; auto: pooling "
+        "for a sentence-transformers model directory).",
+    ),
     "seed": (int, "Random seed."),
     "max_model_len": (Optional[int], "Context length (default: the model's)."),
     "block_size": (int, "Tokens per KV-cache block."),

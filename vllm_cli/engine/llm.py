@@ -129,7 +129,7 @@ class LLM:
                 task = progress.add_task("Generating", total=len(request_ids))
             while engine.has_unfinished_requests():
                 for output in engine.step():
-                    if output.finished:
+                    if output.finished and isinstance(output, RequestOutput):  # LLM runs no pooling requests
                         results[output.request_id] = output
                         if progress is not None:
                             progress.update(task, advance=1)

@@ -8,7 +8,7 @@ wanted. One AttentionMetadata per step serves every layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,13 @@ class StepInput:
     context_lens: list[int]
     block_tables: list[list[int]]
     logit_rows: list[int]  # rows of the flat batch whose logits are computed
+    hidden_rows: list[int] = field(default_factory=list)  # rows whose final hidden states are returned (pooling)
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor | None  # float32 logits of StepInput.logit_rows; None when there are none
+    hidden: torch.Tensor | None  # float32 final hidden states (before the LM head) of StepInput.hidden_rows
 
 
 class ModelRunner:
@@ -69,8 +76,8 @@ class ModelRunner:
             self.kv_caches.append((k, v))
 
     @torch.inference_mode()
-    def execute(self, step: StepInput) -> torch.Tensor | None:
-        """Forward one step; float32 logits of step.logit_rows (None when there are none)."""
+    def execute(self, step: StepInput) -> ModelOutput:
+        """Forward one step; float32 logits of step.logit_rows and hidden states of step.hidden_rows."""
         dev = self.device
         ids_t = torch.tensor(step.input_ids, dtype=torch.long, device=dev)
         pos_t = torch.tensor(step.positions, dtype=torch.long, device=dev)
@@ -79,6 +86,5 @@ class ModelRunner:
         meta = self.backend.build_metadata(info, slot_t)
         ctx = ForwardContext(backend=self.backend, attn_metadata=meta, kv_caches=self.kv_caches)
         hidden = self.model(ids_t, pos_t, ctx)
-        if not step.logit_rows:
-            return None
-        return self.model.compute_logits(hidden[step.logit_rows]).float()
+        logits = self.model.compute_logits(hidden[step.logit_rows]).float() if step.logit_rows else None
+        return ModelOutput(logits, hidden[step.hidden_rows].float() if step.hidden_rows else None)

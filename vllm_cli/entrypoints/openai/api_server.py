@@ -30,6 +30,7 @@ from vllm_cli.entrypoints.openai.metrics import Metrics
 from vllm_cli.entrypoints.openai.protocol import APIError, parse_request
 from vllm_cli.entrypoints.openai.serving_chat import ServingChat
 from vllm_cli.entrypoints.openai.serving_completion import ServingCompletion
+from vllm_cli.entrypoints.openai.serving_embedding import ServingEmbedding
 from vllm_cli.entrypoints.openai.serving_engine import server_error
 from vllm_cli.logger import init_logger
 from vllm_cli.tokenizer import resolve_chat_template
@@ -53,6 +54,7 @@ class ServerState:
     completion: ServingCompletion
     created: int
     openapi: dict
+    embedding: ServingEmbedding
 
 
 STATE = web.AppKey("state", ServerState)
@@ -119,7 +121,10 @@ def build_app(
         served_model_names=names,
     )
     completion = ServingCompletion(async_engine, metrics=metrics, served_model_names=names)
-    state = ServerState(async_engine, names, desc, metrics, chat, completion, p.now(), openapi_schema(bool(api_key)))
+    embedding = ServingEmbedding(async_engine, metrics=metrics, served_model_names=names)
+    state = ServerState(
+        async_engine, names, desc, metrics, chat, completion, p.now(), openapi_schema(bool(api_key)), embedding
+    )
 
     app = web.Application(
         middlewares=[_preflight(list(allowed_origins)), _errors, _auth(api_key)], client_max_size=max_body_bytes
@@ -134,6 +139,7 @@ def build_app(
     app.router.add_get("/v1/models/{model:.+}", _model)
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/completions", _completions)
+    app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_post("/tokenize", _tokenize)
     app.router.add_post("/detokenize", _detokenize)
     app.router.add_get("/openapi.json", _openapi)
@@ -264,6 +270,10 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     return await request.app[STATE].completion.handle(request)
 
 
+async def _embeddings(request: web.Request) -> web.StreamResponse:
+    return await request.app[STATE].embedding.handle(request)
+
+
 async def _tokenize(request: web.Request) -> web.Response:
     state = request.app[STATE]
     req = parse_request(p.TokenizeRequest, await request.read())
@@ -310,6 +320,7 @@ def openapi_schema(api_key_required: bool) -> dict:
     requests: list[type[BaseModel]] = [
         p.ChatCompletionRequest,
         p.CompletionRequest,
+        p.EmbeddingRequest,
         p.TokenizeRequest,
         p.DetokenizeRequest,
     ]
@@ -317,6 +328,7 @@ def openapi_schema(api_key_required: bool) -> dict:
         p.ChatCompletionResponse,
         p.ChatCompletionChunk,
         p.CompletionResponse,
+        p.EmbeddingResponse,
         p.ModelList,
         p.ModelCard,
         p.TokenizeResponse,
@@ -366,6 +378,7 @@ def openapi_schema(api_key_required: bool) -> dict:
     paths = {
         "/v1/chat/completions": post("Chat completion", p.ChatCompletionRequest, p.ChatCompletionResponse, True),
         "/v1/completions": post("Text completion", p.CompletionRequest, p.CompletionResponse, True),
+        "/v1/embeddings": post("Embeddings (--runner pooling)", p.EmbeddingRequest, p.EmbeddingResponse),
         "/v1/models": get("Served models", json_body(ref(p.ModelList))),
         "/v1/models/{model}": get(
             "One served model",
