@@ -63,6 +63,7 @@ _vllm_cli_bench_latency() {
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
+        '--runner[auto | generate | pooling: generate text, or serve embeddings (/v1/embeddings; auto: po...]:runner:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -126,6 +127,7 @@ _vllm_cli_bench_throughput() {
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
+        '--runner[auto | generate | pooling: generate text, or serve embeddings (/v1/embeddings; auto: po...]:runner:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -175,6 +177,7 @@ _vllm_cli_chat() {
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
+        '--runner[auto | generate | pooling: generate text, or serve embeddings (/v1/embeddings; auto: po...]:runner:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -215,6 +218,7 @@ _vllm_cli_generate() {
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
+        '--runner[auto | generate | pooling: generate text, or serve embeddings (/v1/embeddings; auto: po...]:runner:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -260,6 +264,7 @@ _vllm_cli_serve() {
         '--model-impl[auto | native | transformers (auto: our implementation if there is one, else transforme...]:model-impl:_files' \
         '--attention-backend[auto | torch | triton (auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set...]:attention-backend:_files' \
         '--structured-outputs-backend[auto | xgrammar | guidance: the constrained-decoding backend (auto: xgrammar, llguidanc...]:structured-outputs-backend:_files' \
+        '--runner[auto | generate | pooling: generate text, or serve embeddings (/v1/embeddings; auto: po...]:runner:_files' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
