@@ -84,7 +84,7 @@ def _hf_reference(model_dir: Path, ids: list[list[int]], pooling: str, dimension
     with torch.no_grad():
         for seq in ids:
             hidden = model(torch.tensor([seq])).last_hidden_state[0]
-            vec = hidden[-1] if pooling == "last" else hidden.mean(0)
+            vec = {"last": hidden[-1], "mean": hidden.mean(0), "cls": hidden[0]}[pooling]
             out.append(torch.nn.functional.normalize(vec[:dimensions], dim=-1).numpy())
     return np.stack(out)
 
@@ -200,6 +200,35 @@ def test_sentence_transformers_dir_auto_detected(st_dir, tmp_path):
         assert response.status_code == 400 and "matryoshka" in response.json()["error"]["message"]
     finally:
         assert server.stop() == 0, server.log_tail()
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
+def test_chunked_prefill_pooling_in_process(st_dir, tmp_path, pooling):
+    """Prompts longer than the step's token budget are pooled across chunks (mean: a running sum;
+    CLS: the first chunk's first row; last: the last chunk's last row), batched with shorter ones."""
+    from vllm_cli.config import EngineArgs
+    from vllm_cli.engine.llm_engine import LLMEngine
+    from vllm_cli.pooling_params import PoolingParams
+
+    model = tmp_path / "model"
+    shutil.copytree(st_dir, model)
+    mode = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
+    (model / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 64, mode[pooling]: True}))
+    engine = LLMEngine(EngineArgs(model=str(model), max_num_batched_tokens=8, num_kv_blocks=64, max_model_len=128))
+    assert engine.runner_kind == "pooling" and engine.pooling.pooling_type == pooling.upper()
+    ids = _tokenize(model, TEXTS)
+    assert max(map(len, ids)) > 8  # chunked
+    for i, prompt in enumerate(ids):
+        engine.add_request(str(i), None, prompt_token_ids=prompt, pooling_params=PoolingParams())
+    results = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            results[out.request_id] = out.outputs.data
+    got = np.array([results[str(i)] for i in range(len(ids))], dtype=np.float32)
+    np.testing.assert_allclose(got, _hf_reference(model, ids, pooling), atol=2e-5, rtol=1e-4)
+    assert engine.block_manager.usage == 0  # every KV block freed once pooled
+    with pytest.raises(ValueError, match="--runner pooling"):
+        engine.add_request("gen", "hello")
 
 
 def test_embeddings_refused_by_a_generation_server(llama_dir, tmp_path):
