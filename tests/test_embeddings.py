@@ -231,6 +231,42 @@ def test_chunked_prefill_pooling_in_process(st_dir, tmp_path, pooling):
         engine.add_request("gen", "hello")
 
 
+def test_sentence_transformers_saved_base_model(tiny_llama_dir, tmp_path):
+    """A directory sentence-transformers itself saved: a LlamaModel checkpoint (the trunk alone, tensor
+    names without `model.`, no LM head), last-token pooling: auto-detected, and equal to its encode."""
+    from sentence_transformers import SentenceTransformer, models
+
+    from vllm_cli.config import EngineArgs
+    from vllm_cli.engine.llm_engine import LLMEngine
+    from vllm_cli.pooling_params import PoolingParams
+
+    word = models.Transformer(tiny_llama_dir)
+    word.tokenizer.pad_token = word.tokenizer.pad_token or word.tokenizer.eos_token
+    pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="lasttoken")
+    st_model = SentenceTransformer(modules=[word, pooling, models.Normalize()], device="cpu")
+    saved = tmp_path / "saved"
+    st_model.save(str(saved))
+    assert json.loads((saved / "config.json").read_text())["architectures"] == ["LlamaModel"]
+    # sentence-transformers 6 wraps text in the tokenizer's chat template (its "message" modality) when
+    # the tokenizer has one; the server embeds text as given, as vLLM does: plain text on both sides.
+    config = json.loads((saved / "sentence_bert_config.json").read_text())
+    config.get("modality_config", {}).pop("message", None)
+    (saved / "sentence_bert_config.json").write_text(json.dumps(config))
+    expected = SentenceTransformer(str(saved), device="cpu").encode(TEXTS, batch_size=len(TEXTS))
+
+    engine = LLMEngine(EngineArgs(model=str(saved), num_kv_blocks=64, max_model_len=128))
+    assert engine.runner_kind == "pooling" and engine.pooling.pooling_type == "LAST"
+    for i, text in enumerate(TEXTS):
+        engine.add_request(str(i), text, pooling_params=PoolingParams())
+    results = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            results[out.request_id] = out.outputs.data
+    np.testing.assert_allclose([results[str(i)] for i in range(len(TEXTS))], expected, atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="base model without an LM head"):
+        LLMEngine(EngineArgs(model=str(saved), runner="generate", num_kv_blocks=64))
+
+
 def test_embeddings_refused_by_a_generation_server(llama_dir, tmp_path):
     server = _start(llama_dir, tmp_path / "log", "--runner", "generate", "--max-model-len", "128")
     try:

@@ -26,6 +26,7 @@ from vllm_cli.logger import init_logger
 from vllm_cli.model_executor.layers.pooler import PoolingConfig, load_pooling_config, sentence_transformers_pooling_dir
 from vllm_cli.model_executor.loader import resolve_device
 from vllm_cli.model_executor.model_source import load_hf_config, resolve_model_source
+from vllm_cli.model_executor.models import is_base_model
 from vllm_cli.pooling_params import PoolingParams
 from vllm_cli.sampling_params import SamplingParams
 from vllm_cli.structured_output import StructuredOutputManager
@@ -62,13 +63,20 @@ class LLMEngine:
         self.source = resolve_model_source(args.model, args.revision)
         self.hf_config = load_hf_config(self.source, trust_remote_code=args.trust_remote_code)
         self.device = resolve_device(args.device)
-        self.runner_kind = resolve_runner(args.runner, self.source.path if not self.source.gguf_file else None)
+        base_model = is_base_model(self.hf_config)
+        model_dir = self.source.path if not self.source.gguf_file else None
+        self.runner_kind = resolve_runner(args.runner, model_dir, base_model)
+        if base_model and self.runner_kind != "pooling":
+            raise ValueError(
+                f"{', '.join(self.hf_config.architectures or [])} is a base model without an LM head: it can serve "
+                "embeddings (--runner pooling), not generate text"
+            )
         self.pooling: PoolingConfig | None = None
         if self.runner_kind == "pooling":
             self.pooling = load_pooling_config(Path(self.source.path), self.hf_config)
             # Mean and CLS pooling need the hidden state of every (or the first) prompt token: a cached
             # prefix would skip them. Embedding requests share prefixes rarely anyway.
-            args = self.args = replace(args, enable_prefix_caching=False)
+            args = self.args = replace(args, runner="pooling", enable_prefix_caching=False)
             logger.info(
                 "Runner: pooling (%s pooling%s; %s)",
                 self.pooling.pooling_type.lower(),
@@ -256,10 +264,11 @@ class LLMEngine:
         )
 
 
-def resolve_runner(runner: str, model_dir: str | None) -> str:
-    """--runner auto: pooling for a sentence-transformers directory (a Pooling module), else generate."""
+def resolve_runner(runner: str, model_dir: str | None, base_model: bool = False) -> str:
+    """--runner auto: pooling for a sentence-transformers directory (a Pooling module) or a base-model
+    checkpoint (no LM head), else generate."""
     if runner != "auto":
         return runner
-    if model_dir is not None and sentence_transformers_pooling_dir(Path(model_dir)) is not None:
+    if base_model or (model_dir is not None and sentence_transformers_pooling_dir(Path(model_dir)) is not None):
         return "pooling"
     return "generate"

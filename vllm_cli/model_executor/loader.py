@@ -5,6 +5,7 @@ dtype and device, filled from the checkpoint one tensor at a time (or randomly f
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from vllm_cli.distributed.parallel_state import get_tp_rank, get_tp_size
 from vllm_cli.logger import init_logger
 from vllm_cli.model_executor.layers.cpu_linear import optimize_linears_for_cpu
 from vllm_cli.model_executor.model_source import ModelSource
-from vllm_cli.model_executor.models import get_model_class
+from vllm_cli.model_executor.models import get_model_class, is_base_model
 from vllm_cli.model_executor.weight_utils import checkpoint_dtype, iterate_weights
 
 logger = init_logger(__name__)
@@ -85,9 +86,13 @@ def load_model(
             param.data.copy_(torch.empty(param.shape, dtype=torch.float32).uniform_(-1e-3, 1e-3, generator=generator))
         source_desc = "dummy weights"
     else:
+        weights = iterate_weights(source, hf_config=hf_config)
+        base_model = is_base_model(hf_config)
+        if base_model:  # the trunk alone: its tensor names lack the trunk's prefix, and there is no LM head
+            weights = _prefixed(weights, getattr(model, "_trunk_names", ("model",))[0])
         with torch.no_grad():
-            loaded = model.load_weights(iterate_weights(source, hf_config=hf_config))
-        missing = sorted(set(params) - loaded - _tied_names(model))
+            loaded = model.load_weights(weights)
+        missing = sorted(set(params) - loaded - _tied_names(model) - ({"lm_head.weight"} if base_model else set()))
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
         source_desc = source.gguf_file or source.path
@@ -110,6 +115,11 @@ def load_model(
         size / 2**30,
     )
     return model
+
+
+def _prefixed(weights: Iterable[tuple[str, torch.Tensor]], trunk: str) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in weights:
+        yield (name if name.startswith(f"{trunk}.") else f"{trunk}.{name}"), tensor
 
 
 def _arch_name(hf_config: PretrainedConfig) -> str:

@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 POOLING_TYPES = ("LAST", "MEAN", "CLS")
-_ST_POOLING_MODULE = "sentence_transformers.models.Pooling"
-_ST_NORMALIZE_MODULE = "sentence_transformers.models.Normalize"
-# sentence-transformers' Pooling config keys, in the order they are checked.
+# sentence-transformers' Pooling config: one boolean key per mode (before v6), or "pooling_mode" (v6).
+_ST_MODE_NAMES = {"cls": "CLS", "mean": "MEAN", "lasttoken": "LAST"}
 _ST_MODES = (
     ("pooling_mode_cls_token", "CLS"),
     ("pooling_mode_mean_tokens", "MEAN"),
@@ -51,11 +50,9 @@ class PoolingConfig:
 
 def sentence_transformers_pooling_dir(model_dir: Path) -> Path | None:
     """The Pooling module's folder of a sentence-transformers model directory, or None."""
-    modules = _read_json(model_dir / "modules.json")
-    if isinstance(modules, list):
-        for module in modules:
-            if isinstance(module, dict) and module.get("type") == _ST_POOLING_MODULE:
-                return model_dir / str(module.get("path", ""))
+    for module in _st_modules(model_dir):
+        if _is_module(module, "Pooling"):
+            return model_dir / str(module.get("path", ""))
     return model_dir / "1_Pooling" if (model_dir / "1_Pooling" / "config.json").is_file() else None
 
 
@@ -71,17 +68,26 @@ def load_pooling_config(model_dir: Path | None, hf_config: Any) -> PoolingConfig
         return PoolingConfig(**common)  # type: ignore[arg-type]
     st = _read_json(pooling_dir / "config.json") or {}
     modes = [kind for key, kind in _ST_MODES if st.get(key)]
-    if not modes:
+    if isinstance(st.get("pooling_mode"), str):
+        modes = [_ST_MODE_NAMES.get(st["pooling_mode"], st["pooling_mode"])]
+    if not modes or modes[0] not in POOLING_TYPES:
         raise ValueError(
             f"{pooling_dir / 'config.json'}: no pooling mode this server supports ({', '.join(POOLING_TYPES)})"
         )
     if len(modes) > 1:
         raise ValueError(f"{pooling_dir / 'config.json'}: several pooling modes ({', '.join(modes)}); one is supported")
-    modules = _read_json(model_dir / "modules.json") if model_dir is not None else None
-    normalize = isinstance(modules, list) and any(
-        isinstance(m, dict) and m.get("type") == _ST_NORMALIZE_MODULE for m in modules
-    )
+    normalize = model_dir is not None and any(_is_module(m, "Normalize") for m in _st_modules(model_dir))
     return PoolingConfig(modes[0], normalize, source="sentence-transformers", **common)  # type: ignore[arg-type]
+
+
+def _st_modules(model_dir: Path) -> list[dict]:
+    modules = _read_json(model_dir / "modules.json")
+    return [m for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+
+
+def _is_module(module: dict, class_name: str) -> bool:
+    """sentence_transformers.models.Pooling (before v6), ....modules.pooling.Pooling (v6)."""
+    return str(module.get("type", "")).rsplit(".", 1)[-1] == class_name
 
 
 def _read_json(path: Path) -> Any:
