@@ -237,6 +237,7 @@ def test_sentence_transformers_saved_base_model(tiny_llama_dir, tmp_path):
     from sentence_transformers import SentenceTransformer, models
 
     from vllm_cli.config import EngineArgs
+    from vllm_cli.engine.llm import LLM
     from vllm_cli.engine.llm_engine import LLMEngine
     from vllm_cli.pooling_params import PoolingParams
 
@@ -254,15 +255,12 @@ def test_sentence_transformers_saved_base_model(tiny_llama_dir, tmp_path):
     (saved / "sentence_bert_config.json").write_text(json.dumps(config))
     expected = SentenceTransformer(str(saved), device="cpu").encode(TEXTS, batch_size=len(TEXTS))
 
-    engine = LLMEngine(EngineArgs(model=str(saved), num_kv_blocks=64, max_model_len=128))
-    assert engine.runner_kind == "pooling" and engine.pooling.pooling_type == "LAST"
-    for i, text in enumerate(TEXTS):
-        engine.add_request(str(i), text, pooling_params=PoolingParams())
-    results = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            results[out.request_id] = out.outputs.data
-    np.testing.assert_allclose([results[str(i)] for i in range(len(TEXTS))], expected, atol=2e-5, rtol=1e-4)
+    llm = LLM(str(saved), num_kv_blocks=64, max_model_len=128)  # the offline API: LLM.embed, as vLLM's
+    assert llm.engine.runner_kind == "pooling" and llm.engine.pooling.pooling_type == "LAST"
+    outputs = llm.embed(TEXTS, use_tqdm=False)
+    np.testing.assert_allclose([o.outputs.data for o in outputs], expected, atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="matryoshka"):
+        llm.embed("x", PoolingParams(dimensions=8))
     with pytest.raises(ValueError, match="base model without an LM head"):
         LLMEngine(EngineArgs(model=str(saved), runner="generate", num_kv_blocks=64))
 
