@@ -176,6 +176,8 @@ def test_bad_requests(server, body, status, param, match):
 
 
 def test_generation_endpoints_refused_in_pooling_mode(server):
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/v1/embeddings" in spec["paths"] and "EmbeddingResponse" in spec["components"]["schemas"]
     for path, body in [
         ("/v1/completions", {"prompt": "hi"}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
