@@ -66,6 +66,7 @@ _vllm_cli_bench_latency() {
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
+        '--runner[Generate text, or serve embeddings (/v1/embeddings; auto: pooling for a sentence-transf...]:runner:(auto generate pooling)' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -214,6 +215,7 @@ _vllm_cli_bench_throughput() {
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
+        '--runner[Generate text, or serve embeddings (/v1/embeddings; auto: pooling for a sentence-transf...]:runner:(auto generate pooling)' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -268,6 +270,7 @@ _vllm_cli_chat() {
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
+        '--runner[Generate text, or serve embeddings (/v1/embeddings; auto: pooling for a sentence-transf...]:runner:(auto generate pooling)' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -311,6 +314,7 @@ _vllm_cli_generate() {
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
+        '--runner[Generate text, or serve embeddings (/v1/embeddings; auto: pooling for a sentence-transf...]:runner:(auto generate pooling)' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \
@@ -360,6 +364,7 @@ _vllm_cli_serve() {
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
+        '--runner[Generate text, or serve embeddings (/v1/embeddings; auto: pooling for a sentence-transf...]:runner:(auto generate pooling)' \
         '--seed[Random seed.]:seed: ' \
         '--max-model-len[Context length (default: the model'\''s).]:max-model-len: ' \
         '--block-size[Tokens per KV-cache block.]:block-size: ' \

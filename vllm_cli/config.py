@@ -32,6 +32,7 @@ PREFIX_CACHING_HASH_ALGOS = ("sha256", "sha256_cbor")
 # auto: a .gguf keeps its quantized tensors, a float checkpoint stays float; none: dequantize a .gguf
 # at load; gguf: require a .gguf's own types; int8 / int4: pack a float checkpoint's linears at load
 QUANTIZATION_METHODS = ("auto", "none", "gguf", "int8", "int4")
+RUNNERS = ("auto", "generate", "pooling")
 
 
 @dataclass
@@ -72,6 +73,9 @@ class EngineArgs:
     master_port: int | None = None
     # Constrained decoding: auto = xgrammar, llguidance for what xgrammar cannot compile.
     structured_outputs_backend: str = "auto"
+    # What the model runs for (vLLM's --runner): generate text, or pool hidden states into embeddings
+    # (/v1/embeddings). auto: pooling for a sentence-transformers directory, else generate.
+    runner: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -100,6 +104,8 @@ class EngineArgs:
                 f"prefix_caching_hash_algo must be one of {', '.join(PREFIX_CACHING_HASH_ALGOS)}, "
                 f"got {self.prefix_caching_hash_algo!r}"
             )
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.tensor_parallel_size < 1:

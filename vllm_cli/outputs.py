@@ -49,3 +49,18 @@ class RequestOutput:
             f"num_prompt_tokens={len(self.prompt_token_ids)}, outputs={self.outputs!r}, "
             f"finished={self.finished})"
         )
+
+
+@dataclass
+class PoolingOutput:
+    data: list[float]  # the embedding
+
+
+@dataclass
+class PoolingRequestOutput:
+    """The result of one embedding request (vLLM's shape): no tokens, one vector."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: PoolingOutput
+    finished: bool = True

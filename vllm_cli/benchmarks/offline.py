@@ -21,6 +21,7 @@ from vllm_cli.benchmarks.report import percentiles
 from vllm_cli.config import EngineArgs
 from vllm_cli.engine.llm_engine import LLMEngine
 from vllm_cli.model_executor.model_source import resolve_model_source
+from vllm_cli.outputs import RequestOutput
 from vllm_cli.sampling_params import SamplingParams
 
 Prepared = list[tuple[list[int], int]]  # (prompt token ids, output length) per request
@@ -89,7 +90,7 @@ class EngineBench:
                 engine.add_request(request_ids[-1], ids, params[n], prompt_token_ids=ids)
             while engine.has_unfinished_requests():
                 for out in engine.step():
-                    if out.finished:
+                    if out.finished and isinstance(out, RequestOutput):  # the benchmark generates only
                         output_tokens += len(out.outputs[0].token_ids)
                         if advance is not None:
                             advance()

@@ -24,6 +24,7 @@ from vllm_cli.config import (
     MODEL_IMPLS,
     PREFIX_CACHING_HASH_ALGOS,
     QUANTIZATION_METHODS,
+    RUNNERS,
     STRUCTURED_OUTPUTS_BACKENDS,
     EngineArgs,
 )
@@ -66,6 +67,11 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
     "structured_outputs_backend": (
         choices(STRUCTURED_OUTPUTS_BACKENDS),
         "The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot compile).",
+    ),
+    "runner": (
+        choices(RUNNERS),
+        "Generate text, or serve embeddings (/v1/embeddings; auto: pooling for a sentence-transformers "
+        "model directory).",
     ),
     "seed": (int, "Random seed."),
     "max_model_len": (Optional[int], "Context length (default: the model's)."),

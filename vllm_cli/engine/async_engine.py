@@ -21,7 +21,8 @@ from vllm_cli.distributed import WorkerFailedError
 from vllm_cli.engine.llm_engine import EngineStats, LLMEngine
 from vllm_cli.engine.processor import PromptInput
 from vllm_cli.logger import init_logger
-from vllm_cli.outputs import RequestOutput
+from vllm_cli.outputs import PoolingRequestOutput, RequestOutput
+from vllm_cli.pooling_params import PoolingParams
 from vllm_cli.sampling_params import SamplingParams
 
 logger = init_logger(__name__)
@@ -38,7 +39,7 @@ class _Stream:
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
 
-    def put(self, item: RequestOutput | BaseException) -> None:
+    def put(self, item: RequestOutput | PoolingRequestOutput | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
@@ -111,7 +112,7 @@ class AsyncEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         stream = _Stream(asyncio.get_running_loop())
         self._streams[request_id] = stream
-        self._commands.put(("add", request_id, text, prompt_token_ids, params.clone(output_kind="delta")))
+        self._commands.put(("add", request_id, text, prompt_token_ids, params.clone(output_kind="delta"), None))
         finished = False
         try:
             while True:
@@ -122,6 +123,32 @@ class AsyncEngine:
                 if item.finished:
                     finished = True
                     return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._commands.put(("abort", request_id))
+
+    async def encode(
+        self, prompt_token_ids: list[int], params: PoolingParams, request_id: str | None = None
+    ) -> PoolingRequestOutput:
+        """Embed one tokenized prompt (an engine started with --runner pooling). Cancelling the
+        caller aborts the request. Raises ValueError for invalid input before anything is queued."""
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine has stopped: {self._dead}")
+        request_id = request_id or uuid.uuid4().hex
+        self.engine.validate_pooling_params(params)
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        stream = _Stream(asyncio.get_running_loop())
+        self._streams[request_id] = stream
+        self._commands.put(("add", request_id, None, prompt_token_ids, None, params))
+        finished = False
+        try:
+            item = await stream.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            finished = True
+            return item
         finally:
             self._streams.pop(request_id, None)
             if not finished:
@@ -140,12 +167,12 @@ class AsyncEngine:
     def _apply(self, command: tuple) -> None:
         kind = command[0]
         if kind == "add":
-            _, request_id, text, ids, params = command
+            _, request_id, text, ids, params, pooling_params = command
             stream = self._streams.get(request_id)
             if stream is None:  # cancelled before it started
                 return
             try:
-                self.engine.add_request(request_id, text, params, prompt_token_ids=ids)
+                self.engine.add_request(request_id, text, params, prompt_token_ids=ids, pooling_params=pooling_params)
             except Exception as e:  # validated already; anything left is reported to the caller
                 stream.put(e)
         elif kind == "abort":

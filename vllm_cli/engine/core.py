@@ -9,13 +9,16 @@ output processor's business.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 from vllm_cli.config import EngineArgs
 from vllm_cli.engine.block_manager import BlockManager
 from vllm_cli.engine.sampler import Sampler, SampleResult, SamplingRow, compute_prompt_logprobs, make_generator
 from vllm_cli.engine.scheduler import Scheduler
 from vllm_cli.engine.sequence import Sequence
+from vllm_cli.model_executor.layers.pooler import PoolingConfig, finish_embedding
 from vllm_cli.outputs import PositionLogprobs
 from vllm_cli.structured_output import StructuredOutputManager
 from vllm_cli.worker.model_runner import StepInput
@@ -29,6 +32,8 @@ class Batch:
     step: StepInput  # logit rows: the sampled rows, then the prompt-logprobs rows
     sample_seqs: list[Sequence]  # the sequences that get a token this step, in row order
     prompt_chunks: list[tuple[Sequence, int, int]]  # (sequence, rows, first position) needing prompt logprobs
+    # Pooling: (sequence, hidden rows, whether its prompt is now complete), in hidden-row order.
+    pool_chunks: list[tuple[Sequence, int, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -36,10 +41,13 @@ class StepOutput:
     sample_seqs: list[Sequence]
     results: list[SampleResult]  # one per sample_seqs entry
     prompt_logprobs: list[tuple[Sequence, list[PositionLogprobs]]]  # new prompt-logprob entries per sequence
+    pooled: list[Sequence] = field(default_factory=list)  # pooling sequences whose embedding is ready
 
 
-def prepare_batch(scheduled: list[tuple[Sequence, int]], block_size: int) -> Batch:
-    """Flatten the scheduled (sequence, new tokens) pairs into one StepInput."""
+def prepare_batch(scheduled: list[tuple[Sequence, int]], block_size: int, pooling_type: str = "LAST") -> Batch:
+    """Flatten the scheduled (sequence, new tokens) pairs into one StepInput. A pooling request's
+    chunk asks for the hidden states its pooling needs (mean: every row; CLS: position 0; last: the
+    prompt's last token) instead of a sampled row."""
     bs = block_size
     input_ids: list[int] = []
     positions: list[int] = []
@@ -51,6 +59,8 @@ def prepare_batch(scheduled: list[tuple[Sequence, int]], block_size: int) -> Bat
     sample_seqs: list[Sequence] = []
     prompt_rows: list[int] = []
     prompt_chunks: list[tuple[Sequence, int, int]] = []
+    hidden_rows: list[int] = []
+    pool_chunks: list[tuple[Sequence, int, bool]] = []
     for seq, n in scheduled:
         start = seq.num_computed_tokens
         end = start + n
@@ -62,6 +72,19 @@ def prepare_batch(scheduled: list[tuple[Sequence, int]], block_size: int) -> Bat
         query_lens.append(n)
         context_lens.append(end)
         block_tables.append(table)
+        if seq.request.pooling_params is not None:
+            done = end == seq.num_tokens
+            if pooling_type == "MEAN":
+                rows = list(range(row, row + n))
+            elif pooling_type == "CLS":
+                rows = [row] if start == 0 else []
+            else:
+                rows = [row + n - 1] if done else []
+            if start == 0:
+                seq.pooled_hidden = None  # a recomputed (preempted) prompt pools from scratch
+            hidden_rows.extend(rows)
+            pool_chunks.append((seq, len(rows), done))
+            continue
         if end == seq.num_tokens:
             sample_rows.append(row + n - 1)
             sample_seqs.append(seq)
@@ -74,8 +97,10 @@ def prepare_batch(scheduled: list[tuple[Sequence, int]], block_size: int) -> Bat
             if count > 0:
                 prompt_rows.extend(range(row + first - start, row + first - start + count))
                 prompt_chunks.append((seq, count, first))
-    step = StepInput(input_ids, positions, slots, query_lens, context_lens, block_tables, sample_rows + prompt_rows)
-    return Batch(step, sample_seqs, prompt_chunks)
+    step = StepInput(
+        input_ids, positions, slots, query_lens, context_lens, block_tables, sample_rows + prompt_rows, hidden_rows
+    )
+    return Batch(step, sample_seqs, prompt_chunks, pool_chunks)
 
 
 class EngineCore:
@@ -90,8 +115,10 @@ class EngineCore:
         vocab_size: int,
         eos_token_ids: set[int],
         structured_output: StructuredOutputManager,
+        pooling: PoolingConfig | None = None,
     ):
         self.worker = worker
+        self.pooling = pooling  # set under --runner pooling
         self.structured_output = structured_output
         self.block_size = args.block_size
         self.block_manager = BlockManager(
@@ -119,10 +146,12 @@ class EngineCore:
         sched = self.scheduler.schedule()
         if not sched:
             return None
-        batch = prepare_batch(sched.scheduled, self.block_size)
-        logits = self.worker.execute_model(batch.step)
+        batch = prepare_batch(sched.scheduled, self.block_size, self.pooling.pooling_type if self.pooling else "LAST")
+        output = self.worker.execute_model(batch.step)
+        logits = output.logits
         for seq, n in sched.scheduled:
             seq.num_computed_tokens += n
+        pooled = self._pool(batch.pool_chunks, output.hidden) if batch.pool_chunks else []
 
         sample_seqs = batch.sample_seqs
         num_sampled = len(sample_seqs)
@@ -148,4 +177,27 @@ class EngineCore:
             for i in self.structured_output.apply_bitmask(sample_logits, sample_seqs):
                 rows[i].params = rows[i].params.clone(min_tokens=0)  # the grammar allows only its end
             results = self.sampler(sample_logits, rows)
-        return StepOutput(sample_seqs, results, prompt_logprobs)
+        return StepOutput(sample_seqs, results, prompt_logprobs, pooled)
+
+    def _pool(self, chunks: list[tuple[Sequence, int, bool]], hidden: torch.Tensor | None) -> list[Sequence]:
+        """Fold each chunk's hidden rows into its sequence; finish the embeddings of complete prompts."""
+        assert self.pooling is not None, "a pooling request on an engine not started with --runner pooling"
+        finished = []
+        row = 0
+        for seq, count, done in chunks:
+            if count:
+                assert hidden is not None
+                part = hidden[row : row + count].sum(0)
+                seq.pooled_hidden = part if seq.pooled_hidden is None else seq.pooled_hidden + part
+                row += count
+            if done:
+                pooled = seq.pooled_hidden
+                if self.pooling.pooling_type == "MEAN":
+                    pooled = pooled / seq.num_prompt_tokens
+                params = seq.request.pooling_params
+                assert params is not None
+                normalize = self.pooling.normalize if params.normalize is None else params.normalize
+                seq.embedding = finish_embedding(pooled, normalize, params.dimensions)
+                seq.pooled_hidden = None
+                finished.append(seq)
+        return finished

@@ -8,8 +8,10 @@ from typing import Any, cast
 
 from vllm_cli.config import EngineArgs
 from vllm_cli.engine.llm_engine import LLMEngine
+from vllm_cli.engine.output_processor import EngineOutput
 from vllm_cli.engine.processor import PromptInput
-from vllm_cli.outputs import RequestOutput
+from vllm_cli.outputs import PoolingRequestOutput, RequestOutput
+from vllm_cli.pooling_params import PoolingParams
 from vllm_cli.sampling_params import SamplingParams
 from vllm_cli.tokenizer import apply_chat_template, chat_stop_strings, resolve_chat_template
 
@@ -71,7 +73,26 @@ class LLM:
                 request_id, text, params.clone(output_kind="final_only"), prompt_token_ids=token_ids
             )
             ids.append(request_id)
-        return self._run(ids, use_tqdm)
+        return cast(list[RequestOutput], self._run(ids, use_tqdm))
+
+    def embed(
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        pooling_params: PoolingParams | None = None,
+        use_tqdm: bool = True,
+    ) -> list[PoolingRequestOutput]:
+        """One embedding per prompt (`.outputs.data`), in input order; the engine must run with
+        runner="pooling" (or a sentence-transformers model)."""
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [cast(PromptInput, prompts)]
+        params = pooling_params or PoolingParams()
+        self.engine.validate_pooling_params(params)
+        processed = [self.engine.process_prompt(p) for p in cast(Seq[PromptInput], prompts)]
+        ids = []
+        for text, token_ids in processed:
+            ids.append(str(next(self._counter)))
+            self.engine.add_request(ids[-1], text, prompt_token_ids=token_ids, pooling_params=params)
+        return cast(list[PoolingRequestOutput], self._run(ids, use_tqdm))
 
     def chat(
         self,
@@ -119,9 +140,9 @@ class LLM:
             self._chat_template = resolve_chat_template(self.engine.tokenizer, self.engine.args.chat_template)
         return self._chat_template
 
-    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[EngineOutput]:
         engine = self.engine
-        results: dict[str, RequestOutput] = {}
+        results: dict[str, EngineOutput] = {}
         progress = _progress(len(request_ids)) if use_tqdm and len(request_ids) > 1 else None
         try:
             if progress is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,13 +20,15 @@ import torch
 from vllm_cli.config import EngineArgs
 from vllm_cli.engine import processor
 from vllm_cli.engine.core import EngineCore
-from vllm_cli.engine.output_processor import OutputProcessor, make_output
+from vllm_cli.engine.output_processor import EngineOutput, OutputProcessor, make_output
 from vllm_cli.engine.processor import PromptInput
 from vllm_cli.engine.sequence import Request
 from vllm_cli.logger import init_logger
+from vllm_cli.model_executor.layers.pooler import PoolingConfig, load_pooling_config, sentence_transformers_pooling_dir
 from vllm_cli.model_executor.loader import resolve_device
 from vllm_cli.model_executor.model_source import load_hf_config, resolve_model_source
-from vllm_cli.outputs import RequestOutput
+from vllm_cli.model_executor.models import is_base_model
+from vllm_cli.pooling_params import PoolingParams
 from vllm_cli.sampling_params import SamplingParams
 from vllm_cli.structured_output import StructuredOutputManager
 from vllm_cli.worker.worker import Worker, start_tensor_parallel
@@ -61,6 +64,26 @@ class LLMEngine:
         self.source = resolve_model_source(args.model, args.revision)
         self.hf_config = load_hf_config(self.source, trust_remote_code=args.trust_remote_code)
         self.device = resolve_device(args.device)
+        base_model = is_base_model(self.hf_config)
+        model_dir = self.source.path if not self.source.gguf_file else None
+        self.runner_kind = resolve_runner(args.runner, model_dir, base_model)
+        if base_model and self.runner_kind != "pooling":
+            raise ValueError(
+                f"{', '.join(self.hf_config.architectures or [])} is a base model without an LM head: it can serve "
+                "embeddings (--runner pooling), not generate text"
+            )
+        self.pooling: PoolingConfig | None = None
+        if self.runner_kind == "pooling":
+            self.pooling = load_pooling_config(Path(self.source.path), self.hf_config)
+            # Mean and CLS pooling need the hidden state of every (or the first) prompt token: a cached
+            # prefix would skip them. Embedding requests share prefixes rarely anyway.
+            args = self.args = replace(args, runner="pooling", enable_prefix_caching=False)
+            logger.info(
+                "Runner: pooling (%s pooling%s; %s)",
+                self.pooling.pooling_type.lower(),
+                ", normalized" if self.pooling.normalize else "",
+                self.pooling.source,
+            )
         try:
             if args.tensor_parallel_size > 1:
                 self.tp_group, self.device = start_tensor_parallel(args, self.device)
@@ -97,6 +120,7 @@ class LLMEngine:
             self.vocab_size,
             self.eos_token_ids,
             self.structured_output,
+            self.pooling,
         )
         self.scheduler, self.block_manager = self.core.scheduler, self.core.block_manager
         self.output_processor = OutputProcessor(
@@ -170,23 +194,37 @@ class LLMEngine:
         """Engine-dependent limits SamplingParams cannot check alone. Raises ValueError."""
         processor.validate_params(params)
 
+    def validate_pooling_params(self, params: PoolingParams) -> None:
+        """What the model's pooling allows (matryoshka dimensions). Raises ValueError."""
+        if self.pooling is None:
+            raise ValueError("embeddings need an engine started with --runner pooling")
+        if params.dimensions is not None:
+            self.pooling.check_dimensions(params.dimensions)
+
     def add_request(
         self,
         request_id: str,
         prompt: PromptInput | None,
         params: SamplingParams | None = None,
         prompt_token_ids: list[int] | None = None,
+        pooling_params: PoolingParams | None = None,
     ) -> Request:
-        """Queue a request. Pass prompt_token_ids when the prompt was already processed."""
+        """Queue a request. Pass prompt_token_ids when the prompt was already processed. With
+        pooling_params it is an embedding request (prefill only; its output a PoolingRequestOutput)."""
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if pooling_params is not None:
+            self.validate_pooling_params(pooling_params)
+            params = SamplingParams(max_tokens=1, output_kind="final_only")  # nothing is sampled
+        elif self.pooling is not None:
+            raise ValueError("this engine was started with --runner pooling: it serves embeddings, not generation")
         params = params or SamplingParams()
         self.validate_params(params)
         if prompt_token_ids is None:
             text, prompt_token_ids = self.process_prompt(prompt)
         else:
             text = prompt if isinstance(prompt, str) else None
-        request = Request(request_id, text, prompt_token_ids, params)
+        request = Request(request_id, text, prompt_token_ids, params, pooling_params=pooling_params)
         self.structured_output.add_request(request)  # grammar compiling in the background; ValueError if bad
         self.prompt_tokens_total += len(prompt_token_ids)  # as vLLM counts: cache hits included
         for seq in request.seqs:
@@ -223,7 +261,7 @@ class LLMEngine:
         return len(self.requests)
 
     # ----- the step -----
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[EngineOutput]:
         """Schedule, run and sample one step; the outputs of the requests it advanced."""
         self.check_health()  # a dead worker stops the engine before a step can hang on it
         failed = []
@@ -254,3 +292,13 @@ class LLMEngine:
             prefix_cache_queries=bm.prefix_queries,
             prefix_cache_hits=bm.prefix_hits,
         )
+
+
+def resolve_runner(runner: str, model_dir: str | None, base_model: bool = False) -> str:
+    """--runner auto: pooling for a sentence-transformers directory (a Pooling module) or a base-model
+    checkpoint (no LM head), else generate."""
+    if runner != "auto":
+        return runner
+    if base_model or (model_dir is not None and sentence_transformers_pooling_dir(Path(model_dir)) is not None):
+        return "pooling"
+    return "generate"

@@ -16,8 +16,17 @@ from vllm_cli.engine.core import StepOutput
 from vllm_cli.engine.detokenizer import IncrementalDetokenizer
 from vllm_cli.engine.sampler import SampleResult
 from vllm_cli.engine.sequence import Request, Sequence
-from vllm_cli.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from vllm_cli.outputs import (
+    CompletionOutput,
+    Logprob,
+    PoolingOutput,
+    PoolingRequestOutput,
+    PositionLogprobs,
+    RequestOutput,
+)
 from vllm_cli.structured_output import StructuredOutputManager
+
+EngineOutput = RequestOutput | PoolingRequestOutput
 
 
 class OutputProcessor:
@@ -37,12 +46,13 @@ class OutputProcessor:
         self.generation_tokens_total = 0
 
     def init_sequence(self, seq: Sequence) -> None:
-        if self.tokenizer is not None:
+        if self.tokenizer is not None and seq.request.pooling_params is None:
             seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.request.prompt_token_ids, seq.request.params)
 
-    def process(self, step: StepOutput) -> list[RequestOutput]:
+    def process(self, step: StepOutput) -> list[EngineOutput]:
         """The step's tokens into their sequences; one output per request the step touched
-        (none for a final_only request still running)."""
+        (none for a final_only request still running). A pooling request ends with its prefill:
+        its KV blocks are freed at once."""
         for seq, entries in step.prompt_logprobs:
             self._decode_logprob_tokens(seq, entries)
             cast(list, seq.request.prompt_logprobs).extend(entries)  # a list: the request asked for them
@@ -54,6 +64,10 @@ class OutputProcessor:
             if request.first_token_time is None:
                 request.first_token_time = now
             touched[request.request_id] = request
+        for seq in step.pooled:
+            seq.finish_reason = "stop"
+            self.finish_sequence(seq)
+            touched[seq.request.request_id] = seq.request
         return [out for out in map(make_output, touched.values()) if out is not None]
 
     def append_token(self, seq: Sequence, result: SampleResult) -> None:
@@ -102,9 +116,13 @@ class OutputProcessor:
                 logprob.decoded_token = seq.detokenizer.decode_token(token_id)
 
 
-def make_output(request: Request) -> RequestOutput | None:
+def make_output(request: Request) -> EngineOutput | None:
     """The request's output in its kind: everything so far (cumulative), what is new since the
-    last one (delta), or only once finished (final_only)."""
+    last one (delta), or only once finished (final_only). A pooling request: its embedding, once
+    (an aborted one: an empty vector)."""
+    if request.pooling_params is not None:
+        data = request.seqs[0].embedding or []
+        return PoolingRequestOutput(request.request_id, request.prompt_token_ids, PoolingOutput(data))
     kind = request.params.output_kind
     finished = request.is_finished
     if kind == "final_only" and not finished:

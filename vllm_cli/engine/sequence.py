@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vllm_cli.outputs import PositionLogprobs
+from vllm_cli.pooling_params import PoolingParams
 from vllm_cli.sampling_params import SamplingParams
 
 
@@ -48,6 +49,10 @@ class Sequence:
         # the sampler (EngineCore.step).
         self.structured_output: Any = None
         self.num_preemptions = 0
+        # Pooling requests: the hidden states pooled so far (a running sum for mean pooling) and the
+        # finished embedding.
+        self.pooled_hidden: Any = None
+        self.embedding: list[float] | None = None
         # What delta outputs have already carried (output_kind="delta").
         self.emitted_tokens = 0
         self.emitted_logprobs = 0
@@ -85,6 +90,7 @@ class Request:
     seqs: list[Sequence] = field(default_factory=list)
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     first_token_time: float | None = None
+    pooling_params: PoolingParams | None = None  # set: an embedding request (prefill only, no tokens sampled)
 
     def __post_init__(self) -> None:
         self.seqs = [Sequence(self, i) for i in range(self.params.n)]

@@ -5,7 +5,7 @@ dtype and device, filled from the checkpoint one tensor at a time (or randomly f
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import cast
 
 import torch
@@ -26,7 +26,7 @@ from vllm_cli.model_executor.layers.quantization import (
     resolve_quantization,
 )
 from vllm_cli.model_executor.model_source import ModelSource
-from vllm_cli.model_executor.models import get_model_class
+from vllm_cli.model_executor.models import get_model_class, is_base_model
 from vllm_cli.model_executor.weight_utils import checkpoint_dtype, iterate_weights
 
 logger = init_logger(__name__)
@@ -109,14 +109,17 @@ def load_model(
             fill_dummy(model, generator)
         source_desc = "dummy weights"
     else:
+        keep = quant.supported_types() if method == "gguf" else ()
+        # QuantizedWeights among the tensors: only layers with `accepts_quantized` keep them as they come
+        weights = cast(
+            Iterator[tuple[str, torch.Tensor]], iterate_weights(source, hf_config=hf_config, keep_quantized=keep)
+        )
+        base_model = is_base_model(hf_config)
+        if base_model:  # the trunk alone: its tensor names lack the trunk's prefix, and there is no LM head
+            weights = _prefixed(weights, getattr(model, "_trunk_names", ("model",))[0])
         with torch.no_grad():
-            keep = quant.supported_types() if method == "gguf" else ()
-            # QuantizedWeights among the tensors: only layers with `accepts_quantized` keep them as they come
-            weights = cast(
-                Iterator[tuple[str, torch.Tensor]], iterate_weights(source, hf_config=hf_config, keep_quantized=keep)
-            )
             loaded = model.load_weights(weights)
-        missing = sorted(set(params) - loaded - _tied_names(model))
+        missing = sorted(set(params) - loaded - _tied_names(model) - ({"lm_head.weight"} if base_model else set()))
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
         source_desc = source.gguf_file or source.path
@@ -142,6 +145,11 @@ def load_model(
         size / 2**30,
     )
     return model
+
+
+def _prefixed(weights: Iterable[tuple[str, torch.Tensor]], trunk: str) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in weights:
+        yield (name if name.startswith(f"{trunk}.") else f"{trunk}.{name}"), tensor
 
 
 def _arch_name(hf_config: PretrainedConfig) -> str:

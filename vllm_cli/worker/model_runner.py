@@ -8,7 +8,7 @@ wanted. One AttentionMetadata per step serves every layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,13 @@ class StepInput:
     context_lens: list[int]
     block_tables: list[list[int]]
     logit_rows: list[int]  # rows of the flat batch whose logits are computed
+    hidden_rows: list[int] = field(default_factory=list)  # rows whose final hidden states are returned (pooling)
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor | None  # float32 logits of StepInput.logit_rows; None when there are none
+    hidden: torch.Tensor | None  # float32 final hidden states (before the LM head) of StepInput.hidden_rows
 
 
 def allocate_kv_pool(
@@ -80,8 +87,8 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def execute(self, step: StepInput) -> torch.Tensor | None:
-        """Forward one step; float32 logits of step.logit_rows (None when there are none)."""
+    def execute(self, step: StepInput) -> ModelOutput:
+        """Forward one step; float32 logits of step.logit_rows and hidden states of step.hidden_rows."""
         # One host tensor (and one copy to the device) for the ids, positions and slots.
         ids_t, pos_t, slot_t = torch.tensor([step.input_ids, step.positions, step.slots], dtype=torch.long).to(
             self.device, non_blocking=True
@@ -91,8 +98,10 @@ class ModelRunner:
         ctx = ForwardContext(backend=self.backend, attn_metadata=meta, kv_caches=self.kv_caches)
         hidden = self.model(ids_t, pos_t, ctx)
         rows = step.logit_rows
-        if not rows:
-            return None
-        if len(rows) != len(step.input_ids) or rows != list(range(len(rows))):  # a decode step samples every row
-            hidden = hidden[rows]
-        return self.model.compute_logits(hidden).float()
+        logits = None
+        if rows:
+            sampled = hidden
+            if len(rows) != len(step.input_ids) or rows != list(range(len(rows))):  # a decode step samples every row
+                sampled = hidden[rows]
+            logits = self.model.compute_logits(sampled).float()
+        return ModelOutput(logits, hidden[step.hidden_rows].float() if step.hidden_rows else None)

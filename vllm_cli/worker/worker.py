@@ -21,7 +21,7 @@ from vllm_cli.logger import init_logger, set_log_level
 from vllm_cli.model_executor.loader import load_model, resolve_device, resolve_dtype
 from vllm_cli.model_executor.model_source import ModelSource, load_hf_config, resolve_model_source
 from vllm_cli.model_executor.models.base import CausalLM
-from vllm_cli.worker.model_runner import ModelRunner, StepInput
+from vllm_cli.worker.model_runner import ModelOutput, ModelRunner, StepInput
 
 if TYPE_CHECKING:
     from vllm_cli.distributed.executor import Placement, TensorParallelGroup
@@ -124,9 +124,9 @@ class Worker:
         if self.tp_group is not None:
             self.tp_group.broadcast((num_blocks, max_model_len))
 
-    def execute_model(self, step: StepInput) -> torch.Tensor | None:
-        """Run one step; the logits of step.logit_rows. The driver first sends the step to the
-        workers, whose forwards pair with its own collectives."""
+    def execute_model(self, step: StepInput) -> ModelOutput:
+        """Run one step; the logits of step.logit_rows and the hidden states of step.hidden_rows. The
+        driver first sends the step to the workers, whose forwards pair with its own collectives."""
         if self.tp_group is None:
             return self.runner.execute(step)
         self.tp_group.broadcast(step)

@@ -36,6 +36,7 @@ from vllm_cli.entrypoints.openai.metrics import Metrics
 from vllm_cli.entrypoints.openai.protocol import APIError, parse_request
 from vllm_cli.entrypoints.openai.serving_chat import ServingChat
 from vllm_cli.entrypoints.openai.serving_completion import ServingCompletion
+from vllm_cli.entrypoints.openai.serving_embedding import ServingEmbedding
 from vllm_cli.entrypoints.openai.serving_engine import server_error
 from vllm_cli.entrypoints.openai.serving_responses import DEFAULT_STORE_SIZE, ServingResponses
 from vllm_cli.logger import init_logger
@@ -61,6 +62,7 @@ class ServerState:
     created: int
     openapi: dict
     responses: ServingResponses
+    embedding: ServingEmbedding
 
 
 STATE = web.AppKey("state", ServerState)
@@ -130,8 +132,18 @@ def build_app(
     )
     completion = ServingCompletion(async_engine, metrics=metrics, served_model_names=names)
     responses = ServingResponses(chat, responses_store_size)
+    embedding = ServingEmbedding(async_engine, metrics=metrics, served_model_names=names)
     state = ServerState(
-        async_engine, names, desc, metrics, chat, completion, p.now(), openapi_schema(bool(api_key)), responses
+        async_engine,
+        names,
+        desc,
+        metrics,
+        chat,
+        completion,
+        p.now(),
+        openapi_schema(bool(api_key)),
+        responses,
+        embedding,
     )
 
     app = web.Application(
@@ -151,6 +163,7 @@ def build_app(
     app.router.add_post("/v1/responses", _responses)
     app.router.add_get("/v1/responses/{response_id}", _get_response)
     app.router.add_delete("/v1/responses/{response_id}", _delete_response)
+    app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_post("/tokenize", _tokenize)
     app.router.add_post("/detokenize", _detokenize)
     app.router.add_get("/openapi.json", _openapi)
@@ -309,6 +322,10 @@ async def _delete_response(request: web.Request) -> web.Response:
     return await request.app[STATE].responses.delete(request)
 
 
+async def _embeddings(request: web.Request) -> web.StreamResponse:
+    return await request.app[STATE].embedding.handle(request)
+
+
 async def _tokenize(request: web.Request) -> web.Response:
     state = request.app[STATE]
     req = parse_request(p.TokenizeRequest, await request.read())
@@ -361,6 +378,7 @@ def openapi_schema(api_key_required: bool) -> dict:
         p.ChatCompletionRequest,
         p.CompletionRequest,
         p.ResponsesRequest,
+        p.EmbeddingRequest,
         p.TokenizeRequest,
         p.DetokenizeRequest,
     ]
@@ -370,6 +388,7 @@ def openapi_schema(api_key_required: bool) -> dict:
         p.CompletionResponse,
         p.ResponseObject,
         p.ResponseDeleted,
+        p.EmbeddingResponse,
         p.ModelList,
         p.ModelCard,
         p.TokenizeResponse,
@@ -429,6 +448,7 @@ def openapi_schema(api_key_required: bool) -> dict:
                 "responses": {"200": {"description": "OK", **json_body(ref(p.ResponseDeleted))}, **errors},
             },
         },
+        "/v1/embeddings": post("Embeddings (--runner pooling)", p.EmbeddingRequest, p.EmbeddingResponse),
         "/v1/models": get("Served models", json_body(ref(p.ModelList))),
         "/v1/models/{model}": get(
             "One served model",

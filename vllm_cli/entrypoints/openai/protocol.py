@@ -440,6 +440,31 @@ class CompletionRequest(SamplingRequest):
         return list(p)  # type: ignore[arg-type]  # list[str] or list[list[int]] here
 
 
+class EmbeddingRequest(_Lenient):
+    """POST /v1/embeddings (OpenAI's fields; add_special_tokens as vLLM)."""
+
+    model: str | None = None
+    input: PromptType
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+    add_special_tokens: bool = True
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: PromptType) -> PromptType:
+        if isinstance(value, list) and (not value or any(isinstance(v, list) and not v for v in value)):
+            raise ValueError("the input must not be empty")
+        return value
+
+    def inputs(self) -> list[str | list[int]]:
+        """The input as a list of single inputs (text or token ids)."""
+        v = self.input
+        if isinstance(v, str) or (v and isinstance(v[0], int)):
+            return [v]
+        return list(v)  # type: ignore[arg-type]  # list[str] or list[list[int]] here
+
+
 class TokenizeRequest(_Request):
     # Exactly one of prompt and messages, in the schema too (so a fuzzer knows).
     model_config = ConfigDict(
@@ -614,6 +639,26 @@ class CompletionResponse(BaseModel):
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
     system_fingerprint: str | None = None
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32, as OpenAI sends it
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[EmbeddingData]
+    usage: EmbeddingUsage
 
 
 class ModelCard(BaseModel):

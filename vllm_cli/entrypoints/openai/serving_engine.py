@@ -52,6 +52,8 @@ T = TypeVar("T")
 
 
 class OpenAIServing:
+    runner_kind = "generate"  # the --runner this endpoint needs (the embeddings endpoint: pooling)
+
     def __init__(self, async_engine: AsyncEngine, metrics: Metrics, served_model_names: list[str]):
         self.async_engine = async_engine
         if async_engine.engine is None:
@@ -79,9 +81,26 @@ class OpenAIServing:
                 param=param,
             )
 
-    @staticmethod
-    async def parse(model: type[ModelT], request: web.Request) -> ModelT:
-        """The request body as `model`; its unknown fields are ignored with one warning line, as vLLM does."""
+    def check_runner(self) -> None:
+        runner = self.engine.runner_kind
+        if runner == self.runner_kind:
+            return
+        if runner == "pooling":
+            raise APIError(
+                "this server was started with --runner pooling: it serves /v1/embeddings only; start it without "
+                "--runner pooling (or with --runner generate) for text generation",
+                code="wrong_runner",
+            )
+        raise APIError(
+            "this server does not serve embeddings: start it with `vllm-cli serve MODEL --runner pooling` "
+            "to serve /v1/embeddings",
+            code="wrong_runner",
+        )
+
+    async def parse(self, model: type[ModelT], request: web.Request) -> ModelT:
+        """The request body as `model`; its unknown fields are ignored with one warning line, as vLLM does.
+        A 400 first when the engine runs for the other kind of endpoint (generation vs embeddings)."""
+        self.check_runner()
         req = parse_request(model, await request.read())
         if ignored := ignored_fields(req):
             logger.warning("The following fields were present in the request but ignored: %s", ", ".join(ignored))

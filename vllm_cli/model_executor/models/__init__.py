@@ -22,8 +22,20 @@ _MODELS: dict[str, tuple[str, str, str | None]] = {
     "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM", "phi3"),
     "FalconForCausalLM": ("falcon", "FalconForCausalLM", "falcon"),
     "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM", "qwen3"),
+    # Base-model checkpoints (what sentence-transformers saves: the trunk alone, its tensor names without
+    # the trunk's prefix, no LM head): embeddings only (--runner pooling).
+    "LlamaModel": ("llama", "LlamaForCausalLM", None),
+    "MistralModel": ("llama", "MistralForCausalLM", None),
+    "Qwen2Model": ("llama", "Qwen2ForCausalLM", None),
+    "Qwen3Model": ("qwen3", "Qwen3ForCausalLM", None),
 }
+BASE_MODEL_ARCHITECTURES = frozenset({"LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model"})
 _MODEL_TYPES = {model_type: arch for arch, (_, _, model_type) in _MODELS.items() if model_type}
+
+
+def is_base_model(hf_config: Any) -> bool:
+    """A checkpoint of the trunk alone (no LM head): it can embed, not generate."""
+    return bool(set(getattr(hf_config, "architectures", None) or []) & BASE_MODEL_ARCHITECTURES)
 
 
 def supported_architectures() -> list[str]:
