@@ -155,10 +155,13 @@ class LLMEngine:
         bm, sched, outs = self.block_manager, self.scheduler, self.output_processor
         counters = (self.prompt_tokens_total, outs.generation_tokens_total, sched.num_preemptions)
         prefix_caching, bm.enable_prefix_caching = bm.enable_prefix_caching, False  # nothing cached from it
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
         request_id = "vllm-cli-warm-up"
         try:
-            self.add_request(request_id, None, params, prompt_token_ids=ids)
+            if self.runner_kind == "pooling":  # a pooling engine embeds (a prefill, then the pooler), no sampling
+                self.add_request(request_id, None, prompt_token_ids=ids, pooling_params=PoolingParams())
+            else:
+                params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+                self.add_request(request_id, None, params, prompt_token_ids=ids)
             while request_id in self.requests:
                 self.step()
         finally:
