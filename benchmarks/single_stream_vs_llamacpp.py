@@ -4,9 +4,9 @@ For each weight format, both engines run one sequence of --input-len prompt toke
 --output-len generated tokens on the same GGUF file's weights:
 
   float32   llama.cpp: an F32 GGUF made from the file by `llama-quantize --allow-requantize`
-            (dequantized, the values vllm-cli loads); vllm-cli: the file with --dtype float32
-  bfloat16  the same with BF16 / --dtype bfloat16
-  quantized both on the file as it is (vllm-cli's default dtype)
+            (dequantized); vllm-cli: the file with --dtype float32 --quantization none
+  bfloat16  the same with BF16 / --dtype bfloat16 --quantization none
+  quantized both on the file as it is (vllm-cli keeps the GGUF's blocks: --quantization auto)
 
 llama.cpp: `llama-bench -p IN -n OUT -t THREADS -o json` (its pp and tg rates). vllm-cli:
 `vllm-cli bench latency --batch-size 1` twice, with OUT and with 1 output token, so its decode
@@ -129,8 +129,8 @@ def vllm_cli_latency(gguf: str, dtype: str | None, output_len: int, args: argpar
         command = [sys.executable, "-m", "vllm_cli.cli.main", "bench", "latency", gguf, "--batch-size", "1"]
         command += ["--input-len", str(args.input_len), "--output-len", str(output_len)]
         command += ["--num-iters-warmup", "1", "--num-iters", str(args.iters), "--output-json", out.name]
-        if dtype is not None:
-            command += ["--dtype", dtype]
+        if dtype is not None:  # float weights: the file dequantized at load, as llama.cpp's F32/BF16 copy
+            command += ["--dtype", dtype, "--quantization", "none"]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         with open(out.name) as f:
