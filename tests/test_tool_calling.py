@@ -43,6 +43,7 @@ class _Engine:
         self.tokenizer, self.args = tokenizer, EngineArgs()
         self.model_name, self.served_model_names = "smollm2", ["smollm2"]
         self.max_model_len, self.vocab_size, self.kv_cache_tokens = 2048, len(tokenizer), 2048
+        self.runner_kind = "generate"
 
     def process_prompt(self, prompt: Any) -> tuple[str | None, list[int]]:
         return (prompt, self.tokenizer.encode(prompt)) if isinstance(prompt, str) else (None, list(prompt))
