@@ -395,10 +395,11 @@ def test_engine_failure_is_a_500_and_serving_goes_on():
         def __init__(self):
             self.tokenizer, self.args, self.model_name, self.served_model_names = None, EngineArgs(), "flaky", ["flaky"]
             self.max_model_len, self.vocab_size, self.kv_cache_tokens = 64, 100, 64
+            self.runner_kind = "generate"
             self.requests: dict[str, list[int]] = {}
             self.fail = True
 
-        def add_request(self, request_id, prompt, params=None, prompt_token_ids=None):
+        def add_request(self, request_id, prompt, params=None, prompt_token_ids=None, pooling_params=None):
             self.requests[request_id] = prompt_token_ids
 
         def step(self):
