@@ -168,12 +168,8 @@ class LLMEngine:
             bm.enable_prefix_caching = prefix_caching
         self.prompt_tokens_total, outs.generation_tokens_total, sched.num_preemptions = counters
         seconds = time.perf_counter() - start
-        logger.info(
-            "Warmed up: one %d-token prompt and %d output tokens through the engine in %.1f s",
-            prompt_len,
-            max_tokens,
-            seconds,
-        )
+        work = "embedded" if self.runner_kind == "pooling" else f"and {max_tokens} output tokens"
+        logger.info("Warmed up: one %d-token prompt %s through the engine in %.1f s", prompt_len, work, seconds)
         return seconds
 
     def check_health(self) -> None:

@@ -436,7 +436,7 @@ class ServingResponses:
             )
         return [dict(m) for m in stored.messages]
 
-    def _finish(
+    async def _finish(
         self,
         base: ResponseObject,
         items: list[ResponseOutputItem],
@@ -449,7 +449,7 @@ class ServingResponses:
         reasoning = "".join(
             part.text for item in items if isinstance(item, ResponseReasoningItem) for part in item.content
         )
-        reasoning_tokens = len(self.chat.tokenizer.encode(reasoning, add_special_tokens=False)) if reasoning else 0
+        reasoning_tokens = await self.chat.off_loop(self._count_tokens, reasoning) if reasoning else 0
         incomplete = finish_reason == "length"
         response = base.model_copy(
             update={
@@ -468,6 +468,9 @@ class ServingResponses:
         if response.store:
             self.store.put(StoredResponse(response, conversation + [assistant_message(items)]))
         return response
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.chat.tokenizer.encode(text, add_special_tokens=False))
 
     async def _collect(
         self,
@@ -488,7 +491,7 @@ class ServingResponses:
                     finish_reason = c.finish_reason or finish_reason
         status: ItemStatus = "incomplete" if finish_reason == "length" else "completed"
         items = output_items(plan.choices[0].final("".join(texts)), status)
-        return self._finish(base, items, finish_reason, (len(plan.ids), output_tokens, cached), conversation)
+        return await self._finish(base, items, finish_reason, (len(plan.ids), output_tokens, cached), conversation)
 
     async def _events(
         self,
@@ -516,7 +519,9 @@ class ServingResponses:
         status: ItemStatus = "incomplete" if finish_reason == "length" else "completed"
         for event in stream.close(status):
             yield event
-        response = self._finish(base, stream.items, finish_reason, (len(plan.ids), output_tokens, cached), conversation)
+        response = await self._finish(
+            base, stream.items, finish_reason, (len(plan.ids), output_tokens, cached), conversation
+        )
         kind = "response.incomplete" if response.status == "incomplete" else "response.completed"
         yield stream.event(ResponseLifecycleEvent(type=kind, response=response))
 
