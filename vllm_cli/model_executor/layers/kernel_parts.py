@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ class KernelPart:
         return int(self.weight.data_ptr())
 
 
-def function_address(function: ctypes._CFuncPtr) -> int:
+def function_address(function: Any) -> int:
     """The address of a ctypes-bound C function, to hand to other C code."""
     address = ctypes.cast(function, ctypes.c_void_p).value
     assert address is not None
