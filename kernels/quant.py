@@ -91,6 +91,16 @@ def is_supported(qtype: str, library: ctypes.CDLL | None = None) -> bool:
     return qtype in _functions(library)
 
 
+def matmul_address(qtype: str) -> int | None:
+    """The address of `gguf_matmul_<qtype>` in the CPU library (for C code that calls it: the decode
+    loop), or None when the library lacks it."""
+    functions = _functions().get(qtype)
+    if functions is None:
+        return None
+    address = ctypes.cast(functions[1], ctypes.c_void_p).value
+    return None if address is None else int(address)
+
+
 def _check_blocks(qweight: torch.Tensor, qt: QuantType, rows: int, in_features: int) -> None:
     if in_features % qt.block_elems:
         raise ValueError(f"{qt.name}: {in_features} input features are not a whole number of {qt.block_elems}-blocks")

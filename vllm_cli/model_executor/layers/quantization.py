@@ -26,8 +26,9 @@ from torch import nn
 
 from vllm_cli.config import QUANTIZATION_METHODS
 from vllm_cli.distributed.parallel_state import all_reduce, get_tp_rank, get_tp_size, padded_shard
-from vllm_cli.kernels import quant
+from vllm_cli.kernels import decode_loop, quant
 from vllm_cli.logger import init_logger
+from vllm_cli.model_executor.layers.kernel_parts import KernelPart
 from vllm_cli.model_executor.layers.linear import (
     ColumnParallelLinear,
     MergedColumnParallelLinear,
@@ -261,6 +262,26 @@ class QuantizedLinear(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out.view(*lead, self.out_features)
+
+    def kernel_parts(self) -> list[KernelPart] | None:
+        """The C kernels this layer's output is made of (layers/kernel_parts.py): each quantized part
+        through its type's `gguf_matmul_<type>`, each float part through decode_loop.c's row-major
+        matmul; None when a part has no kernel or the output is reduced over ranks (the bias, if
+        any, is the caller's: `self.bias`)."""
+        if self.reduce_output:
+            return None
+        result = []
+        for start, part in part_list(self.parts):
+            if part.qtype is not None:
+                fn, weight = quant.matmul_address(part.qtype), part.qweight
+            else:
+                fn, weight = decode_loop.float_matmul_address(part.fweight.dtype), part.fweight
+            if fn is None:
+                return None
+            result.append(KernelPart(fn, weight, part.rows, part.in_features, start))
+        if sum(p.rows for p in result) != self.out_features:  # e.g. the LM head's padding rows
+            return None
+        return result
 
     def extra_repr(self) -> str:
         kind = type(self.source).__name__

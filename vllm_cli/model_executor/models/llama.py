@@ -14,7 +14,10 @@ import torch
 from torch import nn
 
 from vllm_cli.attention.backend import ForwardContext
+from vllm_cli.attention.cpu_backend import CpuDecodeMetadata
 from vllm_cli.attention.layer import Attention
+from vllm_cli.kernels.decode_loop import DECODE_LOOP_ENV, DecodeLoop
+from vllm_cli.logger import init_logger
 from vllm_cli.model_executor.layers.activation import silu_and_mul
 from vllm_cli.model_executor.layers.linear import (
     MergedColumnParallelLinear,
@@ -26,6 +29,9 @@ from vllm_cli.model_executor.layers.linear import (
 from vllm_cli.model_executor.layers.norm import RMSNorm
 from vllm_cli.model_executor.layers.rotary import RotaryEmbedding
 from vllm_cli.model_executor.models.base import DecoderForCausalLM
+from vllm_cli.model_executor.models.llama_decode_loop import build_decode_loop, run_decode_loop
+
+logger = init_logger(__name__)
 
 
 def llama_head_dim(config: Any) -> int:
@@ -119,6 +125,10 @@ class LlamaForCausalLM(DecoderForCausalLM):
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             rotary=self.rotary_embedding(config, llama_head_dim(config), self.max_position(config)),
         )
+        # the C decode loop (llama_decode_loop.py): a test or benchmark may turn it off per model
+        self.use_decode_loop = True
+        self._decode_loop: DecodeLoop | None = None
+        self._decode_loop_key: tuple[int, int] | None = None
 
     def attention(self, config: Any, layer_idx: int) -> Attention:
         """Layer layer_idx's attention (Qwen3 adds q/k norms)."""
@@ -134,10 +144,28 @@ class LlamaForCausalLM(DecoderForCausalLM):
         return int(getattr(config, "max_position_embeddings", 2048))
 
     def run_layers(self, layers: nn.ModuleList, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        meta = ctx.attn_metadata
+        if type(meta) is CpuDecodeMetadata and self.use_decode_loop:
+            loop = self.decode_loop(ctx.kv_caches)
+            if loop is not None:  # every layer in one C call (llama_decode_loop.py)
+                return run_decode_loop(loop, hidden, ctx, meta)
         residual = None
         for layer in cast("list[LlamaDecoderLayer]", layers):
             hidden, residual = layer.forward_residual(hidden, residual, ctx)
         return hidden if residual is None else residual.add_(hidden)
+
+    def decode_loop(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> DecodeLoop | None:
+        """The C decode loop for this KV pool, built at the first decode step after load (None, with
+        one log line saying why, where the model keeps its torch path)."""
+        key = (id(kv_caches), kv_caches[0][0].data_ptr() if kv_caches else 0)
+        if self._decode_loop_key != key:
+            self._decode_loop, why_not = build_decode_loop(self, kv_caches)
+            self._decode_loop_key = key
+            if self._decode_loop is not None:
+                logger.info("Decode steps run every layer in one C call (%s=0 turns it off)", DECODE_LOOP_ENV)
+            else:
+                logger.info("Decode steps run layer by layer in Python: %s", why_not)
+        return self._decode_loop
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return self.load_stacked_weights(weights, skip=("rotary_emb.inv_freq",))
