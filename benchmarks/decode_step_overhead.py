@@ -21,6 +21,8 @@ Usage (figures in benchmarks/RESULTS.md, "Decode step fixed cost (issue 19)"):
   python benchmarks/decode_step_overhead.py MODEL.gguf --dtype bfloat16
   python benchmarks/decode_step_overhead.py --config DIR --tiny   # dummy weights, 64-wide layers
   python benchmarks/decode_step_overhead.py MODEL.gguf --profile  # torch.profiler op table too
+  VLLM_CLI_DECODE_LOOP=0 python benchmarks/decode_step_overhead.py --config DIR --tiny --quantization int8
+      # the C decode loop off (A/B): it runs where every linear has kernel parts (int8 here)
 """
 
 from __future__ import annotations
@@ -58,18 +60,23 @@ def read_bandwidth_gbs(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:
-    """Bytes a batch-1 decode step reads: every parameter, every prepacked linear (CpuLinear: its
-    logical in x out weight; a packed buffer's own size says little), but of the token embedding
-    one row only."""
-    embedding = getattr(model, "embedding", None)
-    embedding_ptr = embedding.weight.data_ptr() if embedding is not None else None
+    """Bytes a batch-1 decode step reads: every parameter and weight buffer (quantized blocks
+    included), every prepacked linear (CpuLinear: its logical in x out weight; a packed buffer's own
+    size says little), but of the token embedding one row only, unless the LM head shares it."""
+
+    def tensors(module: torch.nn.Module | None) -> list[torch.Tensor]:
+        return [] if module is None else [*module.parameters(), *module.buffers()]
+
+    lm_head_ptrs = {t.data_ptr() for t in tensors(getattr(model, "lm_head", None))}
+    one_row = {t.data_ptr() for t in tensors(getattr(model, "embedding", None))} - lm_head_ptrs
+    skipped = {t.data_ptr() for t in tensors(getattr(model, "rotary", None))}  # tables: a row per step
     seen: set[int] = set()
     total = 0
-    for t in model.parameters():
-        if t.data_ptr() in seen:
+    for t in tensors(model):
+        if t.numel() == 0 or t.device.type == "meta" or t.data_ptr() in seen | skipped:
             continue
         seen.add(t.data_ptr())
-        total += t.shape[1] * t.element_size() if t.data_ptr() == embedding_ptr else t.numel() * t.element_size()
+        total += (t[0].numel() if t.data_ptr() in one_row else t.numel()) * t.element_size()
     for m in model.modules():
         packed = getattr(m, "packed", None)
         if isinstance(packed, torch.Tensor):
@@ -144,6 +151,7 @@ def run(args: argparse.Namespace) -> dict:
         max_model_len=args.input_len + args.steps + 64,
         kv_cache_memory="256MiB",
         enable_prefix_caching=False,
+        quantization=args.quantization,
     )
     engine = LLMEngine.from_engine_args(engine_args)
     timer = PhaseTimer()
@@ -187,6 +195,8 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "model": args.model if not args.config else f"{args.config} ({'tiny' if args.tiny else 'full'} widths)",
         "dtype": str(engine.dtype).removeprefix("torch."),
+        "quantization": args.quantization,
+        "decode_loop": getattr(engine.model, "_decode_loop", None) is not None,
         "num_layers": engine.runner.num_layers,
         "threads": torch.get_num_threads(),
         "step_ms": step_ms,
@@ -216,6 +226,9 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--quantization", default="auto", help="e.g. int8 with --config: quantized linears (the C decode loop's kind)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (1: CPU time = work, robust on a loaded machine)")
     args = parser.parse_args()
     if not args.model and not args.config:
@@ -225,7 +238,8 @@ def main() -> None:
     result = run(args)
     b = result["breakdown_ms"]
     print(
-        f"{result['model']} {result['dtype']}, {result['num_layers']} layers, {result['threads']} threads: "
+        f"{result['model']} {result['dtype']} {result['quantization']}, {result['num_layers']} layers, "
+        f"{result['threads']} threads, C decode loop {'on' if result['decode_loop'] else 'off'}: "
         f"step {result['step_ms']:.2f} ms median, {result['step_min_ms']:.2f} min, "
         f"{result['step_cpu_ms']:.2f} CPU ({result['tok_per_s']:.1f} tok/s); "
         f"weights {result['weight_bytes'] / 1e6:.0f} MB at "
