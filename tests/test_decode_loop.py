@@ -111,9 +111,11 @@ def test_qwen2_qkv_bias(tiny_dirs, loop_calls):
     _assert_loop_equals_torch_path(llm, loop_calls, atol=1e-4)
 
 
-def test_sliding_window(tiny_dirs, loop_calls):
-    """Mistral with a 24-token window: the long prompt's decode steps see only the window."""
-    llm = _llm(tiny_dirs("mistral"), quantization="int8")
+@pytest.mark.parametrize("kind", ["mistral", "phi3"])
+def test_sliding_window(tiny_dirs, loop_calls, kind):
+    """A 24-token window: the long prompt's decode steps see only the window (Phi-3: its checkpoint's
+    own fused qkv_proj and gate_up_proj, split into parts at load)."""
+    llm = _llm(tiny_dirs(kind), quantization="int8")
     assert llm.engine.model.layers[0].self_attn.sliding_window == 24
     _assert_loop_equals_torch_path(llm, loop_calls, atol=1e-4, max_tokens=10)
 
