@@ -120,6 +120,7 @@ _SIGNATURES = {
     ],
 }
 _WRITE_KV_SIGNATURE = [_i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _ptr]
+_ARGMAX_SIGNATURE = [_i64, _i64, _ptr, _i64, _ptr]
 
 
 def cache_dir() -> str:
@@ -199,6 +200,9 @@ def load() -> ctypes.CDLL | None:
                 fn = library.write_kv_cache  # dtype-free: rows are copied as bytes
                 fn.argtypes, fn.restype = _WRITE_KV_SIGNATURE, None
                 _kernels[("write_kv_cache", None)] = fn
+                fn = library.sampler_argmax_f32
+                fn.argtypes, fn.restype = _ARGMAX_SIGNATURE, None
+                _kernels[("argmax", torch.float32)] = fn
                 for name, argtypes in _SIGNATURES.items():
                     for dtype, suffix in _SUFFIX.items():
                         fn = getattr(library, f"{name}_{suffix}")
@@ -308,6 +312,20 @@ def rotary_neox_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_d
         tokens, heads, head_dim, rotary_dim or head_dim, x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr()
     )
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy sampling's argmax
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """x.max(dim=-1).indices of float32 x [rows, V] (rows may be strided, each contiguous): the
+    first index of each row's largest value (of its first NaN, if any), int64 [rows]."""
+    rows, n = x.shape
+    assert x.dtype == torch.float32 and x.stride(1) == 1 and n > 0
+    out = torch.empty(rows, dtype=torch.int64)
+    _kernels[("argmax", torch.float32)](rows, n, x.data_ptr(), x.stride(0), out.data_ptr())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -299,3 +299,20 @@ def test_loading_the_library_leaves_the_float_environment_alone():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_argmax_rows_matches_torch_max_indices(rng, monkeypatch):
+    """Ties (the first index wins), a NaN (its first index, as torch), an all -inf row, strided rows
+    and a width that is not a multiple of the vector; the sampler's greedy path takes the kernel."""
+    from vllm_cli.engine import sampler
+
+    x = torch.randn(9, 1000 + 37, generator=rng)[:, :1000]
+    x[1, 7] = x[1, 900] = x[1].max() + 1  # a tie
+    x[2, 998] = 1e9  # the tail past the last full vector
+    x[3, 40] = x[3, 500] = float("nan")
+    x[4] = float("-inf")
+    x[5, 999] = float("nan")
+    assert torch.equal(cpu.argmax_rows(x), x.max(dim=-1).indices)
+    called = []
+    monkeypatch.setattr(cpu, "argmax_rows", lambda t: called.append(t) or t.max(dim=-1).indices)
+    assert torch.equal(sampler._argmax(x), x.max(dim=-1).indices) and called
