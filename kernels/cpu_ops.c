@@ -5,8 +5,8 @@
  *
  * Tensors are passed as raw pointers with the strides the caller checked. Two element types:
  * float32 (suffix _f32) and bfloat16 (suffix _bf16, stored as uint16; math in float32).
- * The elementwise kernels are single-threaded (at decode sizes a parallel region costs more than
- * it saves); paged decode attention runs its (sequence, KV head) items over OpenMP threads. The
+ * The elementwise kernels split their rows over threads only for large inputs (PARALLEL_ELEMENTS:
+ * at batch-1 decode sizes a parallel region costs more than it saves); paged decode attention runs its (sequence, KV head) items over OpenMP threads. The
  * library is linked against libgomp.so.1, the same SONAME as torch's own OpenMP runtime, so the
  * loader gives it torch's already-loaded copy and its threads: a second OpenMP runtime beside
  * torch's would make both slower.
@@ -52,22 +52,38 @@ static inline bf16_t f32_to_bf16(float f) {  /* round to nearest even, as torch 
 
 typedef float f32_t;
 
+/* The elementwise kernels split their rows over torch's OpenMP threads from this many elements
+ * on (a batch's prefill, a decode step of a few dozen sequences); below it a parallel region
+ * costs more than it saves (batch 1: one row, never). */
+#define PARALLEL_ELEMENTS (1 << 15)
+/* Tested before the region, not in an OpenMP if() clause: a region that the clause turns off still
+ * costs a runtime call and a team of one per call, which batch-1 decode pays in every layer. */
+#define PARALLEL_ROWS(rows, N) ((rows) > 1 && (rows) * (N) >= PARALLEL_ELEMENTS)
+
 /* RMSNorm over rows of width N, as transformers computes it: x * rsqrt(mean(x^2) + eps) in
  * float32, rounded to the model dtype, then times the weight (in the model dtype). In and out
  * rows may have strides (out may alias x). */
 #define DEFINE_RMS_NORM(T)                                                                          \
+static inline void rms_norm_row_##T(int64_t N, const T##_t *xr, const T##_t *weight, float eps,    \
+                                    T##_t *orow) {                                                  \
+    float ss = 0.f;                                                                                 \
+    for (int64_t i = 0; i < N; i++) { const float v = LOAD_##T(xr[i]); ss += v * v; }               \
+    const float inv = 1.f / sqrtf(ss / (float)N + eps);                                             \
+    for (int64_t i = 0; i < N; i++) {                                                               \
+        const float normed = LOAD_##T(STORE_##T(LOAD_##T(xr[i]) * inv));                            \
+        orow[i] = STORE_##T(LOAD_##T(weight[i]) * normed);                                          \
+    }                                                                                               \
+}                                                                                                   \
+                                                                                                    \
 void rms_norm_##T(int64_t rows, int64_t N, const T##_t *x, int64_t x_stride, const T##_t *weight,  \
                   float eps, T##_t *out, int64_t out_stride) {                                      \
-    for (int64_t r = 0; r < rows; r++) {                                                            \
-        const T##_t *xr = x + r * x_stride;                                                         \
-        T##_t *orow = out + r * out_stride;                                                         \
-        float ss = 0.f;                                                                             \
-        for (int64_t i = 0; i < N; i++) { const float v = LOAD_##T(xr[i]); ss += v * v; }           \
-        const float inv = 1.f / sqrtf(ss / (float)N + eps);                                         \
-        for (int64_t i = 0; i < N; i++) {                                                           \
-            const float normed = LOAD_##T(STORE_##T(LOAD_##T(xr[i]) * inv));                        \
-            orow[i] = STORE_##T(LOAD_##T(weight[i]) * normed);                                      \
-        }                                                                                           \
+    if (PARALLEL_ROWS(rows, N)) {                                                                   \
+        _Pragma("omp parallel for schedule(static)")                                                \
+        for (int64_t r = 0; r < rows; r++)                                                          \
+            rms_norm_row_##T(N, x + r * x_stride, weight, eps, out + r * out_stride);              \
+    } else {                                                                                        \
+        for (int64_t r = 0; r < rows; r++)                                                          \
+            rms_norm_row_##T(N, x + r * x_stride, weight, eps, out + r * out_stride);              \
     }                                                                                               \
 }
 
@@ -307,34 +323,50 @@ void write_kv_cache(int64_t tokens, int64_t row_bytes, const int64_t *slots, con
 /* The residual add before a norm, fused (vLLM's fused_add_rms_norm): residual += x (rounded to T,
  * as torch's add), then out = RMSNorm(residual). Rows may be strided; out may alias x. */
 #define DEFINE_ADD_RMS_NORM(T)                                                                      \
+static inline void add_rms_norm_row_##T(int64_t N, const T##_t *xr, T##_t *rr, const T##_t *weight, \
+                                        float eps, T##_t *orow) {                                   \
+    for (int64_t i = 0; i < N; i++) rr[i] = STORE_##T(LOAD_##T(rr[i]) + LOAD_##T(xr[i]));         \
+    rms_norm_row_##T(N, rr, weight, eps, orow);  /* while the row is in L1 */                      \
+}                                                                                                   \
+                                                                                                    \
 void add_rms_norm_##T(int64_t rows, int64_t N, const T##_t *x, int64_t x_stride, T##_t *residual, \
                       int64_t res_stride, const T##_t *weight, float eps, T##_t *out,              \
                       int64_t out_stride) {                                                         \
-    for (int64_t r = 0; r < rows; r++) {                                                            \
-        const T##_t *xr = x + r * x_stride;                                                         \
-        T##_t *rr = residual + r * res_stride;                                                      \
-        for (int64_t i = 0; i < N; i++) rr[i] = STORE_##T(LOAD_##T(rr[i]) + LOAD_##T(xr[i]));     \
+    if (PARALLEL_ROWS(rows, N)) {                                                                   \
+        _Pragma("omp parallel for schedule(static)")                                                \
+        for (int64_t r = 0; r < rows; r++)                                                          \
+            add_rms_norm_row_##T(N, x + r * x_stride, residual + r * res_stride, weight, eps,      \
+                                 out + r * out_stride);                                             \
+    } else {                                                                                        \
+        for (int64_t r = 0; r < rows; r++)                                                          \
+            add_rms_norm_row_##T(N, x + r * x_stride, residual + r * res_stride, weight, eps,      \
+                                 out + r * out_stride);                                             \
     }                                                                                               \
-    rms_norm_##T(rows, N, residual, res_stride, weight, eps, out, out_stride);                     \
 }
 
 DEFINE_ADD_RMS_NORM(f32)
 DEFINE_ADD_RMS_NORM(bf16)
 
 /* SiLU-and-mul of the Llama MLP: out = silu(gate) * up for rows [gate (N) | up (N)], each op
- * rounded to T as torch computes F.silu(gate) * up. For decode-sized batches (the caller's
- * choice): torch's two ops win on large ones, where they run on every thread. */
+ * rounded to T as torch computes F.silu(gate) * up, in one pass (torch: a chunk and two ops, two
+ * passes); rows over threads for large inputs. */
 #define DEFINE_SILU_AND_MUL(T)                                                                      \
+static inline void silu_and_mul_row_##T(int64_t N, const T##_t *g, T##_t *o) {                     \
+    const T##_t *u = g + N;                                                                         \
+    for (int64_t i = 0; i < N; i++) {                                                               \
+        const float gi = LOAD_##T(g[i]);                                                            \
+        const float silu = LOAD_##T(STORE_##T(gi / (1.f + expf(-gi))));                            \
+        o[i] = STORE_##T(silu * LOAD_##T(u[i]));                                                    \
+    }                                                                                               \
+}                                                                                                   \
+                                                                                                    \
 void silu_and_mul_##T(int64_t rows, int64_t N, const T##_t *x, int64_t x_stride, T##_t *out,      \
                       int64_t out_stride) {                                                         \
-    for (int64_t r = 0; r < rows; r++) {                                                            \
-        const T##_t *g = x + r * x_stride, *u = g + N;                                              \
-        T##_t *o = out + r * out_stride;                                                            \
-        for (int64_t i = 0; i < N; i++) {                                                           \
-            const float gi = LOAD_##T(g[i]);                                                        \
-            const float silu = LOAD_##T(STORE_##T(gi / (1.f + expf(-gi))));                        \
-            o[i] = STORE_##T(silu * LOAD_##T(u[i]));                                                \
-        }                                                                                           \
+    if (PARALLEL_ROWS(rows, N)) {                                                                   \
+        _Pragma("omp parallel for schedule(static)")                                                \
+        for (int64_t r = 0; r < rows; r++) silu_and_mul_row_##T(N, x + r * x_stride, out + r * out_stride); \
+    } else {                                                                                        \
+        for (int64_t r = 0; r < rows; r++) silu_and_mul_row_##T(N, x + r * x_stride, out + r * out_stride); \
     }                                                                                               \
 }
 
@@ -370,8 +402,8 @@ DEFINE_DECODE_QKV_ATTENTION(bf16)
 /* Greedy sampling's argmax of each row of float32 logits (row stride x_stride), as torch's
  * max(dim=-1).indices: the first index of the largest value, or of the first NaN where a row has
  * one. A vector pass for the maximum (and whether there is a NaN), then one for the first index
- * that holds it: the row stays in L2 between them. Where torch's reduction runs near 1 ns an
- * element here. Rows over OpenMP threads when there is enough work to pay for the region. */
+ * that holds it: the row stays in L2 between them (torch's reduction runs near 1 ns an element
+ * here). Rows over threads for large inputs. */
 static int64_t argmax_row(const float *xr, int64_t n) {
     int64_t i = 0;
     float best = -INFINITY;
@@ -403,6 +435,10 @@ static int64_t argmax_row(const float *xr, int64_t n) {
 }
 
 void sampler_argmax_f32(int64_t rows, int64_t n, const float *x, int64_t x_stride, int64_t *out) {
-    _Pragma("omp parallel for schedule(static) if(rows > 1 && rows * n >= (1 << 18))")
-    for (int64_t r = 0; r < rows; r++) out[r] = argmax_row(x + r * x_stride, n);
+    if (PARALLEL_ROWS(rows, n)) {
+        _Pragma("omp parallel for schedule(static)")
+        for (int64_t r = 0; r < rows; r++) out[r] = argmax_row(x + r * x_stride, n);
+    } else {
+        for (int64_t r = 0; r < rows; r++) out[r] = argmax_row(x + r * x_stride, n);
+    }
 }

@@ -316,3 +316,23 @@ def test_argmax_rows_matches_torch_max_indices(rng, monkeypatch):
     called = []
     monkeypatch.setattr(cpu, "argmax_rows", lambda t: called.append(t) or t.max(dim=-1).indices)
     assert torch.equal(sampler._argmax(x), x.max(dim=-1).indices) and called
+
+
+@pytest.mark.parametrize("dtype", cpu.DTYPES)
+def test_elementwise_kernels_split_over_threads_give_the_row_by_row_results(dtype, rng):
+    """A prefill-sized input runs its rows over threads (PARALLEL_ELEMENTS in cpu_ops.c): the same
+    bits as each row alone, which never opens a parallel region."""
+    rows = 300
+    x = torch.randn(rows, 576, generator=rng).to(dtype)
+    residual = torch.randn(rows, 576, generator=rng).to(dtype)
+    weight = torch.randn(576, generator=rng).to(dtype)
+    gate_up = torch.randn(rows, 2 * 1536, generator=rng).to(dtype) * 4
+    whole_residual = residual.clone()
+    whole = (cpu.rms_norm(x, weight, 1e-5), cpu.add_rms_norm_(x, whole_residual, weight, 1e-5),
+             cpu.silu_and_mul(gate_up))
+    for r in range(0, rows, 37):
+        row_residual = residual[r: r + 1].clone()
+        assert torch.equal(cpu.rms_norm(x[r: r + 1], weight, 1e-5), whole[0][r: r + 1])
+        assert torch.equal(cpu.add_rms_norm_(x[r: r + 1], row_residual, weight, 1e-5), whole[1][r: r + 1])
+        assert torch.equal(row_residual, whole_residual[r: r + 1])
+        assert torch.equal(cpu.silu_and_mul(gate_up[r: r + 1]), whole[2][r: r + 1])
