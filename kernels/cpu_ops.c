@@ -166,6 +166,95 @@ static inline float max_of(const float *x, int64_t n) {
     return m;
 }
 
+/* The weighted sum of V for the head sizes 64 and 128 with AVX-512: per KV head, a block of its
+ * query heads (16 / (D / 16) of them) keeps its accumulators in 16 vector registers while the
+ * chunk's tokens stream by, each V row converted to float once per KV head. The scalar loop below
+ * it instead loads and stores every head's accumulator (H * D floats, more than the registers
+ * hold) once per token. Same products, same order per output element: the same sums. The first
+ * pass over the rows carries on the V prefetch stream that the score loop began. */
+#if defined(__AVX512F__)
+#define DECODE_PV_VECTOR 1
+#define LOADV_f32(p) _mm512_loadu_ps(p)
+#define LOADV_bf16(p) \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define DEFINE_DECODE_PV(T)                                                                         \
+static inline __attribute__((always_inline)) void                                                   \
+decode_pv_##T(int64_t H, int64_t KVH, int64_t D, const T##_t *v_cache, const int32_t *table,        \
+              int64_t block_size, int64_t first, int64_t last, const float *scores, float *acc,    \
+              slot_cursor *v_pf, int64_t v_ahead) {                                                 \
+    const int64_t G = H / KVH, W = KVH * D, n = last - first, NV = D / 16, GB = 16 / NV;           \
+    const int64_t row_bytes = W * (int64_t)sizeof(T##_t);                                           \
+    for (int64_t kvh = 0; kvh < KVH; kvh++) {                                                       \
+        for (int64_t g0 = 0; g0 < G; g0 += GB) {                                                    \
+            const int64_t gb = G - g0 < GB ? G - g0 : GB, h0 = kvh * G + g0;                        \
+            const int first_pass = kvh == 0 && g0 == 0;                                             \
+            __m512 a[4][8];                                                                         \
+            _Pragma("GCC unroll 4") for (int64_t j = 0; j < GB; j++)                                \
+                _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++) a[j][v] = _mm512_setzero_ps(); \
+            slot_cursor cur = cursor_at(table, block_size, first);                                  \
+            for (int64_t i = 0; i < n; i++) {                                                       \
+                const T##_t *vr = v_cache + cursor_next(&cur) * W + kvh * D;                        \
+                if (first_pass && v_ahead < last) {                                                 \
+                    prefetch_bytes(v_cache + cursor_next(v_pf) * W, row_bytes);                     \
+                    v_ahead++;                                                                      \
+                }                                                                                   \
+                __m512 vv[8];                                                                       \
+                _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++) vv[v] = LOADV_##T(vr + 16 * v); \
+                _Pragma("GCC unroll 4") for (int64_t j = 0; j < GB; j++) {                          \
+                    if (j < gb) {                                                                   \
+                        const __m512 p = _mm512_set1_ps(scores[(h0 + j) * n + i]);                  \
+                        _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++)                    \
+                            a[j][v] = _mm512_fmadd_ps(p, vv[v], a[j][v]);                           \
+                    }                                                                               \
+                }                                                                                   \
+            }                                                                                       \
+            _Pragma("GCC unroll 4") for (int64_t j = 0; j < GB; j++)                                \
+                if (j < gb)                                                                         \
+                    _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++)                        \
+                        _mm512_storeu_ps(acc + (h0 + j) * D + 16 * v, a[j][v]);                    \
+        }                                                                                           \
+    }                                                                                               \
+}
+/* One token's scores for every head (head h into scores[h * n]): each KV head's key converted to
+ * float in registers once, then its query heads' dot products. */
+#define DEFINE_DECODE_QK(T)                                                                         \
+static inline __attribute__((always_inline)) void                                                   \
+decode_qk_##T(int64_t KVH, int64_t G, int64_t D, const T##_t *kr, const float *qf, float *scores,  \
+              int64_t n) {                                                                          \
+    const int64_t NV = D / 16;                                                                      \
+    for (int64_t kvh = 0, h = 0; kvh < KVH; kvh++) {                                                \
+        __m512 kv[8];                                                                               \
+        _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++) kv[v] = LOADV_##T(kr + kvh * D + 16 * v); \
+        for (int64_t g = 0; g < G; g++, h++) {                                                      \
+            const float *qh = qf + h * D;                                                           \
+            __m512 dot = _mm512_mul_ps(_mm512_loadu_ps(qh), kv[0]);                                 \
+            _Pragma("GCC unroll 8") for (int64_t v = 1; v < NV; v++)                                \
+                dot = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * v), kv[v], dot);                    \
+            scores[h * n] = _mm512_reduce_add_ps(dot);                                              \
+        }                                                                                           \
+    }                                                                                               \
+}
+#else
+#define DECODE_PV_VECTOR 0
+#define DEFINE_DECODE_QK(T)                                                                         \
+static inline void decode_qk_##T(int64_t KVH, int64_t G, int64_t D, const T##_t *kr, const float *qf, \
+                                 float *scores, int64_t n) {                                        \
+    (void)KVH; (void)G; (void)D; (void)kr; (void)qf; (void)scores; (void)n;  /* never called */    \
+}
+#define DEFINE_DECODE_PV(T)                                                                         \
+static inline void decode_pv_##T(int64_t H, int64_t KVH, int64_t D, const T##_t *v_cache,           \
+                                 const int32_t *table, int64_t block_size, int64_t first,           \
+                                 int64_t last, const float *scores, float *acc, slot_cursor *v_pf,  \
+                                 int64_t v_ahead) {                                                 \
+    (void)H; (void)KVH; (void)D; (void)v_cache; (void)table; (void)block_size; (void)first;        \
+    (void)last; (void)scores; (void)acc; (void)v_pf; (void)v_ahead;  /* never called */            \
+}
+#endif
+DEFINE_DECODE_QK(f32)
+DEFINE_DECODE_QK(bf16)
+DEFINE_DECODE_PV(f32)
+DEFINE_DECODE_PV(bf16)
+
 #define DEFINE_DECODE_ATTENTION(T)                                                                  \
 static inline __attribute__((always_inline)) void                                                   \
 decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,                                \
@@ -182,6 +271,10 @@ decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,            
         const T##_t *kr = k_cache + cursor_next(&cur) * W;                                          \
         if (k_ahead < last) { prefetch_bytes(k_cache + cursor_next(&k_pf) * W, row_bytes); k_ahead++; } \
         else if (v_ahead < last) { prefetch_bytes(v_cache + cursor_next(&v_pf) * W, row_bytes); v_ahead++; } \
+        if (DECODE_PV_VECTOR && (D == 64 || D == 128)) {                                            \
+            decode_qk_##T(KVH, G, D, kr, qf, scores + i, n);                                        \
+            continue;                                                                               \
+        }                                                                                           \
         for (int64_t j = 0; j < W; j++) row[j] = LOAD_##T(kr[j]);                                   \
         for (int64_t kvh = 0, h = 0; kvh < KVH; kvh++) {                                            \
             const float *kh = row + kvh * D;                                                        \
@@ -204,6 +297,10 @@ decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,            
         for (int64_t i = 0; i < n; i++) { sh[i] = expf(sh[i] - mx); total += sh[i]; }               \
         m[h] = mx;                                                                                  \
         l[h] = total;                                                                               \
+    }                                                                                               \
+    if (DECODE_PV_VECTOR && (D == 64 || D == 128)) {                                                \
+        decode_pv_##T(H, KVH, D, v_cache, table, block_size, first, last, scores, acc, &v_pf, v_ahead); \
+        return;                                                                                     \
     }                                                                                               \
     memset(acc, 0, sizeof(float) * (size_t)(H * D));                                               \
     cur = cursor_at(table, block_size, first);                                                      \
