@@ -20,9 +20,11 @@ kernel single-threaded was slower than gather + torch's SDPA, and without prefet
 
 For the fixed cost of a decode step (issue 19: per layer, the dispatch of each small op costs
 more than its arithmetic at batch 1): the residual add fused into the next RMSNorm
-(add_rms_norm_), SiLU-and-mul in one call for decode-sized batches (torch's two ops, on every
-thread, win on large ones), and a decode step's whole attention for one layer (rotary, KV write,
-attention) in one call from the fused qkv output (decode_qkv_attention).
+(add_rms_norm_), SiLU-and-mul in one call and one pass, and a decode step's whole attention for
+one layer (rotary, KV write, attention) in one call from the fused qkv output (decode_qkv_attention).
+The elementwise kernels split their rows over torch's threads for large inputs (a batch's prefill
+or decode step), so they beat torch's ops there too; greedy sampling's argmax (argmax_rows) is one
+vector pass where torch's max(dim) reduction is an order of magnitude slower here.
 
 The library is compiled once per source/flags/compiler/CPU into
 ${XDG_CACHE_HOME:-~/.cache}/vllm-cli/kernels (0.6 s here) and loaded with ctypes. With no C
@@ -120,6 +122,7 @@ _SIGNATURES = {
     ],
 }
 _WRITE_KV_SIGNATURE = [_i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _ptr]
+_ARGMAX_SIGNATURE = [_i64, _i64, _ptr, _i64, _ptr]
 
 
 def cache_dir() -> str:
@@ -199,6 +202,9 @@ def load() -> ctypes.CDLL | None:
                 fn = library.write_kv_cache  # dtype-free: rows are copied as bytes
                 fn.argtypes, fn.restype = _WRITE_KV_SIGNATURE, None
                 _kernels[("write_kv_cache", None)] = fn
+                fn = library.sampler_argmax_f32
+                fn.argtypes, fn.restype = _ARGMAX_SIGNATURE, None
+                _kernels[("argmax", torch.float32)] = fn
                 for name, argtypes in _SIGNATURES.items():
                     for dtype, suffix in _SUFFIX.items():
                         fn = getattr(library, f"{name}_{suffix}")
@@ -282,7 +288,7 @@ def add_rms_norm_(
 
 
 # ---------------------------------------------------------------------------------------------
-# SiLU-and-mul (the Llama MLP's activation), for decode-sized batches
+# SiLU-and-mul (the Llama MLP's activation)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -308,6 +314,20 @@ def rotary_neox_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_d
         tokens, heads, head_dim, rotary_dim or head_dim, x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr()
     )
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy sampling's argmax
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """x.max(dim=-1).indices of float32 x [rows, V] (rows may be strided, each contiguous): the
+    first index of each row's largest value (of its first NaN, if any), int64 [rows]."""
+    rows, n = x.shape
+    assert x.dtype == torch.float32 and x.stride(1) == 1 and n > 0
+    out = torch.empty(rows, dtype=torch.int64)
+    _kernels[("argmax", torch.float32)](rows, n, x.data_ptr(), x.stride(0), out.data_ptr())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@
  *
  * Tensors are passed as raw pointers with the strides the caller checked. Two element types:
  * float32 (suffix _f32) and bfloat16 (suffix _bf16, stored as uint16; math in float32).
- * The elementwise kernels are single-threaded (at decode sizes a parallel region costs more than
- * it saves); paged decode attention runs its (sequence, KV head) items over OpenMP threads. The
+ * The elementwise kernels split their rows over threads only for large inputs (PARALLEL_ELEMENTS:
+ * at batch-1 decode sizes a parallel region costs more than it saves); paged decode attention runs its (sequence, KV head) items over OpenMP threads. The
  * library is linked against libgomp.so.1, the same SONAME as torch's own OpenMP runtime, so the
  * loader gives it torch's already-loaded copy and its threads: a second OpenMP runtime beside
  * torch's would make both slower.
@@ -17,6 +17,9 @@
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
 #endif
 
 /* glibc's vector expf (libmvec, linked through libm), which math.h declares only under -ffast-math
@@ -49,22 +52,38 @@ static inline bf16_t f32_to_bf16(float f) {  /* round to nearest even, as torch 
 
 typedef float f32_t;
 
+/* The elementwise kernels split their rows over torch's OpenMP threads from this many elements
+ * on (a batch's prefill, a decode step of a few dozen sequences); below it a parallel region
+ * costs more than it saves (batch 1: one row, never). */
+#define PARALLEL_ELEMENTS (1 << 15)
+/* Tested before the region, not in an OpenMP if() clause: a region that the clause turns off still
+ * costs a runtime call and a team of one per call, which batch-1 decode pays in every layer. */
+#define PARALLEL_ROWS(rows, N) ((rows) > 1 && (rows) * (N) >= PARALLEL_ELEMENTS)
+
 /* RMSNorm over rows of width N, as transformers computes it: x * rsqrt(mean(x^2) + eps) in
  * float32, rounded to the model dtype, then times the weight (in the model dtype). In and out
  * rows may have strides (out may alias x). */
 #define DEFINE_RMS_NORM(T)                                                                          \
+static inline void rms_norm_row_##T(int64_t N, const T##_t *xr, const T##_t *weight, float eps,    \
+                                    T##_t *orow) {                                                  \
+    float ss = 0.f;                                                                                 \
+    for (int64_t i = 0; i < N; i++) { const float v = LOAD_##T(xr[i]); ss += v * v; }               \
+    const float inv = 1.f / sqrtf(ss / (float)N + eps);                                             \
+    for (int64_t i = 0; i < N; i++) {                                                               \
+        const float normed = LOAD_##T(STORE_##T(LOAD_##T(xr[i]) * inv));                            \
+        orow[i] = STORE_##T(LOAD_##T(weight[i]) * normed);                                          \
+    }                                                                                               \
+}                                                                                                   \
+                                                                                                    \
 void rms_norm_##T(int64_t rows, int64_t N, const T##_t *x, int64_t x_stride, const T##_t *weight,  \
                   float eps, T##_t *out, int64_t out_stride) {                                      \
-    for (int64_t r = 0; r < rows; r++) {                                                            \
-        const T##_t *xr = x + r * x_stride;                                                         \
-        T##_t *orow = out + r * out_stride;                                                         \
-        float ss = 0.f;                                                                             \
-        for (int64_t i = 0; i < N; i++) { const float v = LOAD_##T(xr[i]); ss += v * v; }           \
-        const float inv = 1.f / sqrtf(ss / (float)N + eps);                                         \
-        for (int64_t i = 0; i < N; i++) {                                                           \
-            const float normed = LOAD_##T(STORE_##T(LOAD_##T(xr[i]) * inv));                        \
-            orow[i] = STORE_##T(LOAD_##T(weight[i]) * normed);                                      \
-        }                                                                                           \
+    if (PARALLEL_ROWS(rows, N)) {                                                                   \
+        _Pragma("omp parallel for schedule(static)")                                                \
+        for (int64_t r = 0; r < rows; r++)                                                          \
+            rms_norm_row_##T(N, x + r * x_stride, weight, eps, out + r * out_stride);              \
+    } else {                                                                                        \
+        for (int64_t r = 0; r < rows; r++)                                                          \
+            rms_norm_row_##T(N, x + r * x_stride, weight, eps, out + r * out_stride);              \
     }                                                                                               \
 }
 
@@ -147,6 +166,95 @@ static inline float max_of(const float *x, int64_t n) {
     return m;
 }
 
+/* The weighted sum of V for the head sizes 64 and 128 with AVX-512: per KV head, a block of its
+ * query heads (16 / (D / 16) of them) keeps its accumulators in 16 vector registers while the
+ * chunk's tokens stream by, each V row converted to float once per KV head. The scalar loop below
+ * it instead loads and stores every head's accumulator (H * D floats, more than the registers
+ * hold) once per token. Same products, same order per output element: the same sums. The first
+ * pass over the rows carries on the V prefetch stream that the score loop began. */
+#if defined(__AVX512F__)
+#define DECODE_PV_VECTOR 1
+#define LOADV_f32(p) _mm512_loadu_ps(p)
+#define LOADV_bf16(p) \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define DEFINE_DECODE_PV(T)                                                                         \
+static inline __attribute__((always_inline)) void                                                   \
+decode_pv_##T(int64_t H, int64_t KVH, int64_t D, const T##_t *v_cache, const int32_t *table,        \
+              int64_t block_size, int64_t first, int64_t last, const float *scores, float *acc,    \
+              slot_cursor *v_pf, int64_t v_ahead) {                                                 \
+    const int64_t G = H / KVH, W = KVH * D, n = last - first, NV = D / 16, GB = 16 / NV;           \
+    const int64_t row_bytes = W * (int64_t)sizeof(T##_t);                                           \
+    for (int64_t kvh = 0; kvh < KVH; kvh++) {                                                       \
+        for (int64_t g0 = 0; g0 < G; g0 += GB) {                                                    \
+            const int64_t gb = G - g0 < GB ? G - g0 : GB, h0 = kvh * G + g0;                        \
+            const int first_pass = kvh == 0 && g0 == 0;                                             \
+            __m512 a[4][8];                                                                         \
+            _Pragma("GCC unroll 4") for (int64_t j = 0; j < GB; j++)                                \
+                _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++) a[j][v] = _mm512_setzero_ps(); \
+            slot_cursor cur = cursor_at(table, block_size, first);                                  \
+            for (int64_t i = 0; i < n; i++) {                                                       \
+                const T##_t *vr = v_cache + cursor_next(&cur) * W + kvh * D;                        \
+                if (first_pass && v_ahead < last) {                                                 \
+                    prefetch_bytes(v_cache + cursor_next(v_pf) * W, row_bytes);                     \
+                    v_ahead++;                                                                      \
+                }                                                                                   \
+                __m512 vv[8];                                                                       \
+                _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++) vv[v] = LOADV_##T(vr + 16 * v); \
+                _Pragma("GCC unroll 4") for (int64_t j = 0; j < GB; j++) {                          \
+                    if (j < gb) {                                                                   \
+                        const __m512 p = _mm512_set1_ps(scores[(h0 + j) * n + i]);                  \
+                        _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++)                    \
+                            a[j][v] = _mm512_fmadd_ps(p, vv[v], a[j][v]);                           \
+                    }                                                                               \
+                }                                                                                   \
+            }                                                                                       \
+            _Pragma("GCC unroll 4") for (int64_t j = 0; j < GB; j++)                                \
+                if (j < gb)                                                                         \
+                    _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++)                        \
+                        _mm512_storeu_ps(acc + (h0 + j) * D + 16 * v, a[j][v]);                    \
+        }                                                                                           \
+    }                                                                                               \
+}
+/* One token's scores for every head (head h into scores[h * n]): each KV head's key converted to
+ * float in registers once, then its query heads' dot products. */
+#define DEFINE_DECODE_QK(T)                                                                         \
+static inline __attribute__((always_inline)) void                                                   \
+decode_qk_##T(int64_t KVH, int64_t G, int64_t D, const T##_t *kr, const float *qf, float *scores,  \
+              int64_t n) {                                                                          \
+    const int64_t NV = D / 16;                                                                      \
+    for (int64_t kvh = 0, h = 0; kvh < KVH; kvh++) {                                                \
+        __m512 kv[8];                                                                               \
+        _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++) kv[v] = LOADV_##T(kr + kvh * D + 16 * v); \
+        for (int64_t g = 0; g < G; g++, h++) {                                                      \
+            const float *qh = qf + h * D;                                                           \
+            __m512 dot = _mm512_mul_ps(_mm512_loadu_ps(qh), kv[0]);                                 \
+            _Pragma("GCC unroll 8") for (int64_t v = 1; v < NV; v++)                                \
+                dot = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * v), kv[v], dot);                    \
+            scores[h * n] = _mm512_reduce_add_ps(dot);                                              \
+        }                                                                                           \
+    }                                                                                               \
+}
+#else
+#define DECODE_PV_VECTOR 0
+#define DEFINE_DECODE_QK(T)                                                                         \
+static inline void decode_qk_##T(int64_t KVH, int64_t G, int64_t D, const T##_t *kr, const float *qf, \
+                                 float *scores, int64_t n) {                                        \
+    (void)KVH; (void)G; (void)D; (void)kr; (void)qf; (void)scores; (void)n;  /* never called */    \
+}
+#define DEFINE_DECODE_PV(T)                                                                         \
+static inline void decode_pv_##T(int64_t H, int64_t KVH, int64_t D, const T##_t *v_cache,           \
+                                 const int32_t *table, int64_t block_size, int64_t first,           \
+                                 int64_t last, const float *scores, float *acc, slot_cursor *v_pf,  \
+                                 int64_t v_ahead) {                                                 \
+    (void)H; (void)KVH; (void)D; (void)v_cache; (void)table; (void)block_size; (void)first;        \
+    (void)last; (void)scores; (void)acc; (void)v_pf; (void)v_ahead;  /* never called */            \
+}
+#endif
+DEFINE_DECODE_QK(f32)
+DEFINE_DECODE_QK(bf16)
+DEFINE_DECODE_PV(f32)
+DEFINE_DECODE_PV(bf16)
+
 #define DEFINE_DECODE_ATTENTION(T)                                                                  \
 static inline __attribute__((always_inline)) void                                                   \
 decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,                                \
@@ -163,6 +271,10 @@ decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,            
         const T##_t *kr = k_cache + cursor_next(&cur) * W;                                          \
         if (k_ahead < last) { prefetch_bytes(k_cache + cursor_next(&k_pf) * W, row_bytes); k_ahead++; } \
         else if (v_ahead < last) { prefetch_bytes(v_cache + cursor_next(&v_pf) * W, row_bytes); v_ahead++; } \
+        if (DECODE_PV_VECTOR && (D == 64 || D == 128)) {                                            \
+            decode_qk_##T(KVH, G, D, kr, qf, scores + i, n);                                        \
+            continue;                                                                               \
+        }                                                                                           \
         for (int64_t j = 0; j < W; j++) row[j] = LOAD_##T(kr[j]);                                   \
         for (int64_t kvh = 0, h = 0; kvh < KVH; kvh++) {                                            \
             const float *kh = row + kvh * D;                                                        \
@@ -185,6 +297,10 @@ decode_chunk_##T(int64_t H, int64_t KVH, int64_t D, const float *qf,            
         for (int64_t i = 0; i < n; i++) { sh[i] = expf(sh[i] - mx); total += sh[i]; }               \
         m[h] = mx;                                                                                  \
         l[h] = total;                                                                               \
+    }                                                                                               \
+    if (DECODE_PV_VECTOR && (D == 64 || D == 128)) {                                                \
+        decode_pv_##T(H, KVH, D, v_cache, table, block_size, first, last, scores, acc, &v_pf, v_ahead); \
+        return;                                                                                     \
     }                                                                                               \
     memset(acc, 0, sizeof(float) * (size_t)(H * D));                                               \
     cur = cursor_at(table, block_size, first);                                                      \
@@ -304,34 +420,50 @@ void write_kv_cache(int64_t tokens, int64_t row_bytes, const int64_t *slots, con
 /* The residual add before a norm, fused (vLLM's fused_add_rms_norm): residual += x (rounded to T,
  * as torch's add), then out = RMSNorm(residual). Rows may be strided; out may alias x. */
 #define DEFINE_ADD_RMS_NORM(T)                                                                      \
+static inline void add_rms_norm_row_##T(int64_t N, const T##_t *xr, T##_t *rr, const T##_t *weight, \
+                                        float eps, T##_t *orow) {                                   \
+    for (int64_t i = 0; i < N; i++) rr[i] = STORE_##T(LOAD_##T(rr[i]) + LOAD_##T(xr[i]));         \
+    rms_norm_row_##T(N, rr, weight, eps, orow);  /* while the row is in L1 */                      \
+}                                                                                                   \
+                                                                                                    \
 void add_rms_norm_##T(int64_t rows, int64_t N, const T##_t *x, int64_t x_stride, T##_t *residual, \
                       int64_t res_stride, const T##_t *weight, float eps, T##_t *out,              \
                       int64_t out_stride) {                                                         \
-    for (int64_t r = 0; r < rows; r++) {                                                            \
-        const T##_t *xr = x + r * x_stride;                                                         \
-        T##_t *rr = residual + r * res_stride;                                                      \
-        for (int64_t i = 0; i < N; i++) rr[i] = STORE_##T(LOAD_##T(rr[i]) + LOAD_##T(xr[i]));     \
+    if (PARALLEL_ROWS(rows, N)) {                                                                   \
+        _Pragma("omp parallel for schedule(static)")                                                \
+        for (int64_t r = 0; r < rows; r++)                                                          \
+            add_rms_norm_row_##T(N, x + r * x_stride, residual + r * res_stride, weight, eps,      \
+                                 out + r * out_stride);                                             \
+    } else {                                                                                        \
+        for (int64_t r = 0; r < rows; r++)                                                          \
+            add_rms_norm_row_##T(N, x + r * x_stride, residual + r * res_stride, weight, eps,      \
+                                 out + r * out_stride);                                             \
     }                                                                                               \
-    rms_norm_##T(rows, N, residual, res_stride, weight, eps, out, out_stride);                     \
 }
 
 DEFINE_ADD_RMS_NORM(f32)
 DEFINE_ADD_RMS_NORM(bf16)
 
 /* SiLU-and-mul of the Llama MLP: out = silu(gate) * up for rows [gate (N) | up (N)], each op
- * rounded to T as torch computes F.silu(gate) * up. For decode-sized batches (the caller's
- * choice): torch's two ops win on large ones, where they run on every thread. */
+ * rounded to T as torch computes F.silu(gate) * up, in one pass (torch: a chunk and two ops, two
+ * passes); rows over threads for large inputs. */
 #define DEFINE_SILU_AND_MUL(T)                                                                      \
+static inline void silu_and_mul_row_##T(int64_t N, const T##_t *g, T##_t *o) {                     \
+    const T##_t *u = g + N;                                                                         \
+    for (int64_t i = 0; i < N; i++) {                                                               \
+        const float gi = LOAD_##T(g[i]);                                                            \
+        const float silu = LOAD_##T(STORE_##T(gi / (1.f + expf(-gi))));                            \
+        o[i] = STORE_##T(silu * LOAD_##T(u[i]));                                                    \
+    }                                                                                               \
+}                                                                                                   \
+                                                                                                    \
 void silu_and_mul_##T(int64_t rows, int64_t N, const T##_t *x, int64_t x_stride, T##_t *out,      \
                       int64_t out_stride) {                                                         \
-    for (int64_t r = 0; r < rows; r++) {                                                            \
-        const T##_t *g = x + r * x_stride, *u = g + N;                                              \
-        T##_t *o = out + r * out_stride;                                                            \
-        for (int64_t i = 0; i < N; i++) {                                                           \
-            const float gi = LOAD_##T(g[i]);                                                        \
-            const float silu = LOAD_##T(STORE_##T(gi / (1.f + expf(-gi))));                        \
-            o[i] = STORE_##T(silu * LOAD_##T(u[i]));                                                \
-        }                                                                                           \
+    if (PARALLEL_ROWS(rows, N)) {                                                                   \
+        _Pragma("omp parallel for schedule(static)")                                                \
+        for (int64_t r = 0; r < rows; r++) silu_and_mul_row_##T(N, x + r * x_stride, out + r * out_stride); \
+    } else {                                                                                        \
+        for (int64_t r = 0; r < rows; r++) silu_and_mul_row_##T(N, x + r * x_stride, out + r * out_stride); \
     }                                                                                               \
 }
 
@@ -363,3 +495,47 @@ void decode_qkv_attention_##T(int64_t S, int64_t H, int64_t KVH, int64_t D, int6
 
 DEFINE_DECODE_QKV_ATTENTION(f32)
 DEFINE_DECODE_QKV_ATTENTION(bf16)
+
+/* Greedy sampling's argmax of each row of float32 logits (row stride x_stride), as torch's
+ * max(dim=-1).indices: the first index of the largest value, or of the first NaN where a row has
+ * one. A vector pass for the maximum (and whether there is a NaN), then one for the first index
+ * that holds it: the row stays in L2 between them (torch's reduction runs near 1 ns an element
+ * here). Rows over threads for large inputs. */
+static int64_t argmax_row(const float *xr, int64_t n) {
+    int64_t i = 0;
+    float best = -INFINITY;
+    int nan = 0;
+#if defined(__AVX512F__)
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    __mmask16 unordered = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(xr + i);
+        m = _mm512_max_ps(m, v);
+        unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    }
+    best = _mm512_reduce_max_ps(m);
+    nan = unordered != 0;
+#endif
+    for (; i < n; i++) { best = xr[i] > best ? xr[i] : best; nan |= xr[i] != xr[i]; }
+    i = 0;
+#if defined(__AVX512F__)
+    const __m512 target = _mm512_set1_ps(best);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(xr + i);
+        const __mmask16 hit = nan ? _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) : _mm512_cmp_ps_mask(v, target, _CMP_EQ_OQ);
+        if (hit) return i + __builtin_ctz((unsigned)hit);
+    }
+#endif
+    for (; i < n; i++)
+        if (nan ? xr[i] != xr[i] : xr[i] == best) return i;
+    return 0;  /* unreachable: the maximum (or the NaN) is one of the values */
+}
+
+void sampler_argmax_f32(int64_t rows, int64_t n, const float *x, int64_t x_stride, int64_t *out) {
+    if (PARALLEL_ROWS(rows, n)) {
+        _Pragma("omp parallel for schedule(static)")
+        for (int64_t r = 0; r < rows; r++) out[r] = argmax_row(x + r * x_stride, n);
+    } else {
+        for (int64_t r = 0; r < rows; r++) out[r] = argmax_row(x + r * x_stride, n);
+    }
+}

@@ -299,3 +299,40 @@ def test_loading_the_library_leaves_the_float_environment_alone():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_argmax_rows_matches_torch_max_indices(rng, monkeypatch):
+    """Ties (the first index wins), a NaN (its first index, as torch), an all -inf row, strided rows
+    and a width that is not a multiple of the vector; the sampler's greedy path takes the kernel."""
+    from vllm_cli.engine import sampler
+
+    x = torch.randn(9, 1000 + 37, generator=rng)[:, :1000]
+    x[1, 7] = x[1, 900] = x[1].max() + 1  # a tie
+    x[2, 998] = 1e9  # the tail past the last full vector
+    x[3, 40] = x[3, 500] = float("nan")
+    x[4] = float("-inf")
+    x[5, 999] = float("nan")
+    assert torch.equal(cpu.argmax_rows(x), x.max(dim=-1).indices)
+    called = []
+    monkeypatch.setattr(cpu, "argmax_rows", lambda t: called.append(t) or t.max(dim=-1).indices)
+    assert torch.equal(sampler._argmax(x), x.max(dim=-1).indices) and called
+
+
+@pytest.mark.parametrize("dtype", cpu.DTYPES)
+def test_elementwise_kernels_split_over_threads_give_the_row_by_row_results(dtype, rng):
+    """A prefill-sized input runs its rows over threads (PARALLEL_ELEMENTS in cpu_ops.c): the same
+    bits as each row alone, which never opens a parallel region."""
+    rows = 300
+    x = torch.randn(rows, 576, generator=rng).to(dtype)
+    residual = torch.randn(rows, 576, generator=rng).to(dtype)
+    weight = torch.randn(576, generator=rng).to(dtype)
+    gate_up = torch.randn(rows, 2 * 1536, generator=rng).to(dtype) * 4
+    whole_residual = residual.clone()
+    whole = (cpu.rms_norm(x, weight, 1e-5), cpu.add_rms_norm_(x, whole_residual, weight, 1e-5),
+             cpu.silu_and_mul(gate_up))
+    for r in range(0, rows, 37):
+        row_residual = residual[r: r + 1].clone()
+        assert torch.equal(cpu.rms_norm(x[r: r + 1], weight, 1e-5), whole[0][r: r + 1])
+        assert torch.equal(cpu.add_rms_norm_(x[r: r + 1], row_residual, weight, 1e-5), whole[1][r: r + 1])
+        assert torch.equal(row_residual, whole_residual[r: r + 1])
+        assert torch.equal(cpu.silu_and_mul(gate_up[r: r + 1]), whole[2][r: r + 1])

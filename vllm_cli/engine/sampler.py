@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vllm_cli.kernels import cpu as cpu_kernels
 from vllm_cli.outputs import Logprob, PositionLogprobs
 from vllm_cli.sampling_params import SamplingParams
 
@@ -222,7 +223,18 @@ def _sample_random(x: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
 
 
 def _argmax(x: torch.Tensor) -> torch.Tensor:
-    # max(dim).indices: same first-index tie rule as argmax, about 2x faster on CPU.
+    # On the CPU a C kernel where it can take x (kernels/cpu.py, same rule: first index of the
+    # largest value, or of the first NaN); else max(dim).indices: same rule as argmax, about 2x
+    # faster on CPU.
+    if (
+        x.dtype == torch.float32
+        and x.dim() == 2
+        and x.is_cpu
+        and x.shape[1] > 0
+        and x.stride(1) == 1
+        and cpu_kernels.load() is not None
+    ):
+        return cpu_kernels.argmax_rows(x)
     return x.max(dim=-1).indices
 
 

@@ -10,16 +10,13 @@ from transformers.activations import ACT2FN
 
 from vllm_cli.kernels import cpu as cpu_kernels
 
-# Up to this many rows, one single-threaded C call beats torch's chunk + silu + mul (three
-# dispatches, two passes); past it torch's ops, which run on every thread, win.
-_SILU_AND_MUL_KERNEL_ROWS = 8
-
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """[T, 2N] = [gate | up] -> silu(gate) * up."""
+    """[T, 2N] = [gate | up] -> silu(gate) * up: on the CPU one C call and one pass (its rows over
+    torch's threads for large inputs) where torch's chunk + silu + mul is three dispatches and two
+    passes."""
     if (
         gate_up.dim() == 2
-        and gate_up.shape[0] <= _SILU_AND_MUL_KERNEL_ROWS
         and cpu_kernels.load() is not None
         and cpu_kernels.supports(gate_up)
         and gate_up.stride(1) == 1
