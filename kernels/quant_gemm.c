@@ -16,10 +16,13 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #if defined(__AVX512F__)
 #define QG_VBYTES 64
-#define QG_MR 4 /* 16 accumulators + 8 operands of 32 zmm registers */
+#define QG_MR 6 /* 24 accumulators + 6 + 1 operands of 32 zmm registers */
 #elif defined(__AVX2__)
 #define QG_VBYTES 32
 #define QG_MR 2 /* 8 accumulators + 6 operands of 16 ymm registers */
@@ -46,6 +49,19 @@ static inline float qg_hsum(qg_vf v) {
     return s;
 }
 
+#if defined(__AVX512F__)
+/* The sums of four vectors as four floats: one unpack-and-add tree instead of four reductions. */
+static inline __m128 qg_hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    const __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                      _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd),
+                                   _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+#endif
+
 /* y[i * ldy + r] = x_i . w_r for MR rows of x (stride k) and NR rows of the panel (stride k); k is a
  * multiple of QG_VLEN (every GGUF block is 32 weights or more). MR and NR are constants at each call
  * site (always_inline), so the tile is unrolled and kept in registers. */
@@ -61,6 +77,13 @@ static inline __attribute__((always_inline)) void qg_tile(const float *x, const 
         for (int i = 0; i < MR; i++)
             for (int r = 0; r < NR; r++) acc[i][r] += xv[i] * wv[r];
     }
+#if defined(__AVX512F__)
+    if (NR == 4) {
+        for (int i = 0; i < MR; i++)
+            _mm_storeu_ps(y + i * ldy, qg_hsum4((__m512)acc[i][0], (__m512)acc[i][1], (__m512)acc[i][2], (__m512)acc[i][3]));
+        return;
+    }
+#endif
     for (int i = 0; i < MR; i++)
         for (int r = 0; r < NR; r++) y[i * ldy + r] = qg_hsum(acc[i][r]);
 }

@@ -315,34 +315,10 @@ KQ_INLINE void kq_q6_scales(const uint8_t *blk, float *ds, float *n32) {
     } while (0)
 #define KQ_SLOTS(mr) ((mr) == 1 ? 4 : (mr) == 2 ? 2 : 1)
 
-/* m > 4: per group of KQ_NR weight rows and tile of up to KQ_MT activation rows, each span of
- * KQ_SPAN weights (one K-quant block, 8 Q5_0 blocks) is dequantized once into wbuf; vector partial
- * sums live in acc between spans and are reduced at the end of the tile. */
-#define KQ_NR 4
-#define KQ_MT 16
-#define KQ_SPAN 256
-
-/* rows i0, i0+1 (MR2 = 2) or i0 alone, against NRR weight rows of wbuf (row stride KQ_SPAN), over
- * the span's `len` weights. */
-KQ_INLINE void kq_tile_kernel(const float *x, int64_t k, int mr2, int nrr, const float *wbuf, int len, kq_vf *acc) {
-    kq_vf a[2][KQ_NR];
-    KQ_UNROLL for (int i = 0; i < 2; i++) KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
-        if (i < mr2 && r < nrr) a[i][r] = acc[i * KQ_NR + r];
-    }
-    for (int c = 0; c < len; c += KQ_VLEN) {
-        const kq_vf x0 = kq_load(x + c), x1 = mr2 > 1 ? kq_load(x + k + c) : kq_zero();
-        KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
-            if (r < nrr) {
-                const kq_vf wv = kq_load(wbuf + r * KQ_SPAN + c);
-                a[0][r] = kq_fma(x0, wv, a[0][r]);
-                if (mr2 > 1) a[1][r] = kq_fma(x1, wv, a[1][r]);
-            }
-        }
-    }
-    KQ_UNROLL for (int i = 0; i < 2; i++) KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
-        if (i < mr2 && r < nrr) acc[i * KQ_NR + r] = a[i][r];
-    }
-}
+/* m > 4: quant_gemm.c */
+typedef void (*qgemm_dequant_row_fn)(const uint8_t *row, float *out, int64_t k);
+int qgemm_dequant_gemm(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y,
+                       int64_t row_bytes, qgemm_dequant_row_fn dequant_row);
 
 /* ------------------------------------------------------------------------------------------- */
 /* m = 1: one weight row against one activation row, the cheapest form per weight (decode is     */
@@ -479,41 +455,16 @@ static void kq_small_m_##TYPE(const float *x, int64_t m, int64_t k, const uint8_
     }                                                                                                   \
 }                                                                                                       \
                                                                                                         \
-static void kq_tiled_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
-    const int64_t row_bytes = k / (QK) * (BYTES), groups = (n + KQ_NR - 1) / KQ_NR;                     \
-    _Pragma("omp parallel")                                                                            \
-    {                                                                                                   \
-        KQ_ALIGN64 float wbuf[KQ_NR * KQ_SPAN];                                                         \
-        kq_vf acc[KQ_MT * KQ_NR];                                                                       \
-        _Pragma("omp for schedule(dynamic, 1)")                                                        \
-        for (int64_t g = 0; g < groups; g++) {                                                          \
-            const int64_t j0 = g * KQ_NR;                                                               \
-            const int nr = n - j0 < KQ_NR ? (int)(n - j0) : KQ_NR;                                      \
-            for (int64_t t0 = 0; t0 < m; t0 += KQ_MT) {                                                 \
-                const int mt = m - t0 < KQ_MT ? (int)(m - t0) : KQ_MT;                                  \
-                for (int i = 0; i < mt * KQ_NR; i++) acc[i] = kq_zero();                                \
-                for (int64_t s0 = 0; s0 < k; s0 += KQ_SPAN) {                                           \
-                    const int len = k - s0 < KQ_SPAN ? (int)(k - s0) : KQ_SPAN;                         \
-                    for (int r = 0; r < nr; r++)                                                        \
-                        for (int e = 0; e < len; e += (QK))                                             \
-                            kq_dequant_block_##TYPE(w + (j0 + r) * row_bytes + (s0 + e) / (QK) * (BYTES), \
-                                                    wbuf + r * KQ_SPAN + e);                            \
-                    const float *xs = x + t0 * k + s0;                                                  \
-                    int i = 0;                                                                          \
-                    if (nr == KQ_NR) {                                                                  \
-                        for (; i + 1 < mt; i += 2) kq_tile_kernel(xs + i * k, k, 2, KQ_NR, wbuf, len, acc + i * KQ_NR); \
-                        if (i < mt) kq_tile_kernel(xs + i * k, k, 1, KQ_NR, wbuf, len, acc + i * KQ_NR); \
-                    } else { /* the last, partial group */                                              \
-                        for (int r = 0; r < nr; r++)                                                    \
-                            for (i = 0; i < mt; i++)                                                    \
-                                kq_tile_kernel(xs + i * k, k, 1, 1, wbuf + r * KQ_SPAN, len, acc + i * KQ_NR + r); \
-                    }                                                                                   \
-                }                                                                                       \
-                for (int i = 0; i < mt; i++)                                                            \
-                    for (int r = 0; r < nr; r++) y[(t0 + i) * n + j0 + r] = kq_hsum(acc[i * KQ_NR + r]); \
-            }                                                                                           \
-        }                                                                                               \
-    }                                                                                                   \
+static void kq_dequant_row_##TYPE(const uint8_t *row, float *out, int64_t k) {                            \
+    for (int64_t b = 0; b < k / (QK); b++) kq_dequant_block_##TYPE(row + b * (BYTES), out + b * (QK));   \
+}                                                                                                       \
+                                                                                                        \
+/* m > 4: quant_gemm.c's panel GEMM (each weight expanded once per call); tiles of 4 rows if it cannot \
+ * allocate its panel buffer. */                                                                        \
+static void kq_many_m_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
+    if (qgemm_dequant_gemm(x, m, k, w, n, y, k / (QK) * (BYTES), kq_dequant_row_##TYPE) == 0) return;   \
+    for (int64_t i0 = 0; i0 < m; i0 += 4)                                                               \
+        kq_small_m_##TYPE(x + i0 * k, m - i0 < 4 ? m - i0 : 4, k, w, n, y + i0 * n);                    \
 }
 
 /* K-quants: m = 1 through the type's GEMV (SUB: its sub-block width, for the sums of x). */
@@ -532,7 +483,7 @@ void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, 
         }                                                                                               \
     }                                                                                                   \
     if (m <= 4) kq_small_m_##TYPE(x, m, k, w, n, y);                                                    \
-    else kq_tiled_##TYPE(x, m, k, w, n, y);                                                             \
+    else kq_many_m_##TYPE(x, m, k, w, n, y);                                                             \
 }
 
 /* 32-weight types: every m <= 4 dequantizes in registers. */
@@ -540,7 +491,7 @@ void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, 
 void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {  \
     if (m <= 0 || n <= 0) return;                                                                       \
     if (m <= 4) kq_small_m_##TYPE(x, m, k, w, n, y);                                                    \
-    else kq_tiled_##TYPE(x, m, k, w, n, y);                                                             \
+    else kq_many_m_##TYPE(x, m, k, w, n, y);                                                             \
 }
 
 KQ_DEFINE(q4_k, KQ_QK, KQ_Q4K_BYTES, KQ_Q4K_BLOCK)
