@@ -21,10 +21,10 @@
  * sub-block, so a weight costs a few integer ops, a conversion and one FMA, and the weights stream
  * from memory once. m <= 4 (and Q5_0/Q5_1 at m = 1): each chunk is dequantized in registers (the
  * scale and min in one FMA) and multiplied into every row's accumulators. m > 4 (a batch, a
- * prefill chunk): per group of 4 weight rows and tile of up to 16 activation rows, each 256-weight
- * span is dequantized once into a buffer in L1, then a 2x4 register-blocked FMA kernel runs over
- * it. Rows of w (n) are spread over OpenMP threads (torch's libgomp, see cpu_ops.c), scheduled
- * dynamically: on a shared machine a descheduled thread then delays only its own rows.
+ * prefill chunk): quant_gemm.c dequantizes panels of weight rows once per call (this file's block
+ * functions, row by row) and runs a register-blocked float GEMM over every row of x. Rows of w (n)
+ * are spread over OpenMP threads (torch's libgomp, see cpu_ops.c), scheduled dynamically: on a
+ * shared machine a descheduled thread then delays only its own rows.
  *
  * One body per kernel, written on a small vector vocabulary (kq_vf / kq_vi and kq_* operations)
  * defined three times: AVX-512 (16 lanes), AVX2+FMA (8 lanes) and plain C (1 lane, the fallback

@@ -13,10 +13,13 @@
  *
  * Activations stay float32 and so do the sums (llama.cpp quantizes activations to int8 for its
  * dot products; here results equal "dequantize, then float matmul" up to float rounding). At m = 1
- * the matmul is bound by reading the weights, so each block is expanded to floats in registers
- * and consumed by FMAs at once, never written back. For m > 1 every weight block is expanded once
- * per tile of up to MT rows of x. Threads (OpenMP: torch's own runtime, see cpu_ops.c) split the
- * output features in chunks of ROW_CHUNK weight rows, which stay in L2 while the tiles of x pass.
+ * the matmul is bound by reading the weights, so each block's raw quants are converted in registers
+ * and multiplied into x, the block's sum scaled once (offsets from per-call block sums of x), and
+ * each thread reads one contiguous range of rows. For 1 < m <= SMALL_M every weight block is
+ * expanded in registers once per tile of up to MT rows of x, threads splitting the output features
+ * in chunks of ROW_CHUNK weight rows. For m > SMALL_M quant_gemm.c dequantizes panels of rows once
+ * per call into L2 and runs a register-blocked float GEMM over them. Threads: OpenMP, torch's own
+ * runtime (see cpu_ops.c).
  *
  * Three builds of the same loops: AVX-512 (16 floats a vector, two per block), AVX2 + FMA (8 a
  * vector, four per block), and plain C. kernels/cpu.py's load_variant("x86-64-v3") builds the
