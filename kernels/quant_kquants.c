@@ -415,6 +415,56 @@ static float kq_gemv_q5_k(const float *x, const float *xs, int64_t nb, const uin
     return kq_gemv_q45_k(x, xs, nb, w, 1);
 }
 
+/* Q5_0 / Q5_1 at m = 1 (AVX-512): as quant_ops.c's Q4_1, each block's raw 5-bit quants times x,
+ * the block's sum scaled once; Q5_0's -16 and Q5_1's min through the block's sum of x:
+ * w.x = d * q.x + (Q5_0: -16 d, Q5_1: m) * sum(x). The fifth bit is OR-ed in under a lane mask. */
+#if KQ_VLEN == 16
+KQ_INLINE __m512 kq_q5_dot(const float *xb, const uint8_t *qs, uint32_t qh) {
+    const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)qs));
+    const __m512i sixteen = _mm512_set1_epi32(16);
+    const __m512i lo = _mm512_and_si512(q, _mm512_set1_epi32(15)), hi = _mm512_srli_epi32(q, 4);
+    const __m512 flo = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(lo, (__mmask16)qh, lo, sixteen));
+    const __m512 fhi = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(hi, (__mmask16)(qh >> 16), hi, sixteen));
+    return _mm512_fmadd_ps(fhi, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(flo, _mm512_loadu_ps(xb)));
+}
+
+KQ_INLINE float kq_gemv_q5(const float *x, const float *xs, int64_t nb, const uint8_t *w, const int HAS_MIN) {
+    const int64_t bytes = HAS_MIN ? KQ_Q51_BYTES : KQ_Q50_BYTES;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    float off[4] = {0.f, 0.f, 0.f, 0.f};
+    int64_t b = 0;
+    for (; b < nb; b += 4) {
+        KQ_UNROLL for (int u = 0; u < 4; u++) {
+            if (b + u < nb) {
+                const uint8_t *blk = w + (b + u) * bytes;
+                const float d = kq_f16(blk);
+                uint32_t qh;
+                memcpy(&qh, blk + (HAS_MIN ? 4 : 2), 4);
+                acc[u] = _mm512_fmadd_ps(kq_q5_dot(x + (b + u) * 32, blk + (HAS_MIN ? 8 : 6), qh), _mm512_set1_ps(d), acc[u]);
+                off[u] += (HAS_MIN ? kq_f16(blk + 2) : -16.f * d) * xs[b + u];
+            }
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]))) +
+           ((off[0] + off[1]) + (off[2] + off[3]));
+}
+
+/* m = 1: 0 when done, -1 when x's block sums could not be allocated */
+static int kq_gemv_q5_matmul(const float *x, int64_t k, const uint8_t *w, int64_t n, float *y, const int HAS_MIN) {
+    const int64_t nb = k / 32, row_bytes = nb * (HAS_MIN ? KQ_Q51_BYTES : KQ_Q50_BYTES);
+    float *xs = (float *)malloc((size_t)nb * sizeof(float));
+    if (!xs) return -1;
+    for (int64_t b = 0; b < nb; b++) xs[b] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(x + 32 * b), _mm512_loadu_ps(x + 32 * b + 16)));
+#pragma omp parallel for schedule(dynamic, 32)
+    for (int64_t j = 0; j < n; j++) y[j] = kq_gemv_q5(x, xs, nb, w + j * row_bytes, HAS_MIN);
+    free(xs);
+    return 0;
+}
+#define KQ_Q5_GEMV(x, m, k, w, n, y, HAS_MIN) ((m) == 1 && kq_gemv_q5_matmul(x, k, w, n, y, HAS_MIN) == 0)
+#else
+#define KQ_Q5_GEMV(x, m, k, w, n, y, HAS_MIN) 0
+#endif
+
 /* The entry points of one type: QK weights per block of BYTES bytes, BLOCK its chunk macro. */
 #define KQ_DEFINE(TYPE, QK, BYTES, BLOCK)                                                               \
 static void kq_dequant_block_##TYPE(const uint8_t *blk, float *kq_out) { BLOCK(blk, KQ_EMIT_STORE); }    \
@@ -486,10 +536,11 @@ void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, 
     else kq_many_m_##TYPE(x, m, k, w, n, y);                                                             \
 }
 
-/* 32-weight types: every m <= 4 dequantizes in registers. */
-#define KQ_DEFINE_MATMUL(TYPE)                                                                          \
+/* 32-weight types: m = 1 through kq_gemv_q5 (AVX-512), other m <= 4 dequantize in registers. */
+#define KQ_DEFINE_MATMUL(TYPE, HAS_MIN)                                                                 \
 void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {  \
     if (m <= 0 || n <= 0) return;                                                                       \
+    if (KQ_Q5_GEMV(x, m, k, w, n, y, HAS_MIN)) return;                                                  \
     if (m <= 4) kq_small_m_##TYPE(x, m, k, w, n, y);                                                    \
     else kq_many_m_##TYPE(x, m, k, w, n, y);                                                             \
 }
@@ -501,6 +552,6 @@ KQ_DEFINE_MATMUL_GEMV(q5_k, KQ_Q5K_BYTES, 32)
 KQ_DEFINE(q6_k, KQ_QK, KQ_Q6K_BYTES, KQ_Q6K_BLOCK)
 KQ_DEFINE_MATMUL_GEMV(q6_k, KQ_Q6K_BYTES, 16)
 KQ_DEFINE(q5_0, 32, KQ_Q50_BYTES, KQ_Q50_BLOCK)
-KQ_DEFINE_MATMUL(q5_0)
+KQ_DEFINE_MATMUL(q5_0, 0)
 KQ_DEFINE(q5_1, 32, KQ_Q51_BYTES, KQ_Q51_BLOCK)
-KQ_DEFINE_MATMUL(q5_1)
+KQ_DEFINE_MATMUL(q5_1, 1)
