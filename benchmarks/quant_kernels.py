@@ -6,7 +6,7 @@ m = 1 (decode) is bound by the weight bytes read: GB/s of blocks read per second
 (torch.sum) and copy (torch; bytes read + written) of 8 MiB slices of buffers far larger than the L3
 cache. The weights are several copies of an n x k matrix (together well over L3) used in turn, so each
 call reads from DRAM as a model's layers do; "hot" repeats one copy (L3-resident when it fits).
-`--small` adds SmolLM2's k/v projection (n = 192, k = 576: the region-opening cost at small n).
+`--small` adds SmolLM2's k/v projection (n = 192, k = 576; K-quants 512: the region-opening cost at small n).
 m = 32 and 512 (batched decode, prefill) report GFLOP/s next to F.linear (oneDNN / MKL) on the dequantized
 float32 weight. Every figure is the fastest call; with one thread timed in CPU time (a call that loses
 its core to another process does not count the wait), with more in wall-clock time.
@@ -75,6 +75,10 @@ def build_revision(revision: str) -> ctypes.CDLL:
     cc = cpu._compiler() or "cc"
     subprocess.run([cc, "-march=native", *cpu._CFLAGS, *cpu._OPENMP_FLAGS, *sources, "-o", target, "-lm"], check=True)
     return ctypes.CDLL(target)
+
+
+def small_k(name: str) -> int:
+    return 576 if TYPES[name][0] == 32 else 512
 
 
 def random_weight(name: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -159,9 +163,10 @@ def main() -> None:
     print(f"CPU: {cpu_name()}; n x k = {n} x {k}; the fastest call of each; load average {os.getloadavg()}")
     rng = np.random.default_rng(0)
     weights = {name: random_weight(name, n, k, rng) for name in types}
-    small = {name: random_weight(name, 192, 576, rng) for name in types} if args.small else {}
+    # a k/v projection's shape: 192 x 576 (K-quants: 192 x 512, whole 256-weight blocks)
+    small = {name: random_weight(name, 192, small_k(name), rng) for name in types} if args.small else {}
     x1, y1 = torch.randn(1, k), torch.empty(1, n)
-    xs1, ys1 = torch.randn(1, 576), torch.empty(1, 192)
+    ys1 = torch.empty(1, 192)
     for threads in sorted({int(t) for t in args.threads.split(",")}):
         torch.set_num_threads(threads)  # also the kernels' OpenMP threads: one libgomp
         # One thread: the process's CPU time (the calls run on this thread alone), which a call that
@@ -189,8 +194,10 @@ def main() -> None:
                 )
                 if name in small:
                     small_copies = cold_copies(small[name])
+                    xs1 = torch.randn(1, small_k(name))
                     small_s = per_call(call(matmul, xs1, small_copies, ys1), args.seconds, clock)
-                    line += f"; 192 x 576: {small_s * 1e6:5.1f} us, {small[name].nbytes / small_s / 1e9:5.1f} GB/s"
+                    small_gbs = small[name].nbytes / small_s / 1e9
+                    line += f"; 192 x {small_k(name)}: {small_s * 1e6:5.1f} us, {small_gbs:5.1f} GB/s"
                 print(line)
             del copies
         for m in [int(v) for v in args.m.split(",") if v.strip()]:
