@@ -1,5 +1,6 @@
 """Weights in GGUF's quantized block formats: the type table, and the C kernels of quant_ops.c (Q8_0,
-Q4_0, Q4_1) and quant_kquants.c (Q4_K, Q5_K, Q6_K) bound by their names.
+Q4_0, Q4_1) and quant_kquants.c (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1) bound by their names (both run many-row
+matmuls through quant_gemm.c's dequantize-a-panel GEMM).
 
 A type is supported when the CPU library has both of its entry points,
 `gguf_dequantize_<name>` and `gguf_matmul_<name>`; any other type (or every type, when the library

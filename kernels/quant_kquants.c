@@ -21,10 +21,10 @@
  * sub-block, so a weight costs a few integer ops, a conversion and one FMA, and the weights stream
  * from memory once. m <= 4 (and Q5_0/Q5_1 at m = 1): each chunk is dequantized in registers (the
  * scale and min in one FMA) and multiplied into every row's accumulators. m > 4 (a batch, a
- * prefill chunk): per group of 4 weight rows and tile of up to 16 activation rows, each 256-weight
- * span is dequantized once into a buffer in L1, then a 2x4 register-blocked FMA kernel runs over
- * it. Rows of w (n) are spread over OpenMP threads (torch's libgomp, see cpu_ops.c), scheduled
- * dynamically: on a shared machine a descheduled thread then delays only its own rows.
+ * prefill chunk): quant_gemm.c dequantizes panels of weight rows once per call (this file's block
+ * functions, row by row) and runs a register-blocked float GEMM over every row of x. Rows of w (n)
+ * are spread over OpenMP threads (torch's libgomp, see cpu_ops.c), scheduled dynamically: on a
+ * shared machine a descheduled thread then delays only its own rows.
  *
  * One body per kernel, written on a small vector vocabulary (kq_vf / kq_vi and kq_* operations)
  * defined three times: AVX-512 (16 lanes), AVX2+FMA (8 lanes) and plain C (1 lane, the fallback
@@ -315,34 +315,10 @@ KQ_INLINE void kq_q6_scales(const uint8_t *blk, float *ds, float *n32) {
     } while (0)
 #define KQ_SLOTS(mr) ((mr) == 1 ? 4 : (mr) == 2 ? 2 : 1)
 
-/* m > 4: per group of KQ_NR weight rows and tile of up to KQ_MT activation rows, each span of
- * KQ_SPAN weights (one K-quant block, 8 Q5_0 blocks) is dequantized once into wbuf; vector partial
- * sums live in acc between spans and are reduced at the end of the tile. */
-#define KQ_NR 4
-#define KQ_MT 16
-#define KQ_SPAN 256
-
-/* rows i0, i0+1 (MR2 = 2) or i0 alone, against NRR weight rows of wbuf (row stride KQ_SPAN), over
- * the span's `len` weights. */
-KQ_INLINE void kq_tile_kernel(const float *x, int64_t k, int mr2, int nrr, const float *wbuf, int len, kq_vf *acc) {
-    kq_vf a[2][KQ_NR];
-    KQ_UNROLL for (int i = 0; i < 2; i++) KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
-        if (i < mr2 && r < nrr) a[i][r] = acc[i * KQ_NR + r];
-    }
-    for (int c = 0; c < len; c += KQ_VLEN) {
-        const kq_vf x0 = kq_load(x + c), x1 = mr2 > 1 ? kq_load(x + k + c) : kq_zero();
-        KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
-            if (r < nrr) {
-                const kq_vf wv = kq_load(wbuf + r * KQ_SPAN + c);
-                a[0][r] = kq_fma(x0, wv, a[0][r]);
-                if (mr2 > 1) a[1][r] = kq_fma(x1, wv, a[1][r]);
-            }
-        }
-    }
-    KQ_UNROLL for (int i = 0; i < 2; i++) KQ_UNROLL for (int r = 0; r < KQ_NR; r++) {
-        if (i < mr2 && r < nrr) acc[i * KQ_NR + r] = a[i][r];
-    }
-}
+/* m > 4: quant_gemm.c */
+typedef void (*qgemm_dequant_row_fn)(const uint8_t *row, float *out, int64_t k);
+int qgemm_dequant_gemm(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y,
+                       int64_t row_bytes, qgemm_dequant_row_fn dequant_row);
 
 /* ------------------------------------------------------------------------------------------- */
 /* m = 1: one weight row against one activation row, the cheapest form per weight (decode is     */
@@ -439,6 +415,56 @@ static float kq_gemv_q5_k(const float *x, const float *xs, int64_t nb, const uin
     return kq_gemv_q45_k(x, xs, nb, w, 1);
 }
 
+/* Q5_0 / Q5_1 at m = 1 (AVX-512): as quant_ops.c's Q4_1, each block's raw 5-bit quants times x,
+ * the block's sum scaled once; Q5_0's -16 and Q5_1's min through the block's sum of x:
+ * w.x = d * q.x + (Q5_0: -16 d, Q5_1: m) * sum(x). The fifth bit is OR-ed in under a lane mask. */
+#if KQ_VLEN == 16
+KQ_INLINE __m512 kq_q5_dot(const float *xb, const uint8_t *qs, uint32_t qh) {
+    const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)qs));
+    const __m512i sixteen = _mm512_set1_epi32(16);
+    const __m512i lo = _mm512_and_si512(q, _mm512_set1_epi32(15)), hi = _mm512_srli_epi32(q, 4);
+    const __m512 flo = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(lo, (__mmask16)qh, lo, sixteen));
+    const __m512 fhi = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(hi, (__mmask16)(qh >> 16), hi, sixteen));
+    return _mm512_fmadd_ps(fhi, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(flo, _mm512_loadu_ps(xb)));
+}
+
+KQ_INLINE float kq_gemv_q5(const float *x, const float *xs, int64_t nb, const uint8_t *w, const int HAS_MIN) {
+    const int64_t bytes = HAS_MIN ? KQ_Q51_BYTES : KQ_Q50_BYTES;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    float off[4] = {0.f, 0.f, 0.f, 0.f};
+    int64_t b = 0;
+    for (; b < nb; b += 4) {
+        KQ_UNROLL for (int u = 0; u < 4; u++) {
+            if (b + u < nb) {
+                const uint8_t *blk = w + (b + u) * bytes;
+                const float d = kq_f16(blk);
+                uint32_t qh;
+                memcpy(&qh, blk + (HAS_MIN ? 4 : 2), 4);
+                acc[u] = _mm512_fmadd_ps(kq_q5_dot(x + (b + u) * 32, blk + (HAS_MIN ? 8 : 6), qh), _mm512_set1_ps(d), acc[u]);
+                off[u] += (HAS_MIN ? kq_f16(blk + 2) : -16.f * d) * xs[b + u];
+            }
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]))) +
+           ((off[0] + off[1]) + (off[2] + off[3]));
+}
+
+/* m = 1: 0 when done, -1 when x's block sums could not be allocated */
+static int kq_gemv_q5_matmul(const float *x, int64_t k, const uint8_t *w, int64_t n, float *y, const int HAS_MIN) {
+    const int64_t nb = k / 32, row_bytes = nb * (HAS_MIN ? KQ_Q51_BYTES : KQ_Q50_BYTES);
+    float *xs = (float *)malloc((size_t)nb * sizeof(float));
+    if (!xs) return -1;
+    for (int64_t b = 0; b < nb; b++) xs[b] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(x + 32 * b), _mm512_loadu_ps(x + 32 * b + 16)));
+#pragma omp parallel for schedule(dynamic, 32)
+    for (int64_t j = 0; j < n; j++) y[j] = kq_gemv_q5(x, xs, nb, w + j * row_bytes, HAS_MIN);
+    free(xs);
+    return 0;
+}
+#define KQ_Q5_GEMV(x, m, k, w, n, y, HAS_MIN) ((m) == 1 && kq_gemv_q5_matmul(x, k, w, n, y, HAS_MIN) == 0)
+#else
+#define KQ_Q5_GEMV(x, m, k, w, n, y, HAS_MIN) 0
+#endif
+
 /* The entry points of one type: QK weights per block of BYTES bytes, BLOCK its chunk macro. */
 #define KQ_DEFINE(TYPE, QK, BYTES, BLOCK)                                                               \
 static void kq_dequant_block_##TYPE(const uint8_t *blk, float *kq_out) { BLOCK(blk, KQ_EMIT_STORE); }    \
@@ -479,41 +505,16 @@ static void kq_small_m_##TYPE(const float *x, int64_t m, int64_t k, const uint8_
     }                                                                                                   \
 }                                                                                                       \
                                                                                                         \
-static void kq_tiled_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
-    const int64_t row_bytes = k / (QK) * (BYTES), groups = (n + KQ_NR - 1) / KQ_NR;                     \
-    _Pragma("omp parallel")                                                                            \
-    {                                                                                                   \
-        KQ_ALIGN64 float wbuf[KQ_NR * KQ_SPAN];                                                         \
-        kq_vf acc[KQ_MT * KQ_NR];                                                                       \
-        _Pragma("omp for schedule(dynamic, 1)")                                                        \
-        for (int64_t g = 0; g < groups; g++) {                                                          \
-            const int64_t j0 = g * KQ_NR;                                                               \
-            const int nr = n - j0 < KQ_NR ? (int)(n - j0) : KQ_NR;                                      \
-            for (int64_t t0 = 0; t0 < m; t0 += KQ_MT) {                                                 \
-                const int mt = m - t0 < KQ_MT ? (int)(m - t0) : KQ_MT;                                  \
-                for (int i = 0; i < mt * KQ_NR; i++) acc[i] = kq_zero();                                \
-                for (int64_t s0 = 0; s0 < k; s0 += KQ_SPAN) {                                           \
-                    const int len = k - s0 < KQ_SPAN ? (int)(k - s0) : KQ_SPAN;                         \
-                    for (int r = 0; r < nr; r++)                                                        \
-                        for (int e = 0; e < len; e += (QK))                                             \
-                            kq_dequant_block_##TYPE(w + (j0 + r) * row_bytes + (s0 + e) / (QK) * (BYTES), \
-                                                    wbuf + r * KQ_SPAN + e);                            \
-                    const float *xs = x + t0 * k + s0;                                                  \
-                    int i = 0;                                                                          \
-                    if (nr == KQ_NR) {                                                                  \
-                        for (; i + 1 < mt; i += 2) kq_tile_kernel(xs + i * k, k, 2, KQ_NR, wbuf, len, acc + i * KQ_NR); \
-                        if (i < mt) kq_tile_kernel(xs + i * k, k, 1, KQ_NR, wbuf, len, acc + i * KQ_NR); \
-                    } else { /* the last, partial group */                                              \
-                        for (int r = 0; r < nr; r++)                                                    \
-                            for (i = 0; i < mt; i++)                                                    \
-                                kq_tile_kernel(xs + i * k, k, 1, 1, wbuf + r * KQ_SPAN, len, acc + i * KQ_NR + r); \
-                    }                                                                                   \
-                }                                                                                       \
-                for (int i = 0; i < mt; i++)                                                            \
-                    for (int r = 0; r < nr; r++) y[(t0 + i) * n + j0 + r] = kq_hsum(acc[i * KQ_NR + r]); \
-            }                                                                                           \
-        }                                                                                               \
-    }                                                                                                   \
+static void kq_dequant_row_##TYPE(const uint8_t *row, float *out, int64_t k) {                            \
+    for (int64_t b = 0; b < k / (QK); b++) kq_dequant_block_##TYPE(row + b * (BYTES), out + b * (QK));   \
+}                                                                                                       \
+                                                                                                        \
+/* m > 4: quant_gemm.c's panel GEMM (each weight expanded once per call); tiles of 4 rows if it cannot \
+ * allocate its panel buffer. */                                                                        \
+static void kq_many_m_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
+    if (qgemm_dequant_gemm(x, m, k, w, n, y, k / (QK) * (BYTES), kq_dequant_row_##TYPE) == 0) return;   \
+    for (int64_t i0 = 0; i0 < m; i0 += 4)                                                               \
+        kq_small_m_##TYPE(x + i0 * k, m - i0 < 4 ? m - i0 : 4, k, w, n, y + i0 * n);                    \
 }
 
 /* K-quants: m = 1 through the type's GEMV (SUB: its sub-block width, for the sums of x). */
@@ -532,15 +533,16 @@ void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, 
         }                                                                                               \
     }                                                                                                   \
     if (m <= 4) kq_small_m_##TYPE(x, m, k, w, n, y);                                                    \
-    else kq_tiled_##TYPE(x, m, k, w, n, y);                                                             \
+    else kq_many_m_##TYPE(x, m, k, w, n, y);                                                             \
 }
 
-/* 32-weight types: every m <= 4 dequantizes in registers. */
-#define KQ_DEFINE_MATMUL(TYPE)                                                                          \
+/* 32-weight types: m = 1 through kq_gemv_q5 (AVX-512), other m <= 4 dequantize in registers. */
+#define KQ_DEFINE_MATMUL(TYPE, HAS_MIN)                                                                 \
 void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {  \
     if (m <= 0 || n <= 0) return;                                                                       \
+    if (KQ_Q5_GEMV(x, m, k, w, n, y, HAS_MIN)) return;                                                  \
     if (m <= 4) kq_small_m_##TYPE(x, m, k, w, n, y);                                                    \
-    else kq_tiled_##TYPE(x, m, k, w, n, y);                                                             \
+    else kq_many_m_##TYPE(x, m, k, w, n, y);                                                             \
 }
 
 KQ_DEFINE(q4_k, KQ_QK, KQ_Q4K_BYTES, KQ_Q4K_BLOCK)
@@ -550,6 +552,6 @@ KQ_DEFINE_MATMUL_GEMV(q5_k, KQ_Q5K_BYTES, 32)
 KQ_DEFINE(q6_k, KQ_QK, KQ_Q6K_BYTES, KQ_Q6K_BLOCK)
 KQ_DEFINE_MATMUL_GEMV(q6_k, KQ_Q6K_BYTES, 16)
 KQ_DEFINE(q5_0, 32, KQ_Q50_BYTES, KQ_Q50_BLOCK)
-KQ_DEFINE_MATMUL(q5_0)
+KQ_DEFINE_MATMUL(q5_0, 0)
 KQ_DEFINE(q5_1, 32, KQ_Q51_BYTES, KQ_Q51_BLOCK)
-KQ_DEFINE_MATMUL(q5_1)
+KQ_DEFINE_MATMUL(q5_1, 1)

@@ -3,7 +3,7 @@ Q5_0, Q5_1, llama.cpp's fallback for rows that are no whole number of 256-weight
 gguf package's numpy dequantization: random but valid blocks (every byte random, the f16 scales
 finite, subnormals and zero included), dequantized exactly as gguf does, and the matmul equal to
 "gguf dequantize, then a float matmul" for decode (m <= 4, weights dequantized in registers) and
-batch (m > 4, the tiled path) shapes. Each build is checked: the native one (AVX-512 here),
+batch (m > 4, quant_gemm.c's panels) shapes. Each build is checked: the native one (AVX-512 here),
 x86-64-v3 (the AVX2 path) and x86-64 (the plain C fallback)."""
 
 from __future__ import annotations
@@ -114,16 +114,16 @@ def test_dequantize_matches_gguf(name, build, rng):
 
 
 # 576 (SmolLM2's hidden size): rows of whole 32-weight blocks that are no whole number of 256-weight
-# spans, for the tiled path's last span
+# spans
 SHAPES = [(name, k) for name in TYPES for k in (256, 1024, 576) if k % TYPES[name][1] == 0]
 
 
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("name,k", SHAPES)
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 17])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9, 17, 32, 100])
 def test_matmul_matches_dequantize_then_float_matmul(name, k, build, m, rng):
     block_elems = TYPES[name][1]
-    n = int(rng.integers(1, 40)) * 2 + 1  # odd: the last row group of the tiled path is partial
+    n = int(rng.integers(1, 60)) * 2 + 1  # odd: the last panel (and its last tile of weight rows) is partial
     blocks = random_blocks(name, n * k // block_elems, rng)
     rng.shuffle(blocks)  # the special super-scales land on random rows
     weight = torch.from_numpy(gguf_dequantize(name, blocks, n))  # [n, k]

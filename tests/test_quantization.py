@@ -52,6 +52,38 @@ def test_matmul_equals_dequantize_then_float_matmul(library, qtype, m, n, k):
     assert torch.equal(quant.dequantize(blocks, qtype, (n, k), library=library), reference_weight)
 
 
+@pytest.mark.parametrize("qtype", sorted(GGML_TYPES))
+@pytest.mark.parametrize("m", [*range(1, 10), 32, 100])
+def test_every_row_count_and_odd_n(library, qtype, m):
+    """Each path of the kernels: m = 1 (GEMV with per-block scaling, one row range per thread), m <= 4
+    (register tiles), m > 4 (quant_gemm.c's panels: several panels of an odd n, the last one partial,
+    edge tiles of rows and of weight rows)."""
+    n, k = 193, 576
+    generator = torch.Generator().manual_seed(m)
+    weight = torch.randn(n, k, generator=generator)
+    weight[n - 1, 32:64] = 0  # an all-zero block in the last (partial) panel
+    blocks, reference_weight = _blocks(weight, qtype)
+    x = torch.randn(m, k, generator=generator)
+    y = quant.quantized_matmul(x, blocks, qtype, n, k, library=library)
+    expected = x.double() @ reference_weight.double().T
+    # float32 sums in another order: a few ulp of the sum of |terms| per output
+    bound = 1e-5 * (x.abs().double() @ reference_weight.abs().double().T) + 1e-30
+    assert ((y.double() - expected).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("qtype", sorted(GGML_TYPES))
+def test_gemv_rows_longer_than_its_stack_buffer(library, qtype):
+    """m = 1 with more than 1024 blocks a row: x's block sums go to the heap."""
+    n, k = 5, 1025 * 32
+    generator = torch.Generator().manual_seed(7)
+    blocks, reference_weight = _blocks(torch.randn(n, k, generator=generator), qtype)
+    x = torch.randn(1, k, generator=generator)
+    y = quant.quantized_matmul(x, blocks, qtype, n, k, library=library)
+    expected = x.double() @ reference_weight.double().T
+    bound = 1e-5 * (x.abs().double() @ reference_weight.abs().double().T)
+    assert ((y.double() - expected).abs() <= bound).all()
+
+
 def test_matmul_keeps_the_activation_dtype_and_leading_dims():
     weight = torch.randn(40, 64)
     blocks, reference_weight = _blocks(weight, "q4_1")
