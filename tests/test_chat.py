@@ -22,6 +22,7 @@ import pytest
 
 from conftest import launch_server
 
+from vllm_cli.cli import chat_repl
 from vllm_cli.cli.chat_backends import BackendError, ReasoningText, TurnStats
 from vllm_cli.cli.chat_repl import ChatRunner, interactive, make_prompt_session, scripted
 from vllm_cli.cli.chat_session import COMMANDS, DEFAULT_PARAMS, HELP_INTRO, CommandError, Conversation, run_command
@@ -308,7 +309,30 @@ def test_every_turn_sends_the_whole_history():
     assert backend.calls[1][1]["temperature"] == 0.1
     assert runner.out.getvalue() == "reply 1\nreply 2\n"  # replies only: notes and stats went to err
     assert "Sampling: temperature=0.1" in runner.err.getvalue()
-    assert re.search(r"\[2 tokens, [\d.]+ tokens/s\]", runner.err.getvalue())
+    assert re.search(r"\[2 tokens, [\d.]+ tokens/s, first token [\d.]+ s\]", runner.err.getvalue())
+
+
+def test_stats_line_gives_the_decode_speed_after_the_first_token(monkeypatch):
+    """The prompt's prefill (here 2 s to the first delta) stays out of the tokens/s figure: 8 more
+    tokens in the next 0.4 s is 20 tokens/s, not 9 / 2.4 s."""
+    clock = [100.0]
+    monkeypatch.setattr(chat_repl.time, "perf_counter", lambda: clock[0])
+
+    class Timed(FakeBackend):
+        async def stream(self, messages, params, stats: TurnStats):
+            for step, delta in enumerate(["a"] * 9):
+                clock[0] += 2.0 if step == 0 else 0.05
+                stats.completion_tokens += 1
+                yield delta
+
+    runner = _runner(Timed())
+    assert asyncio.run(scripted(runner, ["hi"]))
+    assert "[9 tokens, 20.0 tokens/s, first token 2.00 s]" in runner.err.getvalue()
+    # one delta only: tokens over the whole time; no time at all: no rate
+    assert chat_repl.stats_line(TurnStats(completion_tokens=4), 2.0, False, 2.0, 4) == (
+        "[4 tokens, 2.0 tokens/s, first token 2.00 s]"
+    )
+    assert chat_repl.stats_line(TurnStats(), 0.0, True) == "[0 tokens, -, stopped]"
 
 
 def test_scripted_input_stops_at_the_first_failure():
@@ -494,7 +518,7 @@ def test_repl_in_a_pseudo_terminal(tiny_llama_dir, tmp_path):
         child.expect(re.escape("\x1b[?2004l"))  # the line went in; the reply streams (up to the whole context)
         child.expect(r"[A-Za-z]")
         child.sendintr()
-        child.expect(r"\[\d+ tokens?, [\d.]+ tokens/s, stopped\]")
+        child.expect(r"\[\d+ tokens?, [\d.]+ tokens/s, first token [\d.]+ s, stopped\]")
         for command, answer in [("/save saved.json", "Saved 3 messages"), ("/reset", "system message kept"),
                                 ("/history", r"\[system\] You are terse\.\r\n"), ("/load saved.json", "Loaded 3"),
                                 ("/history", r"\[user\] Tell me a long story"), ("/params max_tokens=3", "max_tokens=3")]:
@@ -503,7 +527,7 @@ def test_repl_in_a_pseudo_terminal(tiny_llama_dir, tmp_path):
             child.expect(answer)
         child.expect(ready)
         child.send("first line\x1b\rsecond line\r")  # Esc-Enter: a line break inside one message
-        child.expect(r"\[3 tokens, [\d.]+ tokens/s, cut at the token limit\]")
+        child.expect(r"\[3 tokens, [\d.]+ tokens/s, first token [\d.]+ s, cut at the token limit\]")
         child.expect(ready)
         child.sendeof()
         child.expect(pexpect.EOF)

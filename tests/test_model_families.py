@@ -68,6 +68,12 @@ VARIANTS = {
                                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                     max_position_embeddings=512, use_sliding_window=True, sliding_window=12,
                                     max_window_layers=1)),
+    # Llama 3.1 / 3.2: llama3 rope scaling (its frequencies come from transformers' initialiser,
+    # which the model builds under torch.device("meta")); a short original length so that it matters.
+    "llama3_rope": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
     "gpt2_scaled_by_layer": ("gpt2", dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, bos_token_id=1,
                                           eos_token_id=2, scale_attn_by_inverse_layer_idx=True,
                                           activation_function="gelu")),

@@ -49,9 +49,23 @@ def _dim(text: str, stream: TextIO) -> str:
     return f"\x1b[2m{text}\x1b[0m" if stream.isatty() else text
 
 
-def stats_line(stats: TurnStats, seconds: float, interrupted: bool) -> str:
+def stats_line(
+    stats: TurnStats, seconds: float, interrupted: bool, first_at: float | None = None, first_tokens: int = 0
+) -> str:
+    """The dim line after a reply: tokens, the decode speed and the time to the first token.
+
+    `first_at`: seconds from the request to the reply's first delta, when `first_tokens` tokens had
+    been counted. The speed is that of the tokens after it ((n - first_tokens) / (seconds - first_at),
+    what llama.cpp's eval rate and vLLM's TPOT measure), so the prompt's prefill does not dilute it;
+    with a single delta, tokens over the whole time."""
     n = stats.completion_tokens
-    parts = [f"{n} token{'s' if n != 1 else ''}", f"{n / seconds:.1f} tokens/s" if seconds > 0 else "-"]
+    if first_at is not None and n > first_tokens and seconds > first_at:
+        rate = f"{(n - first_tokens) / (seconds - first_at):.1f} tokens/s"
+    else:
+        rate = f"{n / seconds:.1f} tokens/s" if seconds > 0 else "-"
+    parts = [f"{n} token{'s' if n != 1 else ''}", rate]
+    if first_at is not None:
+        parts.append(f"first token {first_at:.2f} s")
     if interrupted:
         parts.append("stopped")
     elif stats.finish_reason == "length":
@@ -178,8 +192,12 @@ class ChatRunner:
             params["chat_template_kwargs"] = self.conv.template_kwargs
         rendered: MarkdownStream | None = None
         thinking = False  # reasoning is being written (dimmed) and needs a line break before the reply
+        first_at: float | None = None  # seconds to the first delta (reasoning or reply), for the stats line
+        first_tokens = 0
         try:
             async for delta in self.backend.stream(messages, params, stats):
+                if first_at is None:
+                    first_at, first_tokens = time.perf_counter() - start, stats.completion_tokens
                 if isinstance(delta, ReasoningText):
                     # Reasoning comes before the reply; piped stdout keeps to the replies.
                     if rendered is None and not parts and self.out.isatty():
@@ -214,7 +232,8 @@ class ChatRunner:
         if result.error:
             self.error(result.error)
         elif self.show_stats:
-            self.note(_dim(stats_line(stats, time.perf_counter() - start, result.interrupted), self.err))
+            line = stats_line(stats, time.perf_counter() - start, result.interrupted, first_at, first_tokens)
+            self.note(_dim(line, self.err))
         return result
 
     async def command(self, line: str, interruptible: bool = False) -> CommandResult | None:

@@ -73,7 +73,10 @@ def _rope_inv_freq(config: Any, rotary_dim: int) -> tuple[torch.Tensor, float]:
     if rope_type != "default":
         if rope_type not in ROPE_INIT_FUNCTIONS or rope_type == "dynamic":
             raise ValueError(f"rope type {rope_type!r} is not supported")
-        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
+        # transformers makes some of its tensors on the default device: the model may be built
+        # under torch.device("meta"), where they would have no values (llama3's failed to load).
+        with torch.device("cpu"):
+            inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
         return inv_freq.float().cpu(), float(scaling)
     exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float() / rotary_dim
     inv_freq = 1.0 / (theta**exponents)
