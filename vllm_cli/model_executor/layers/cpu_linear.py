@@ -3,7 +3,9 @@ for their shape on this machine (timed once per process), and the loader's swap 
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import math
 import time
 from collections.abc import Callable
 
@@ -12,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vllm_cli.distributed.parallel_state import all_reduce, get_tp_size
+from vllm_cli.kernels import cpu
 from vllm_cli.logger import init_logger
+from vllm_cli.model_executor.layers.kernel_parts import KernelPart, function_address
 from vllm_cli.model_executor.layers.linear import ParallelLinearBase
 
 logger = init_logger(__name__)
@@ -38,8 +42,8 @@ class CpuLinear(nn.Module):
         weight = linear.weight.detach()
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.kind, self.packed = _pack_for_cpu(weight, kind)
-        if self.kind == "mkl":
-            # MKL only reads the original weight's shape: a zero-stride stand-in costs no memory.
+        if self.kind in ("mkl", "fgemm"):
+            # MKL and our kernels only read the original weight's shape: a zero-stride stand-in costs no memory.
             self.shape_only = torch.empty_strided(tuple(weight.shape), (0, 0), dtype=weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,6 +54,17 @@ class CpuLinear(nn.Module):
 
     def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return _run_packed(self.kind, x, self.packed, bias, getattr(self, "shape_only", None))
+
+    def kernel_parts(self) -> list[KernelPart] | None:
+        """The C kernel and weight that compute this layer (kernel_parts.py's contract): only on our own
+        layout (kind "fgemm"), and only without a bias or a tensor-parallel all-reduce, which the
+        kernel does not do."""
+        if self.kind != "fgemm" or self.bias is not None or self.reduce_output:
+            return None
+        fn = fgemm_functions().get(self.packed.dtype)
+        if fn is None:
+            return None
+        return [KernelPart(function_address(fn), self.packed, self.out_features, self.in_features, 0)]
 
     def extra_repr(self) -> str:
         return (
@@ -65,18 +80,24 @@ def _run_packed(
         return torch.ops.mkl._mkl_linear(x, packed, shape_only, bias, x.shape[0])
     if kind == "mkldnn":
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    if kind == "fgemm":
+        assert shape_only is not None
+        return _fgemm_linear(x, packed, bias, shape_only.shape[0])
     if bias is None:
         return x @ packed
     return torch.addmm(bias, x, packed)
 
 
 def cpu_linear_kinds(dtype: torch.dtype) -> list[str]:
-    """The prepacked GEMM libraries this torch build offers for dtype, then the plain fallback."""
+    """The prepacked GEMM libraries this torch build offers for dtype, our own kernels
+    (kernels/float_gemm.c, where the CPU library has them), then the plain fallback."""
     kinds = []
     if dtype == torch.float32 and torch.backends.mkl.is_available():
         kinds.append("mkl")
     if dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available():
         kinds.append("mkldnn")
+    if dtype in fgemm_functions():
+        kinds.append("fgemm")
     return kinds + ["matmul"]
 
 
@@ -85,7 +106,79 @@ def _pack(kind: str, weight: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkl._mkl_reorder_linear_weight(weight, 64)
     if kind == "mkldnn":
         return torch.ops.mkldnn._reorder_linear_weight(weight, 64)
+    if kind == "fgemm":
+        return fgemm_pack(weight)
     return weight.t().contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Our own layout and kernels (kernels/float_gemm.c): panels of 32 outputs, k steps of 128 bytes
+
+FGEMM_PANEL = 32
+_FGEMM_SIGNATURE = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+# id(library) -> (library, {dtype: kernel}); the library of cpu.load() or a test's variant
+_fgemm_bound: dict[int, tuple[ctypes.CDLL, dict[torch.dtype, ctypes._CFuncPtr]]] = {}
+
+
+def fgemm_functions(library: ctypes.CDLL | None = None) -> dict[torch.dtype, ctypes._CFuncPtr]:
+    """{weight dtype: fgemm_matmul_<type>} of the CPU library (empty without it, or on a CPU with
+    neither AVX-512 nor AVX2, where float_gemm.c defines nothing)."""
+    library = library if library is not None else cpu.load()
+    if library is None:
+        return {}
+    entry = _fgemm_bound.get(id(library))
+    if entry is None or entry[0] is not library:
+        functions = {}
+        for dtype, suffix in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+            try:
+                fn = getattr(library, f"fgemm_matmul_{suffix}")
+            except AttributeError:
+                continue
+            fn.argtypes, fn.restype = _FGEMM_SIGNATURE, None
+            functions[dtype] = fn
+        entry = _fgemm_bound[id(library)] = (library, functions)
+    return entry[1]
+
+
+def fgemm_pack(weight: torch.Tensor) -> torch.Tensor:
+    """weight [n, k] (float32 or bfloat16) -> float_gemm.c's layout: [panels, steps, 32] for float32,
+    [panels, steps, 32, 2] for bfloat16 (a step is a pair of inputs); n padded to whole panels and
+    bfloat16's k to whole pairs, with zeros."""
+    n, k = weight.shape
+    panels = -(-n // FGEMM_PANEL)
+    if weight.dtype == torch.float32:
+        padded = weight.new_zeros(panels * FGEMM_PANEL, k)
+        padded[:n] = weight
+        return padded.view(panels, FGEMM_PANEL, k).transpose(1, 2).contiguous()
+    if weight.dtype != torch.bfloat16:
+        raise ValueError(f"fgemm: weights in float32 or bfloat16, not {weight.dtype}")
+    steps = -(-k // 2)
+    padded = weight.new_zeros(panels * FGEMM_PANEL, 2 * steps)
+    padded[:n, :k] = weight
+    return padded.view(panels, FGEMM_PANEL, steps, 2).transpose(1, 2).contiguous()
+
+
+def fgemm_matmul(
+    x: torch.Tensor, packed: torch.Tensor, out_features: int, library: ctypes.CDLL | None = None
+) -> torch.Tensor:
+    """x [rows, k] (any float dtype; read as float32) @ W^T -> float32 [rows, out_features], W packed
+    by fgemm_pack. For bfloat16 weights x is rounded to bfloat16 as torch's bf16 linear does."""
+    fn = fgemm_functions(library)[packed.dtype]
+    x = x.to(torch.float32).contiguous()
+    rows, k = x.shape
+    y = torch.empty((rows, out_features), dtype=torch.float32)
+    if rows:
+        fn(x.data_ptr(), rows, k, packed.data_ptr(), out_features, y.data_ptr())
+    return y
+
+
+def _fgemm_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """CpuLinear's call: x in the model's dtype, any leading shape; the result in x's dtype, the bias
+    added in float32 before the one rounding (as torch's bf16 linear)."""
+    y = fgemm_matmul(x.reshape(-1, x.shape[-1]), packed, out_features)
+    if bias is not None:
+        y += bias
+    return y.to(x.dtype).view(*x.shape[:-1], out_features)
 
 
 # (dtype, in_features, out_features) -> the fastest correct kind, timed once per process

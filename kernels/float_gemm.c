@@ -1,0 +1,263 @@
+/* Float matmuls on a weight layout of our own (float32 and bfloat16 weights; CpuLinear's "fgemm" kind),
+ * with the ABI every layout-owning kernel here shares (kernel_parts.py):
+ *
+ *   fgemm_matmul_f32(x, m, k, w, n, y), fgemm_matmul_bf16(x, m, k, w, n, y):
+ *       y[m, n] = x[m, k] @ W[n, k]^T; x and y float32, contiguous; y overwritten.
+ *
+ * The layout (packed once at load, by cpu_linear.py): W's n rows are cut into panels of FG_NR = 32
+ * outputs (the last zero-padded); a panel is k "steps" of 128 bytes, step p holding the 32 outputs'
+ * weights for input p side by side:
+ *   float32:  panel[p][j] = W[32 * panel + j][p]                            (k steps)
+ *   bfloat16: panel[p][j] = (W[.][2p], W[.][2p + 1]) as one 32-bit pair     (ceil(k / 2) steps; k padded
+ *             with a zero) -- the operand layout of AVX512_BF16's vdpbf16ps, which multiplies a pair of
+ *             x by a pair of weights and adds both products to a float32 lane.
+ * So a step is two 512-bit loads for 32 outputs, and a panel is one sequential stream of memory.
+ *
+ * The bf16 kernel rounds x to bfloat16 (nearest even, as torch's .to(torch.bfloat16)) and accumulates in
+ * float32, as torch's bf16 linear does (its output rounding to bf16 is the caller's).
+ *
+ * One driver for both types and every m: a register-blocked micro-kernel of FG_MR rows x 32 outputs
+ * (AVX-512: 12 x 2 zmm accumulators, the weight step loaded once and used by every row; AVX2: 2 x 4 ymm)
+ * runs over a cache block of FG_KC steps of one panel (32 KB: it stays in L1 while the tiles of up to
+ * FG_MC rows of x reuse it), x read in place. m <= 8 (decode): one pass over each panel with all rows at
+ * once, the whole k, software-prefetched ahead of the loads, panels split evenly over the threads (static:
+ * each thread streams a contiguous range, and n = 192 on 2 threads is 3 + 3 panels). Larger m: the
+ * (row block, panel) items are split statically, row-block major, so each thread's x rows stay in its L2.
+ * Threads: torch's OpenMP runtime (libgomp, as cpu_ops.c).
+ *
+ * Built where AVX-512F or AVX2+FMA is (the rest of the time this file defines nothing and CpuLinear does
+ * not offer the kind). bfloat16 uses vdpbf16ps where AVX512_BF16 is compiled in; elsewhere the pairs are
+ * widened to float32 in registers (a shift and a mask) and multiplied with FMAs: the same products (a
+ * product of two bf16 is exact in float32), summed in another order.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+
+#define FG_NR 32      /* outputs per panel */
+#define FG_STEP 128   /* bytes per step of a panel: 32 x 4 */
+#define FG_KC 256     /* steps per cache block: 32 KB of a panel */
+#define FG_PF 16      /* steps ahead the m <= 8 pass prefetches (2 KB) */
+#define FG_SMALL_M 8  /* up to this many rows: one pass over each panel */
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define FG_UNROLL _Pragma("GCC unroll 16")
+#elif defined(__clang__)
+#define FG_UNROLL _Pragma("unroll")
+#else
+#define FG_UNROLL
+#endif
+#define FG_INLINE static inline __attribute__((always_inline))
+
+#if defined(__AVX512F__)
+#define FG_VLEN 16
+#define FG_MR 12
+typedef __m512 fg_vf;
+typedef __m512i fg_vi;
+#define fg_load(p) _mm512_loadu_ps(p)
+#define fg_loadi(p) _mm512_loadu_si512((const void *)(p))
+#define fg_store(p, v) _mm512_storeu_ps((p), (v))
+#define fg_set1(s) _mm512_set1_ps(s)
+#define fg_zero() _mm512_setzero_ps()
+#define fg_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define fg_bf16_lo(v) _mm512_castsi512_ps(_mm512_slli_epi32((v), 16))
+#define fg_bf16_hi(v) _mm512_castsi512_ps(_mm512_and_si512((v), _mm512_set1_epi32((int)0xffff0000u)))
+#else
+#define FG_VLEN 8
+#define FG_MR 2
+typedef __m256 fg_vf;
+typedef __m256i fg_vi;
+#define fg_load(p) _mm256_loadu_ps(p)
+#define fg_loadi(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define fg_store(p, v) _mm256_storeu_ps((p), (v))
+#define fg_set1(s) _mm256_set1_ps(s)
+#define fg_zero() _mm256_setzero_ps()
+#define fg_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define fg_bf16_lo(v) _mm256_castsi256_ps(_mm256_slli_epi32((v), 16))
+#define fg_bf16_hi(v) _mm256_castsi256_ps(_mm256_and_si256((v), _mm256_set1_epi32((int)0xffff0000u)))
+#endif
+#define FG_NV (FG_NR / FG_VLEN)
+#define FG_MC (FG_MR * 16) /* rows per block of x: 192 x 256 steps x 4 bytes = 192 KB, in L2 */
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#define FG_NATIVE_BF16 1
+#else
+#define FG_NATIVE_BF16 0
+#endif
+
+/* What one step of x is, per type: float32 x (4 bytes); bf16 with vdpbf16ps: a pair of bf16 (4 bytes);
+ * bf16 widened: the pair rounded to bf16 and kept as two floats (8 bytes). */
+enum { FG_F32 = 0, FG_BF16 = 1 };
+#define FG_A_STEP(type) ((type) == FG_F32 || FG_NATIVE_BF16 ? 4 : 8)
+
+/* c[r][0..31] (+)= sum over kc steps of x row r . panel, for MR rows of x at a (row stride lda bytes). */
+FG_INLINE void fg_tile(const int type, const int MR, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc,
+                       float *c, int64_t ldc, int accumulate, int prefetch) {
+    fg_vf acc[FG_MR][FG_NV];
+    FG_UNROLL for (int r = 0; r < MR; r++) FG_UNROLL for (int v = 0; v < FG_NV; v++) acc[r][v] =
+        accumulate ? fg_load(c + r * ldc + v * FG_VLEN) : fg_zero();
+    for (int64_t p = 0; p < kc; p++) {
+        const uint8_t *bp = b + p * FG_STEP;
+        if (prefetch) {
+            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP), _MM_HINT_T0);
+            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP + 64), _MM_HINT_T0);
+        }
+        if (type == FG_F32) {
+            fg_vf bv[FG_NV];
+            FG_UNROLL for (int v = 0; v < FG_NV; v++) bv[v] = fg_load((const float *)bp + v * FG_VLEN);
+            FG_UNROLL for (int r = 0; r < MR; r++) {
+                const fg_vf av = fg_set1(*(const float *)(a + r * lda + 4 * p));
+                FG_UNROLL for (int v = 0; v < FG_NV; v++) acc[r][v] = fg_fma(av, bv[v], acc[r][v]);
+            }
+        } else {
+#if FG_NATIVE_BF16
+            __m512i bv[FG_NV];
+            FG_UNROLL for (int v = 0; v < FG_NV; v++) bv[v] = fg_loadi(bp + 64 * v);
+            FG_UNROLL for (int r = 0; r < MR; r++) {
+                int32_t pair;
+                memcpy(&pair, a + r * lda + 4 * p, 4);
+                const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+                FG_UNROLL for (int v = 0; v < FG_NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, (__m512bh)bv[v]);
+            }
+#else
+            FG_UNROLL for (int v = 0; v < FG_NV; v++) {
+                const fg_vi pairs = fg_loadi(bp + FG_VLEN * 4 * v);
+                const fg_vf lo = fg_bf16_lo(pairs), hi = fg_bf16_hi(pairs);
+                FG_UNROLL for (int r = 0; r < MR; r++) {
+                    const float *ar = (const float *)(a + r * lda + 8 * p);
+                    acc[r][v] = fg_fma(fg_set1(ar[1]), hi, fg_fma(fg_set1(ar[0]), lo, acc[r][v]));
+                }
+            }
+#endif
+        }
+    }
+    FG_UNROLL for (int r = 0; r < MR; r++) FG_UNROLL for (int v = 0; v < FG_NV; v++)
+        fg_store(c + r * ldc + v * FG_VLEN, acc[r][v]);
+}
+
+/* The tile for a run-time row count (1..FG_MR), each a compile-time constant so the accumulators stay
+ * in registers. */
+#define FG_TILE_CASE(R) \
+    case R: fg_tile(type, R, a, lda, b, kc, c, ldc, accumulate, prefetch); break;
+FG_INLINE void fg_tile_rows(const int type, int mr, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc,
+                            float *c, int64_t ldc, int accumulate, int prefetch) {
+    switch (mr) {
+        FG_TILE_CASE(1)
+        FG_TILE_CASE(2)
+#if FG_MR > 2
+        FG_TILE_CASE(3)
+        FG_TILE_CASE(4)
+        FG_TILE_CASE(5)
+        FG_TILE_CASE(6)
+        FG_TILE_CASE(7)
+        FG_TILE_CASE(8)
+        FG_TILE_CASE(9)
+        FG_TILE_CASE(10)
+        FG_TILE_CASE(11)
+        FG_TILE_CASE(12)
+#endif
+        default: break;
+    }
+}
+
+static void fg_tile_f32(int mr, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc, float *c, int64_t ldc,
+                        int accumulate, int prefetch) {
+    fg_tile_rows(FG_F32, mr, a, lda, b, kc, c, ldc, accumulate, prefetch);
+}
+
+static void fg_tile_bf16(int mr, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc, float *c, int64_t ldc,
+                         int accumulate, int prefetch) {
+    fg_tile_rows(FG_BF16, mr, a, lda, b, kc, c, ldc, accumulate, prefetch);
+}
+
+typedef void (*fg_tile_fn)(int, const uint8_t *, int64_t, const uint8_t *, int64_t, float *, int64_t, int, int);
+
+/* y[i0 .. i0 + mc, panel j] from steps [0, steps) of x rows at a. A panel past n (the padded tail) goes
+ * through a scratch tile and only its real columns are copied out. */
+static void fg_block(fg_tile_fn tile, const uint8_t *a, int64_t a_step, int64_t mc, int64_t steps,
+                     const uint8_t *panel, int64_t j, int64_t n, float *y, int prefetch) {
+    const int64_t lda = steps * a_step;
+    float scratch[FG_MC * FG_NR];
+    const int64_t cols = n - j * FG_NR < FG_NR ? n - j * FG_NR : FG_NR;
+    float *c = cols == FG_NR ? y + j * FG_NR : scratch;
+    const int64_t ldc = cols == FG_NR ? n : FG_NR;
+    const int64_t kc_block = mc <= FG_SMALL_M ? steps : FG_KC; /* a few rows: no reuse to block for */
+    for (int64_t p0 = 0; p0 < steps; p0 += kc_block) {
+        const int64_t kc = steps - p0 < kc_block ? steps - p0 : kc_block;
+        for (int64_t i = 0; i < mc; i += FG_MR) {
+            const int mr = mc - i < FG_MR ? (int)(mc - i) : FG_MR;
+            tile(mr, a + i * lda + p0 * a_step, lda, panel + p0 * FG_STEP, kc, c + i * ldc, ldc, p0 > 0,
+                 prefetch);
+        }
+    }
+    if (c == scratch)
+        for (int64_t i = 0; i < mc; i++) memcpy(y + i * n + j * FG_NR, scratch + i * FG_NR, cols * sizeof(float));
+}
+
+static void fg_gemm(fg_tile_fn tile, const uint8_t *a, int64_t a_step, int64_t m, int64_t steps, const uint8_t *w,
+                    int64_t n, float *y) {
+    const int64_t panels = (n + FG_NR - 1) / FG_NR, panel_bytes = steps * FG_STEP, lda = steps * a_step;
+    if (m <= FG_SMALL_M) {
+        /* Tiny weights are not worth waking the other threads for. */
+        _Pragma("omp parallel for schedule(static) if (panels * panel_bytes >= 65536)")
+        for (int64_t j = 0; j < panels; j++) fg_block(tile, a, a_step, m, steps, w + j * panel_bytes, j, n, y, 1);
+        return;
+    }
+    const int64_t blocks = (m + FG_MC - 1) / FG_MC;
+    _Pragma("omp parallel for schedule(static) collapse(2)")
+    for (int64_t ib = 0; ib < blocks; ib++)
+        for (int64_t j = 0; j < panels; j++) {
+            const int64_t i0 = ib * FG_MC, mc = m - i0 < FG_MC ? m - i0 : FG_MC;
+            fg_block(tile, a + i0 * lda, a_step, mc, steps, w + j * panel_bytes, j, n, y + i0 * n, 0);
+        }
+}
+
+void fgemm_matmul_f32(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
+    fg_gemm(fg_tile_f32, (const uint8_t *)x, 4, m, k, w, n, y);
+}
+
+/* float32 -> bfloat16, nearest even (NaN stays NaN, quiet), as torch rounds. */
+static inline uint16_t fg_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+void fgemm_matmul_bf16(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
+    const int64_t steps = (k + 1) / 2;
+    /* x rounded to bf16, each row padded to whole pairs (the weights' padding is zero too) */
+#if FG_NATIVE_BF16
+    uint16_t *a = malloc((size_t)(m * steps * 2) * sizeof(uint16_t) + 64);
+    if (a == NULL) abort();
+    for (int64_t i = 0; i < m; i++) {
+        uint16_t *row = a + i * steps * 2;
+        for (int64_t p = 0; p < k; p++) row[p] = fg_to_bf16(x[i * k + p]);
+        if (k & 1) row[k] = 0;
+    }
+#else
+    float *a = malloc((size_t)(m * steps * 2) * sizeof(float) + 64);
+    if (a == NULL) abort();
+    for (int64_t i = 0; i < m; i++) {
+        float *row = a + i * steps * 2;
+        for (int64_t p = 0; p < k; p++) {
+            const uint32_t bits = (uint32_t)fg_to_bf16(x[i * k + p]) << 16;
+            memcpy(row + p, &bits, 4);
+        }
+        if (k & 1) row[k] = 0.f;
+    }
+#endif
+    fg_gemm(fg_tile_bf16, (const uint8_t *)a, FG_A_STEP(FG_BF16), m, steps, w, n, y);
+    free(a);
+}
+
+/* Whether vdpbf16ps is compiled in (else bf16 runs widened to float32). */
+int fgemm_native_bf16(void) { return FG_NATIVE_BF16; }
+
+#endif
