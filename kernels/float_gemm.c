@@ -20,9 +20,10 @@
  * (AVX-512: 12 x 2 zmm accumulators, the weight step loaded once and used by every row; AVX2: 2 x 4 ymm)
  * runs over a cache block of FG_KC steps of one panel (32 KB: it stays in L1 while the tiles of up to
  * FG_MC rows of x reuse it), x read in place. m <= 8 (decode): one pass over each panel with all rows at
- * once, the whole k, software-prefetched ahead of the loads, panels split evenly over the threads (static:
- * each thread streams a contiguous range, and n = 192 on 2 threads is 3 + 3 panels). Larger m: the
- * (row block, panel) items are split statically, row-block major, so each thread's x rows stay in its L2.
+ * once, the whole k, software-prefetched ahead of the loads, a panel per work item (n = 192 on 2 threads is
+ * 3 + 3 panels). Larger m: the work items are (row block, panel) pairs, row-block major, so the block of x
+ * rows stays in L2 while its panels pass. Items are handed out dynamically: on this shared machine a
+ * descheduled thread then delays only the item it holds, where a static split waits for its whole half.
  * Threads: torch's OpenMP runtime (libgomp, as cpu_ops.c).
  *
  * Built where AVX-512F or AVX2+FMA is (the rest of the time this file defines nothing and CpuLinear does
@@ -205,12 +206,12 @@ static void fg_gemm(fg_tile_fn tile, const uint8_t *a, int64_t a_step, int64_t m
     const int64_t panels = (n + FG_NR - 1) / FG_NR, panel_bytes = steps * FG_STEP, lda = steps * a_step;
     if (m <= FG_SMALL_M) {
         /* Tiny weights are not worth waking the other threads for. */
-        _Pragma("omp parallel for schedule(static) if (panels * panel_bytes >= 65536)")
+        _Pragma("omp parallel for schedule(dynamic, 1) if (panels * panel_bytes >= 65536)")
         for (int64_t j = 0; j < panels; j++) fg_block(tile, a, a_step, m, steps, w + j * panel_bytes, j, n, y, 1);
         return;
     }
     const int64_t blocks = (m + FG_MC - 1) / FG_MC;
-    _Pragma("omp parallel for schedule(static) collapse(2)")
+    _Pragma("omp parallel for schedule(dynamic, 1) collapse(2)")
     for (int64_t ib = 0; ib < blocks; ib++)
         for (int64_t j = 0; j < panels; j++) {
             const int64_t i0 = ib * FG_MC, mc = m - i0 < FG_MC ? m - i0 : FG_MC;

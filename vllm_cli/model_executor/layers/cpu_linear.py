@@ -27,9 +27,11 @@ class CpuLinear(nn.Module):
 
     Which library is fastest depends on the CPU, by a wide margin: at decode batch sizes MKL's
     packed sgemm beat F.linear by 1.2-1.6x in float32 on an Intel Xeon (AVX-512/AMX), while on
-    an AMD EPYC (Zen 5) MKL runs 2.5-3x slower than oneDNN. So each weight shape is packed for
-    every library that computes it correctly and the fastest, timed once on this machine at a
-    decode-sized batch, is kept (`_pack_for_cpu`). Where no library is there, the weight is at
+    an AMD EPYC (Zen 5) MKL runs 2.5-3x slower than oneDNN, and at one row (single-stream decode)
+    our own kernels (kernels/float_gemm.c, kind "fgemm") read the weight faster than either. So each
+    weight shape is packed for every library that computes it correctly and the fastest, timed once
+    on this machine at the row counts of single-stream decode, batch decode and a prefill chunk, is
+    kept (`_pack_for_cpu`). Where no library is there, the weight is at
     least stored [in, out], which the GEMM prefers. Built from a loaded nn.Linear by
     `optimize_linears_for_cpu`; the original weight is freed. A row-parallel linear keeps its
     all-reduce: the partial product is summed over the ranks before the bias is added.
@@ -117,10 +119,10 @@ def _pack(kind: str, weight: torch.Tensor) -> torch.Tensor:
 FGEMM_PANEL = 32
 _FGEMM_SIGNATURE = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
 # id(library) -> (library, {dtype: kernel}); the library of cpu.load() or a test's variant
-_fgemm_bound: dict[int, tuple[ctypes.CDLL, dict[torch.dtype, ctypes._CFuncPtr]]] = {}
+_fgemm_bound: dict[int, tuple[ctypes.CDLL, dict[torch.dtype, Callable[..., None]]]] = {}
 
 
-def fgemm_functions(library: ctypes.CDLL | None = None) -> dict[torch.dtype, ctypes._CFuncPtr]:
+def fgemm_functions(library: ctypes.CDLL | None = None) -> dict[torch.dtype, Callable[..., None]]:
     """{weight dtype: fgemm_matmul_<type>} of the CPU library (empty without it, or on a CPU with
     neither AVX-512 nor AVX2, where float_gemm.c defines nothing)."""
     library = library if library is not None else cpu.load()
@@ -183,41 +185,73 @@ def _fgemm_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
 
 # (dtype, in_features, out_features) -> the fastest correct kind, timed once per process
 _FASTEST_KIND: dict[tuple[torch.dtype, int, int], str] = {}
-_DECODE_PROBE_ROWS = 32
+# The row counts a linear meets: single-stream decode, batch decode, a prefill chunk. Their weights
+# differ by CPU and shape: at 1 row the kernel that reads the weight fastest wins (our fgemm beats
+# oneDNN by 1.2-1.6x here), at 32 and more the best-blocked GEMM does (oneDNN, by up to 1.1-1.5x).
+_PROBE_ROWS = (1, 32, 128)
+_CHECK_ROWS = 32
 
 
 def _pack_for_cpu(weight: torch.Tensor, kind: str | None = None) -> tuple[str, torch.Tensor]:
     """(kernel, packed weight): the given kind, else the fastest one for this shape that matches
     F.linear (each packing is checked against it: a library missing from this build, or one that
-    mis-computes a shape, is skipped)."""
+    mis-computes a shape, is skipped).
+
+    Fastest over the row counts of _PROBE_ROWS: each kind's time at each count is divided by the
+    best kind's at that count, and the kind with the smallest geometric mean of these ratios is kept
+    (every regime weighs the same in relative terms: a kind 1.5x faster at one row and 1.1x slower at
+    32 and 128 is kept; one 1.1x faster at one row and 1.5x slower elsewhere is not). A later kind in
+    cpu_linear_kinds' order replaces an earlier one only with a 5% margin, so near-ties do not flip
+    between runs."""
     if kind is not None:
         return kind, _pack(kind, weight)
     key = (weight.dtype, weight.shape[1], weight.shape[0])
-    if key in _FASTEST_KIND:
-        return _FASTEST_KIND[key], _pack(_FASTEST_KIND[key], weight)
-    probe = torch.randn(_DECODE_PROBE_ROWS, weight.shape[1], dtype=weight.dtype)
-    expected = F.linear(probe.float(), weight.float())
+    if key not in _FASTEST_KIND:
+        _FASTEST_KIND[key] = _time_kinds(weight)
+    return _FASTEST_KIND[key], _pack(_FASTEST_KIND[key], weight)
+
+
+def _time_kinds(weight: torch.Tensor) -> str:
+    probe = torch.randn(max(_PROBE_ROWS), weight.shape[1], dtype=weight.dtype)
+    expected = F.linear(probe[:_CHECK_ROWS].float(), weight.float())
     tolerance = 1e-3 if weight.dtype == torch.float32 else 5e-2
-    best: tuple[float, str, torch.Tensor] | None = None  # (seconds, kind, packed)
+    shape_only = torch.empty_strided(tuple(weight.shape), (0, 0), dtype=weight.dtype)
+    timings: dict[str, list[float]] = {}  # kind -> seconds at each of _PROBE_ROWS
     for candidate in cpu_linear_kinds(weight.dtype):
         try:
             packed = _pack(candidate, weight)
-            shape_only = torch.empty_strided(tuple(weight.shape), (0, 0), dtype=weight.dtype)
-            run = functools.partial(_run_packed, candidate, probe, packed, None, shape_only)
+            check = _run_packed(candidate, probe[:_CHECK_ROWS], packed, None, shape_only)
             if not torch.allclose(
-                run().float(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item()
+                check.float(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item()
             ):
                 continue
         except (RuntimeError, AttributeError):  # op missing from this torch build
             continue
-        seconds = _best_time(run)
-        # a clear margin to switch, so that near-ties do not flip between runs
-        if best is None or seconds < 0.9 * best[0]:
-            best = (seconds, candidate, packed)
-        del packed, run
-    assert best is not None  # "matmul" always computes
-    _FASTEST_KIND[key] = best[1]
-    return best[1], best[2]
+        timings[candidate] = [
+            _best_time(
+                functools.partial(_run_packed, candidate, probe[:rows], packed, None, shape_only),
+                repeats=3 if rows <= _CHECK_ROWS else 1,
+            )
+            for rows in _PROBE_ROWS
+        ]
+        del packed  # one packing alive at a time: the winner is packed again
+    assert timings  # "matmul" always computes
+    fastest = [min(seconds[i] for seconds in timings.values()) for i in range(len(_PROBE_ROWS))]
+    best: tuple[float, str] | None = None  # (score, kind)
+    for candidate, seconds in timings.items():
+        score = math.exp(sum(math.log(s / f) for s, f in zip(seconds, fastest, strict=True)) / len(fastest))
+        if best is None or score < 0.95 * best[0]:
+            best = (score, candidate)
+    assert best is not None
+    logger.debug(
+        "CPU linear %dx%d %s: %s -> %s",
+        weight.shape[1],
+        weight.shape[0],
+        weight.dtype,
+        {k: [f"{1e6 * s:.0f}us" for s in v] for k, v in timings.items()},
+        best[1],
+    )
+    return best[1]
 
 
 def _best_time(run: Callable[[], torch.Tensor], repeats: int = 3) -> float:
@@ -237,7 +271,7 @@ def optimize_linears_for_cpu(model: nn.Module) -> None:
     log_cpu_linear_kinds(model)
 
 
-_KIND_NAMES = {"mkl": "MKL packed sgemm", "mkldnn": "oneDNN", "matmul": "torch matmul"}
+_KIND_NAMES = {"mkl": "MKL packed sgemm", "mkldnn": "oneDNN", "fgemm": "our float GEMM", "matmul": "torch matmul"}
 
 
 def log_cpu_linear_kinds(model: nn.Module) -> None:
