@@ -17,7 +17,7 @@
  * float32, as torch's bf16 linear does (its output rounding to bf16 is the caller's).
  *
  * One driver for both types and every m: a register-blocked micro-kernel of FG_MR rows x 32 outputs
- * (AVX-512: 12 x 2 zmm accumulators, the weight step loaded once and used by every row; AVX2: 2 x 4 ymm)
+ * (AVX-512: 8 x 2 zmm accumulators, the weight step loaded once and used by every row; AVX2: 2 x 4 ymm)
  * runs over a cache block of FG_KC steps of one panel (32 KB: it stays in L1 while the tiles of up to
  * FG_MC rows of x reuse it), x read in place. m <= 8 (decode): one pass over each panel with all rows at
  * once, the whole k, software-prefetched ahead of the loads, a panel per work item (n = 192 on 2 threads is
@@ -43,8 +43,12 @@
 
 #define FG_NR 32      /* outputs per panel */
 #define FG_STEP 128   /* bytes per step of a panel: 32 x 4 */
+#ifndef FG_KC
 #define FG_KC 256     /* steps per cache block: 32 KB of a panel */
-#define FG_PF 16      /* steps ahead the m <= 8 pass prefetches (2 KB) */
+#endif
+#ifndef FG_PF
+#define FG_PF 32      /* steps ahead the m <= 8 pass prefetches (4 KB; 8-64 measured alike) */
+#endif
 #define FG_SMALL_M 8  /* up to this many rows: one pass over each panel */
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -58,7 +62,9 @@
 
 #if defined(__AVX512F__)
 #define FG_VLEN 16
-#define FG_MR 12
+#ifndef FG_MR
+#define FG_MR 8 /* 8 x 2 accumulators: measured as fast as 12 x 2 here, and faster at k = 2048 */
+#endif
 typedef __m512 fg_vf;
 typedef __m512i fg_vi;
 #define fg_load(p) _mm512_loadu_ps(p)
@@ -84,7 +90,9 @@ typedef __m256i fg_vi;
 #define fg_bf16_hi(v) _mm256_castsi256_ps(_mm256_and_si256((v), _mm256_set1_epi32((int)0xffff0000u)))
 #endif
 #define FG_NV (FG_NR / FG_VLEN)
-#define FG_MC (FG_MR * 16) /* rows per block of x: 192 x 256 steps x 4 bytes = 192 KB, in L2 */
+#ifndef FG_MC
+#define FG_MC 192 /* rows per block of x: 192 x 256 steps x 4 bytes = 192 KB, in L2 */
+#endif
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #define FG_NATIVE_BF16 1
@@ -97,15 +105,19 @@ typedef __m256i fg_vi;
 enum { FG_F32 = 0, FG_BF16 = 1 };
 #define FG_A_STEP(type) ((type) == FG_F32 || FG_NATIVE_BF16 ? 4 : 8)
 
-/* c[r][0..31] (+)= sum over kc steps of x row r . panel, for MR rows of x at a (row stride lda bytes). */
-FG_INLINE void fg_tile(const int type, const int MR, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc,
-                       float *c, int64_t ldc, int accumulate, int prefetch) {
+/* c[r][0..31] (+)= sum over kc steps p of x[r, p] . panel step p, for MR rows of x (row r at a + r * lda,
+ * step p at + p * a_step). PREFETCH: the m <= 8 pass, which streams the weights once at memory speed and
+ * keeps loads in flight ahead of it; a larger m reuses a cache block of them instead. (Tried: x packed
+ * into tiles of interleaved rows, as BLIS does: no faster here, the rows of x stay in L1/L2 anyway.) */
+FG_INLINE void fg_tile(const int type, const int MR, const int PREFETCH, const uint8_t *a, int64_t lda,
+                       const uint8_t *b, int64_t kc, float *c, int64_t ldc, int accumulate) {
+    const int64_t row_stride = lda, step_stride = FG_A_STEP(type);
     fg_vf acc[FG_MR][FG_NV];
     FG_UNROLL for (int r = 0; r < MR; r++) FG_UNROLL for (int v = 0; v < FG_NV; v++) acc[r][v] =
         accumulate ? fg_load(c + r * ldc + v * FG_VLEN) : fg_zero();
     for (int64_t p = 0; p < kc; p++) {
-        const uint8_t *bp = b + p * FG_STEP;
-        if (prefetch) {
+        const uint8_t *bp = b + p * FG_STEP, *ap = a + p * step_stride;
+        if (PREFETCH) {
             _mm_prefetch((const char *)(bp + FG_PF * FG_STEP), _MM_HINT_T0);
             _mm_prefetch((const char *)(bp + FG_PF * FG_STEP + 64), _MM_HINT_T0);
         }
@@ -113,7 +125,7 @@ FG_INLINE void fg_tile(const int type, const int MR, const uint8_t *a, int64_t l
             fg_vf bv[FG_NV];
             FG_UNROLL for (int v = 0; v < FG_NV; v++) bv[v] = fg_load((const float *)bp + v * FG_VLEN);
             FG_UNROLL for (int r = 0; r < MR; r++) {
-                const fg_vf av = fg_set1(*(const float *)(a + r * lda + 4 * p));
+                const fg_vf av = fg_set1(*(const float *)(ap + r * row_stride));
                 FG_UNROLL for (int v = 0; v < FG_NV; v++) acc[r][v] = fg_fma(av, bv[v], acc[r][v]);
             }
         } else {
@@ -122,7 +134,7 @@ FG_INLINE void fg_tile(const int type, const int MR, const uint8_t *a, int64_t l
             FG_UNROLL for (int v = 0; v < FG_NV; v++) bv[v] = fg_loadi(bp + 64 * v);
             FG_UNROLL for (int r = 0; r < MR; r++) {
                 int32_t pair;
-                memcpy(&pair, a + r * lda + 4 * p, 4);
+                memcpy(&pair, ap + r * row_stride, 4);
                 const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
                 FG_UNROLL for (int v = 0; v < FG_NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, (__m512bh)bv[v]);
             }
@@ -131,7 +143,7 @@ FG_INLINE void fg_tile(const int type, const int MR, const uint8_t *a, int64_t l
                 const fg_vi pairs = fg_loadi(bp + FG_VLEN * 4 * v);
                 const fg_vf lo = fg_bf16_lo(pairs), hi = fg_bf16_hi(pairs);
                 FG_UNROLL for (int r = 0; r < MR; r++) {
-                    const float *ar = (const float *)(a + r * lda + 8 * p);
+                    const float *ar = (const float *)(ap + r * row_stride);
                     acc[r][v] = fg_fma(fg_set1(ar[1]), hi, fg_fma(fg_set1(ar[0]), lo, acc[r][v]));
                 }
             }
@@ -143,85 +155,35 @@ FG_INLINE void fg_tile(const int type, const int MR, const uint8_t *a, int64_t l
 }
 
 /* The tile for a run-time row count (1..FG_MR), each a compile-time constant so the accumulators stay
- * in registers. */
+ * in registers: one function per (type, prefetching or not). */
 #define FG_TILE_CASE(R) \
-    case R: fg_tile(type, R, a, lda, b, kc, c, ldc, accumulate, prefetch); break;
-FG_INLINE void fg_tile_rows(const int type, int mr, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc,
-                            float *c, int64_t ldc, int accumulate, int prefetch) {
-    switch (mr) {
-        FG_TILE_CASE(1)
-        FG_TILE_CASE(2)
-#if FG_MR > 2
-        FG_TILE_CASE(3)
-        FG_TILE_CASE(4)
-        FG_TILE_CASE(5)
-        FG_TILE_CASE(6)
-        FG_TILE_CASE(7)
-        FG_TILE_CASE(8)
-        FG_TILE_CASE(9)
-        FG_TILE_CASE(10)
-        FG_TILE_CASE(11)
-        FG_TILE_CASE(12)
+    case R: fg_tile(tile_type, R, tile_prefetch, a, lda, b, kc, c, ldc, accumulate); break;
+#define FG_DEFINE_TILE(NAME, TYPE, PREFETCH)                                                                      \
+    static void NAME(int mr, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc, float *c, int64_t ldc, \
+                     int accumulate) {                                                                           \
+        const int tile_type = (TYPE), tile_prefetch = (PREFETCH);                                                    \
+        switch (mr) {                                                                                            \
+            FG_TILE_CASES                                                                                        \
+            default: break;                                                                                      \
+        }                                                                                                        \
+    }
+#if FG_MR == 12
+#define FG_TILE_CASES FG_TILE_CASE(1) FG_TILE_CASE(2) FG_TILE_CASE(3) FG_TILE_CASE(4) FG_TILE_CASE(5) \
+    FG_TILE_CASE(6) FG_TILE_CASE(7) FG_TILE_CASE(8) FG_TILE_CASE(9) FG_TILE_CASE(10) FG_TILE_CASE(11) FG_TILE_CASE(12)
+#elif FG_MR == 8
+#define FG_TILE_CASES FG_TILE_CASE(1) FG_TILE_CASE(2) FG_TILE_CASE(3) FG_TILE_CASE(4) FG_TILE_CASE(5) \
+    FG_TILE_CASE(6) FG_TILE_CASE(7) FG_TILE_CASE(8)
+#elif FG_MR == 2
+#define FG_TILE_CASES FG_TILE_CASE(1) FG_TILE_CASE(2)
+#else
+#error "FG_MR: 12, 8 or 2"
 #endif
-        default: break;
-    }
-}
+FG_DEFINE_TILE(fg_tile_f32_stream, FG_F32, 1)
+FG_DEFINE_TILE(fg_tile_f32_block, FG_F32, 0)
+FG_DEFINE_TILE(fg_tile_bf16_stream, FG_BF16, 1)
+FG_DEFINE_TILE(fg_tile_bf16_block, FG_BF16, 0)
 
-static void fg_tile_f32(int mr, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc, float *c, int64_t ldc,
-                        int accumulate, int prefetch) {
-    fg_tile_rows(FG_F32, mr, a, lda, b, kc, c, ldc, accumulate, prefetch);
-}
-
-static void fg_tile_bf16(int mr, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc, float *c, int64_t ldc,
-                         int accumulate, int prefetch) {
-    fg_tile_rows(FG_BF16, mr, a, lda, b, kc, c, ldc, accumulate, prefetch);
-}
-
-typedef void (*fg_tile_fn)(int, const uint8_t *, int64_t, const uint8_t *, int64_t, float *, int64_t, int, int);
-
-/* y[i0 .. i0 + mc, panel j] from steps [0, steps) of x rows at a. A panel past n (the padded tail) goes
- * through a scratch tile and only its real columns are copied out. */
-static void fg_block(fg_tile_fn tile, const uint8_t *a, int64_t a_step, int64_t mc, int64_t steps,
-                     const uint8_t *panel, int64_t j, int64_t n, float *y, int prefetch) {
-    const int64_t lda = steps * a_step;
-    float scratch[FG_MC * FG_NR];
-    const int64_t cols = n - j * FG_NR < FG_NR ? n - j * FG_NR : FG_NR;
-    float *c = cols == FG_NR ? y + j * FG_NR : scratch;
-    const int64_t ldc = cols == FG_NR ? n : FG_NR;
-    const int64_t kc_block = mc <= FG_SMALL_M ? steps : FG_KC; /* a few rows: no reuse to block for */
-    for (int64_t p0 = 0; p0 < steps; p0 += kc_block) {
-        const int64_t kc = steps - p0 < kc_block ? steps - p0 : kc_block;
-        for (int64_t i = 0; i < mc; i += FG_MR) {
-            const int mr = mc - i < FG_MR ? (int)(mc - i) : FG_MR;
-            tile(mr, a + i * lda + p0 * a_step, lda, panel + p0 * FG_STEP, kc, c + i * ldc, ldc, p0 > 0,
-                 prefetch);
-        }
-    }
-    if (c == scratch)
-        for (int64_t i = 0; i < mc; i++) memcpy(y + i * n + j * FG_NR, scratch + i * FG_NR, cols * sizeof(float));
-}
-
-static void fg_gemm(fg_tile_fn tile, const uint8_t *a, int64_t a_step, int64_t m, int64_t steps, const uint8_t *w,
-                    int64_t n, float *y) {
-    const int64_t panels = (n + FG_NR - 1) / FG_NR, panel_bytes = steps * FG_STEP, lda = steps * a_step;
-    if (m <= FG_SMALL_M) {
-        /* Tiny weights are not worth waking the other threads for. */
-        _Pragma("omp parallel for schedule(dynamic, 1) if (panels * panel_bytes >= 65536)")
-        for (int64_t j = 0; j < panels; j++) fg_block(tile, a, a_step, m, steps, w + j * panel_bytes, j, n, y, 1);
-        return;
-    }
-    const int64_t blocks = (m + FG_MC - 1) / FG_MC;
-    _Pragma("omp parallel for schedule(dynamic, 1) collapse(2)")
-    for (int64_t ib = 0; ib < blocks; ib++)
-        for (int64_t j = 0; j < panels; j++) {
-            const int64_t i0 = ib * FG_MC, mc = m - i0 < FG_MC ? m - i0 : FG_MC;
-            fg_block(tile, a + i0 * lda, a_step, mc, steps, w + j * panel_bytes, j, n, y + i0 * n, 0);
-        }
-}
-
-void fgemm_matmul_f32(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
-    fg_gemm(fg_tile_f32, (const uint8_t *)x, 4, m, k, w, n, y);
-}
+typedef void (*fg_tile_fn)(int, const uint8_t *, int64_t, const uint8_t *, int64_t, float *, int64_t, int);
 
 /* float32 -> bfloat16, nearest even (NaN stays NaN, quiet), as torch rounds. */
 static inline uint16_t fg_to_bf16(float f) {
@@ -231,31 +193,83 @@ static inline uint16_t fg_to_bf16(float f) {
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-void fgemm_matmul_bf16(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
-    const int64_t steps = (k + 1) / 2;
-    /* x rounded to bf16, each row padded to whole pairs (the weights' padding is zero too) */
-#if FG_NATIVE_BF16
-    uint16_t *a = malloc((size_t)(m * steps * 2) * sizeof(uint16_t) + 64);
-    if (a == NULL) abort();
-    for (int64_t i = 0; i < m; i++) {
-        uint16_t *row = a + i * steps * 2;
-        for (int64_t p = 0; p < k; p++) row[p] = fg_to_bf16(x[i * k + p]);
-        if (k & 1) row[k] = 0;
+/* x's value at (row, input) as one step of x wants it: float32, or rounded to bf16 (0 past k). */
+static inline uint16_t fg_bf16_at(const float *x, int64_t k, int64_t row, int64_t col) {
+    return col < k ? fg_to_bf16(x[row * k + col]) : 0;
+}
+
+/* Step p of x's row as the tile reads it, written at dst (FG_A_STEP bytes). */
+static inline void fg_put_step(int type, const float *x, int64_t k, int64_t row, int64_t p, uint8_t *dst) {
+    if (type == FG_F32) {
+        memcpy(dst, x + row * k + p, 4);
+    } else if (FG_NATIVE_BF16) {
+        const uint32_t pair = fg_bf16_at(x, k, row, 2 * p) | (uint32_t)fg_bf16_at(x, k, row, 2 * p + 1) << 16;
+        memcpy(dst, &pair, 4);
+    } else {
+        const uint32_t lo = (uint32_t)fg_bf16_at(x, k, row, 2 * p) << 16;
+        const uint32_t hi = (uint32_t)fg_bf16_at(x, k, row, 2 * p + 1) << 16;
+        memcpy(dst, &lo, 4);
+        memcpy(dst + 4, &hi, 4);
     }
-#else
-    float *a = malloc((size_t)(m * steps * 2) * sizeof(float) + 64);
-    if (a == NULL) abort();
-    for (int64_t i = 0; i < m; i++) {
-        float *row = a + i * steps * 2;
-        for (int64_t p = 0; p < k; p++) {
-            const uint32_t bits = (uint32_t)fg_to_bf16(x[i * k + p]) << 16;
-            memcpy(row + p, &bits, 4);
+}
+
+/* y[rows, panel j] for mc rows of x at a (row stride lda) over all steps: in cache blocks of FG_KC steps
+ * when blocked (each block of the panel reused by every tile of rows). A panel past n (the padded tail)
+ * goes through a scratch tile; only its real columns are copied out. */
+static void fg_block(fg_tile_fn tile, int blocked, const uint8_t *a, int64_t lda, int64_t a_step, int64_t mc,
+                     int64_t steps, const uint8_t *panel, int64_t j, int64_t n, float *y) {
+    float scratch[FG_MC * FG_NR];
+    const int64_t cols = n - j * FG_NR < FG_NR ? n - j * FG_NR : FG_NR;
+    float *c = cols == FG_NR ? y + j * FG_NR : scratch;
+    const int64_t ldc = cols == FG_NR ? n : FG_NR;
+    const int64_t kc_block = blocked ? FG_KC : steps;
+    for (int64_t p0 = 0; p0 < steps; p0 += kc_block) {
+        const int64_t kc = steps - p0 < kc_block ? steps - p0 : kc_block;
+        for (int64_t i = 0; i < mc; i += FG_MR) {
+            const int mr = mc - i < FG_MR ? (int)(mc - i) : FG_MR;
+            tile(mr, a + i * lda + p0 * a_step, lda, panel + p0 * FG_STEP, kc, c + i * ldc, ldc, p0 > 0);
         }
-        if (k & 1) row[k] = 0.f;
     }
-#endif
-    fg_gemm(fg_tile_bf16, (const uint8_t *)a, FG_A_STEP(FG_BF16), m, steps, w, n, y);
-    free(a);
+    if (c == scratch)
+        for (int64_t i = 0; i < mc; i++) memcpy(y + i * n + j * FG_NR, scratch + i * FG_NR, cols * sizeof(float));
+}
+
+static void fg_gemm(int type, const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
+    const int64_t steps = type == FG_F32 ? k : (k + 1) / 2, a_step = FG_A_STEP(type), lda = steps * a_step;
+    const int64_t panels = (n + FG_NR - 1) / FG_NR, panel_bytes = steps * FG_STEP;
+    uint8_t *converted = NULL; /* bf16: x rounded, each row padded to whole pairs */
+    if (type != FG_F32) {
+        converted = malloc((size_t)(m * lda) + 64);
+        if (converted == NULL) abort();
+        _Pragma("omp parallel for schedule(static) if (m * k >= 65536)")
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t p = 0; p < steps; p++) fg_put_step(type, x, k, i, p, converted + i * lda + p * a_step);
+    }
+    const uint8_t *a = converted ? converted : (const uint8_t *)x;
+    if (m <= FG_SMALL_M) {
+        fg_tile_fn tile = type == FG_F32 ? fg_tile_f32_stream : fg_tile_bf16_stream;
+        /* Tiny weights are not worth waking the other threads for. */
+        _Pragma("omp parallel for schedule(dynamic, 1) if (panels * panel_bytes >= 65536)")
+        for (int64_t j = 0; j < panels; j++) fg_block(tile, 0, a, lda, a_step, m, steps, w + j * panel_bytes, j, n, y);
+    } else {
+        fg_tile_fn tile = type == FG_F32 ? fg_tile_f32_block : fg_tile_bf16_block;
+        const int64_t blocks = (m + FG_MC - 1) / FG_MC;
+        _Pragma("omp parallel for schedule(dynamic, 1) collapse(2)")
+        for (int64_t ib = 0; ib < blocks; ib++)
+            for (int64_t j = 0; j < panels; j++) {
+                const int64_t i0 = ib * FG_MC, mc = m - i0 < FG_MC ? m - i0 : FG_MC;
+                fg_block(tile, 1, a + i0 * lda, lda, a_step, mc, steps, w + j * panel_bytes, j, n, y + i0 * n);
+            }
+    }
+    free(converted);
+}
+
+void fgemm_matmul_f32(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
+    fg_gemm(FG_F32, x, m, k, w, n, y);
+}
+
+void fgemm_matmul_bf16(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
+    fg_gemm(FG_BF16, x, m, k, w, n, y);
 }
 
 /* Whether vdpbf16ps is compiled in (else bf16 runs widened to float32). */
