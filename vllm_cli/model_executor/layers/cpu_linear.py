@@ -202,7 +202,8 @@ def _pack_for_cpu(weight: torch.Tensor, kind: str | None = None) -> tuple[str, t
     (every regime weighs the same in relative terms: a kind 1.5x faster at one row and 1.1x slower at
     32 and 128 is kept; one 1.1x faster at one row and 1.5x slower elsewhere is not). A later kind in
     cpu_linear_kinds' order replaces an earlier one only with a 5% margin, so near-ties do not flip
-    between runs."""
+    between runs. Timed in CPU time on one thread (`_best_time`), so that a loaded machine does not
+    decide."""
     if kind is not None:
         return kind, _pack(kind, weight)
     key = (weight.dtype, weight.shape[1], weight.shape[0])
@@ -211,32 +212,44 @@ def _pack_for_cpu(weight: torch.Tensor, kind: str | None = None) -> tuple[str, t
     return _FASTEST_KIND[key], _pack(_FASTEST_KIND[key], weight)
 
 
+def _time_kind(
+    kind: str, weight: torch.Tensor, probe: torch.Tensor, expected: torch.Tensor, shape_only: torch.Tensor
+) -> list[float] | None:
+    """kind's seconds at each of _PROBE_ROWS, or None when it fails or mis-computes this shape."""
+    tolerance = 1e-3 if weight.dtype == torch.float32 else 5e-2
+    try:
+        packed = _pack(kind, weight)
+        check = _run_packed(kind, probe[:_CHECK_ROWS], packed, None, shape_only)
+        if not torch.allclose(check.float(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item()):
+            return None
+    except (RuntimeError, AttributeError):  # op missing from this torch build
+        return None
+    # the packing is freed on return: one alive at a time, and the winner is packed again
+    return [
+        _best_time(
+            functools.partial(_run_packed, kind, probe[:rows], packed, None, shape_only),
+            repeats=3 if rows <= _CHECK_ROWS else 1,
+        )
+        for rows in _PROBE_ROWS
+    ]
+
+
 def _time_kinds(weight: torch.Tensor) -> str:
     probe = torch.randn(max(_PROBE_ROWS), weight.shape[1], dtype=weight.dtype)
     expected = F.linear(probe[:_CHECK_ROWS].float(), weight.float())
-    tolerance = 1e-3 if weight.dtype == torch.float32 else 5e-2
     shape_only = torch.empty_strided(tuple(weight.shape), (0, 0), dtype=weight.dtype)
     timings: dict[str, list[float]] = {}  # kind -> seconds at each of _PROBE_ROWS
-    for candidate in cpu_linear_kinds(weight.dtype):
-        try:
-            packed = _pack(candidate, weight)
-            check = _run_packed(candidate, probe[:_CHECK_ROWS], packed, None, shape_only)
-            if not torch.allclose(
-                check.float(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item()
-            ):
-                continue
-        except (RuntimeError, AttributeError):  # op missing from this torch build
-            continue
-        timings[candidate] = [
-            _best_time(
-                functools.partial(_run_packed, candidate, probe[:rows], packed, None, shape_only),
-                repeats=3 if rows <= _CHECK_ROWS else 1,
-            )
-            for rows in _PROBE_ROWS
-        ]
-        del packed  # one packing alive at a time: the winner is packed again
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see _best_time
+    try:
+        for candidate in cpu_linear_kinds(weight.dtype):
+            seconds = _time_kind(candidate, weight, probe, expected, shape_only)
+            if seconds is not None:
+                timings[candidate] = seconds
+    finally:
+        torch.set_num_threads(threads)
     assert timings  # "matmul" always computes
-    fastest = [min(seconds[i] for seconds in timings.values()) for i in range(len(_PROBE_ROWS))]
+    fastest = [max(1e-9, min(seconds[i] for seconds in timings.values())) for i in range(len(_PROBE_ROWS))]
     best: tuple[float, str] | None = None  # (score, kind)
     for candidate, seconds in timings.items():
         score = math.exp(sum(math.log(s / f) for s, f in zip(seconds, fastest, strict=True)) / len(fastest))
@@ -255,12 +268,15 @@ def _time_kinds(weight: torch.Tensor) -> str:
 
 
 def _best_time(run: Callable[[], torch.Tensor], repeats: int = 3) -> float:
+    """Best of a few calls, in CPU time: on a shared machine a descheduled process accrues none, where
+    wall time would crown whichever kind ran while the machine was quiet (the caller runs it on one
+    thread, where CPU time is the call's own time)."""
     run()  # warm: first calls allocate scratch space
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         run()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best
 
 
