@@ -15,6 +15,8 @@
  *
  * The bf16 kernel rounds x to bfloat16 (nearest even, as torch's .to(torch.bfloat16)) and accumulates in
  * float32, as torch's bf16 linear does (its output rounding to bf16 is the caller's).
+ * fgemm_matmul_bf16_io(x, m, k, w, n, y) is the same with x and y bfloat16 (y rounded once), for a bf16
+ * model's torch path; it is not of the shared ABI.
  *
  * One driver for both types and every m: a register-blocked micro-kernel of FG_MR rows x 32 outputs
  * (AVX-512: 8 x 2 zmm accumulators, the weight step loaded once and used by every row; AVX2: 2 x 4 ymm)
@@ -234,18 +236,10 @@ static void fg_block(fg_tile_fn tile, int blocked, const uint8_t *a, int64_t lda
         for (int64_t i = 0; i < mc; i++) memcpy(y + i * n + j * FG_NR, scratch + i * FG_NR, cols * sizeof(float));
 }
 
-static void fg_gemm(int type, const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
-    const int64_t steps = type == FG_F32 ? k : (k + 1) / 2, a_step = FG_A_STEP(type), lda = steps * a_step;
+/* y = x @ W^T with x already in the steps' format at a (row stride lda = steps * a_step). */
+static void fg_gemm(int type, const uint8_t *a, int64_t m, int64_t steps, const uint8_t *w, int64_t n, float *y) {
+    const int64_t a_step = FG_A_STEP(type), lda = steps * a_step;
     const int64_t panels = (n + FG_NR - 1) / FG_NR, panel_bytes = steps * FG_STEP;
-    uint8_t *converted = NULL; /* bf16: x rounded, each row padded to whole pairs */
-    if (type != FG_F32) {
-        converted = malloc((size_t)(m * lda) + 64);
-        if (converted == NULL) abort();
-        _Pragma("omp parallel for schedule(static) if (m * k >= 65536)")
-        for (int64_t i = 0; i < m; i++)
-            for (int64_t p = 0; p < steps; p++) fg_put_step(type, x, k, i, p, converted + i * lda + p * a_step);
-    }
-    const uint8_t *a = converted ? converted : (const uint8_t *)x;
     if (m <= FG_SMALL_M) {
         fg_tile_fn tile = type == FG_F32 ? fg_tile_f32_stream : fg_tile_bf16_stream;
         /* Tiny weights are not worth waking the other threads for. */
@@ -261,15 +255,53 @@ static void fg_gemm(int type, const float *x, int64_t m, int64_t k, const uint8_
                 fg_block(tile, 1, a + i0 * lda, lda, a_step, mc, steps, w + j * panel_bytes, j, n, y + i0 * n);
             }
     }
-    free(converted);
+}
+
+static void *fg_alloc(size_t bytes) {
+    void *p = malloc(bytes + 64);
+    if (p == NULL) abort();
+    return p;
 }
 
 void fgemm_matmul_f32(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
-    fg_gemm(FG_F32, x, m, k, w, n, y);
+    fg_gemm(FG_F32, (const uint8_t *)x, m, k, w, n, y);
 }
 
 void fgemm_matmul_bf16(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
-    fg_gemm(FG_BF16, x, m, k, w, n, y);
+    const int64_t steps = (k + 1) / 2, a_step = FG_A_STEP(FG_BF16), lda = steps * a_step;
+    uint8_t *a = fg_alloc((size_t)(m * lda)); /* x rounded, each row padded to whole pairs */
+    _Pragma("omp parallel for schedule(static) if (m * k >= 65536)")
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t p = 0; p < steps; p++) fg_put_step(FG_BF16, x, k, i, p, a + i * lda + p * a_step);
+    fg_gemm(FG_BF16, a, m, steps, w, n, y);
+    free(a);
+}
+
+/* The same with x and y in bfloat16 (a bf16 model's torch path: no conversion op around the call): x is
+ * multiplied in place where its rows are whole pairs and vdpbf16ps is there; y is rounded once from the
+ * float32 sums, as torch's bf16 linear rounds. */
+void fgemm_matmul_bf16_io(const uint16_t *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, uint16_t *y) {
+    const int64_t steps = (k + 1) / 2, a_step = FG_A_STEP(FG_BF16), lda = steps * a_step;
+    uint8_t *a = NULL;
+    if (!FG_NATIVE_BF16 || (k & 1)) {
+        a = fg_alloc((size_t)(m * lda));
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t p = 0; p < 2 * steps; p++) {
+                const uint16_t v = p < k ? x[i * k + p] : 0;
+                if (FG_NATIVE_BF16) {
+                    memcpy(a + i * lda + 2 * p, &v, 2);
+                } else {
+                    const uint32_t bits = (uint32_t)v << 16;
+                    memcpy(a + i * lda + 4 * p, &bits, 4);
+                }
+            }
+    }
+    float *out = fg_alloc((size_t)(m * n) * sizeof(float));
+    fg_gemm(FG_BF16, a ? a : (const uint8_t *)x, m, steps, w, n, out);
+    _Pragma("omp parallel for schedule(static) if (m * n >= 65536)")
+    for (int64_t i = 0; i < m * n; i++) y[i] = fg_to_bf16(out[i]);
+    free(out);
+    free(a);
 }
 
 /* Whether vdpbf16ps is compiled in (else bf16 runs widened to float32). */

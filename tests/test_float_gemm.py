@@ -87,18 +87,26 @@ def test_avx2_variant_matches():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
-def test_cpu_linear_with_the_kind_forced(dtype, bias):
+@pytest.mark.parametrize("in_features", [96, 37])
+def test_cpu_linear_with_the_kind_forced(dtype, bias, in_features):
+    # bf16 x without a bias: fgemm_matmul_bf16_io (x in place when k is even, copied to pairs when odd)
     torch.manual_seed(4)
-    linear = nn.Linear(96, 70, bias=bias).to(dtype)
+    linear = nn.Linear(in_features, 70, bias=bias).to(dtype)
     layer = CpuLinear(linear, "fgemm")
     assert layer.kind == "fgemm" and "kernel=fgemm" in repr(layer)
     for rows in (0, 1, 5, 33):
-        x = torch.randn(rows, 96, dtype=dtype)
+        x = torch.randn(rows, in_features, dtype=dtype)
         out = layer(x)
         assert out.dtype == dtype and out.shape == (rows, 70)
         expected = F.linear(x.double(), linear.weight.double(), None if linear.bias is None else linear.bias.double())
         tolerance = 1e-5 if dtype == torch.float32 else 1.6e-2
         torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+        if dtype == torch.bfloat16:  # torch's own bf16 linear: the same up to the last bf16 bit
+            torch.testing.assert_close(out, F.linear(x, linear.weight, linear.bias), rtol=1.6e-2, atol=1e-2)
+    x3 = torch.randn(2, 3, in_features, dtype=dtype)  # leading dims, and a strided view
+    torch.testing.assert_close(layer(x3).float(), layer(x3.reshape(6, -1)).float().view(2, 3, 70))
+    xt = torch.randn(in_features, 4, dtype=dtype).t()
+    torch.testing.assert_close(layer(xt).float(), layer(xt.contiguous()).float())
 
 
 def test_kernel_parts_address_is_callable():
@@ -129,7 +137,7 @@ def test_timing_rule_weighs_every_row_count(monkeypatch):
     monkeypatch.setattr(cpu_linear, "cpu_linear_kinds", lambda dtype: list(times))
     calls: dict[str, int] = {}
 
-    def fake_time(run, repeats=3):
+    def fake_time(run, repeats=3, before=None):
         kind = run.args[0]
         calls[kind] = calls.get(kind, 0) + 1
         return times[kind][calls[kind] - 1]

@@ -177,18 +177,52 @@ def fgemm_matmul(
 def _fgemm_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
     """CpuLinear's call: x in the model's dtype, any leading shape; the result in x's dtype, the bias
     added in float32 before the one rounding (as torch's bf16 linear)."""
+    if x.dim() == 2 and x.is_contiguous() and bias is None and x.dtype == packed.dtype:
+        # the decode path: one allocation and the call, no other torch op (each costs more than the
+        # kernel's own overhead at one row); bf16 in and out through fgemm_matmul_bf16_io
+        y = torch.empty((x.shape[0], out_features), dtype=x.dtype)
+        if x.shape[0]:
+            fn = _FGEMM_F32 if x.dtype == torch.float32 else _FGEMM_BF16_IO
+            fn(x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), out_features, y.data_ptr())
+        return y
     y = fgemm_matmul(x.reshape(-1, x.shape[-1]), packed, out_features)
     if bias is not None:
         y += bias
     return y.to(x.dtype).view(*x.shape[:-1], out_features)
 
 
+def _bind_fgemm_f32(*args: int) -> None:
+    global _FGEMM_F32
+    _FGEMM_F32 = fgemm_functions()[torch.float32]
+    _FGEMM_F32(*args)
+
+
+def _bind_fgemm_bf16_io(*args: int) -> None:
+    global _FGEMM_BF16_IO
+    library = cpu.load()
+    assert library is not None
+    fn = library.fgemm_matmul_bf16_io
+    fn.argtypes, fn.restype = _FGEMM_SIGNATURE, None
+    _FGEMM_BF16_IO = fn
+    fn(*args)
+
+
+# the library's entry points, bound at their first call
+_FGEMM_F32: Callable[..., None] = _bind_fgemm_f32
+_FGEMM_BF16_IO: Callable[..., None] = _bind_fgemm_bf16_io
+
+
 # (dtype, in_features, out_features) -> the fastest correct kind, timed once per process
 _FASTEST_KIND: dict[tuple[torch.dtype, int, int], str] = {}
-# The row counts a linear meets: single-stream decode, batch decode, a prefill chunk. Their weights
-# differ by CPU and shape: at 1 row the kernel that reads the weight fastest wins (our fgemm beats
-# oneDNN by 1.2-1.6x here), at 32 and more the best-blocked GEMM does (oneDNN, by up to 1.1-1.5x).
+# The row counts a linear meets: single-stream decode, batch decode, a prefill chunk. Which kind is
+# fastest differs by CPU, shape and rows: at 1 row the kernel that reads the weight fastest wins (our
+# fgemm beats oneDNN by 1.5-1.9x here), at 32 and more the best-blocked GEMM does. The prefill probe is
+# left out where one call would take over ~2 GFLOP (an LM head): it would lengthen loading by seconds.
 _PROBE_ROWS = (1, 32, 128)
+_PROBE_MAX_FLOP = 2e9
+# A decode step reads each weight from DRAM (a model's weights are larger than the caches): the 1-row
+# probe evicts the caches first by reading this many bytes, unless the weight is larger itself.
+_EVICT_BYTES = 64 << 20
 _CHECK_ROWS = 32
 
 
@@ -215,7 +249,7 @@ def _pack_for_cpu(weight: torch.Tensor, kind: str | None = None) -> tuple[str, t
 def _time_kind(
     kind: str, weight: torch.Tensor, probe: torch.Tensor, expected: torch.Tensor, shape_only: torch.Tensor
 ) -> list[float] | None:
-    """kind's seconds at each of _PROBE_ROWS, or None when it fails or mis-computes this shape."""
+    """kind's seconds at each of _probe_rows, or None when it fails or mis-computes this shape."""
     tolerance = 1e-3 if weight.dtype == torch.float32 else 5e-2
     try:
         packed = _pack(kind, weight)
@@ -224,21 +258,30 @@ def _time_kind(
             return None
     except (RuntimeError, AttributeError):  # op missing from this torch build
         return None
+    evict = None
+    if weight.nbytes < _EVICT_BYTES:
+        other = torch.ones(_EVICT_BYTES // 4)
+        evict = other.sum
     # the packing is freed on return: one alive at a time, and the winner is packed again
     return [
         _best_time(
             functools.partial(_run_packed, kind, probe[:rows], packed, None, shape_only),
             repeats=3 if rows <= _CHECK_ROWS else 1,
+            before=evict if rows == 1 else None,
         )
-        for rows in _PROBE_ROWS
+        for rows in _probe_rows(weight)
     ]
+
+
+def _probe_rows(weight: torch.Tensor) -> list[int]:
+    return [rows for rows in _PROBE_ROWS if rows <= _CHECK_ROWS or 2 * rows * weight.numel() <= _PROBE_MAX_FLOP]
 
 
 def _time_kinds(weight: torch.Tensor) -> str:
     probe = torch.randn(max(_PROBE_ROWS), weight.shape[1], dtype=weight.dtype)
     expected = F.linear(probe[:_CHECK_ROWS].float(), weight.float())
     shape_only = torch.empty_strided(tuple(weight.shape), (0, 0), dtype=weight.dtype)
-    timings: dict[str, list[float]] = {}  # kind -> seconds at each of _PROBE_ROWS
+    timings: dict[str, list[float]] = {}  # kind -> seconds at each of _probe_rows
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see _best_time
     try:
@@ -249,7 +292,7 @@ def _time_kinds(weight: torch.Tensor) -> str:
     finally:
         torch.set_num_threads(threads)
     assert timings  # "matmul" always computes
-    fastest = [max(1e-9, min(seconds[i] for seconds in timings.values())) for i in range(len(_PROBE_ROWS))]
+    fastest = [max(1e-9, min(seconds[i] for seconds in timings.values())) for i in range(len(_probe_rows(weight)))]
     best: tuple[float, str] | None = None  # (score, kind)
     for candidate, seconds in timings.items():
         score = math.exp(sum(math.log(s / f) for s, f in zip(seconds, fastest, strict=True)) / len(fastest))
@@ -267,13 +310,17 @@ def _time_kinds(weight: torch.Tensor) -> str:
     return best[1]
 
 
-def _best_time(run: Callable[[], torch.Tensor], repeats: int = 3) -> float:
-    """Best of a few calls, in CPU time: on a shared machine a descheduled process accrues none, where
-    wall time would crown whichever kind ran while the machine was quiet (the caller runs it on one
-    thread, where CPU time is the call's own time)."""
+def _best_time(run: Callable[[], torch.Tensor], repeats: int = 3, before: Callable[[], object] | None = None) -> float:
+    """Best of a few calls (each after `before`, untimed), in CPU time: on a shared machine a descheduled
+    process accrues none, where wall time would crown whichever kind ran while the machine was quiet
+    (the caller runs it on one thread, where CPU time is the call's own time)."""
+    if before is not None:
+        before()
     run()  # warm: first calls allocate scratch space
     best = float("inf")
     for _ in range(repeats):
+        if before is not None:
+            before()
         start = time.process_time()
         run()
         best = min(best, time.process_time() - start)
