@@ -7,6 +7,12 @@ L3, as a model's layers do). At larger m it is GFLOP/s (weights cache-warm, as i
 
     python benchmarks/float_gemm.py                          # SmolLM2-135M's shapes + a 1B's, both dtypes
     python benchmarks/float_gemm.py --rows 1 8 32 --threads 2 --dtypes bfloat16 --shapes smollm2
+    python benchmarks/float_gemm.py --decode MODEL.gguf --dtypes float32   # end to end, see below
+
+--decode: a model's single-stream decode steps, with our kernels offered to CpuLinear's pick (as shipped)
+and without them (the library chosen as before: oneDNN, MKL or torch, timed at 32 rows), two engines in
+one process at one thread, requests alternating between them; CPU time per step (median), which a
+process descheduled on a shared machine does not accrue.
 
 Best of several timings per kind and cell; at 1 thread in CPU time (time.process_time: a process
 descheduled on this shared machine does not accrue it), at 2 threads in wall time. The load average is
@@ -17,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from vllm_cli.model_executor.layers import cpu_linear
 from vllm_cli.model_executor.layers.cpu_linear import _pack, _run_packed, cpu_linear_kinds
 
 SHAPES = {  # (in_features k, out_features n)
@@ -71,6 +79,67 @@ def _runners(dtype: torch.dtype, k: int, n: int, rows: int, cold: bool) -> tuple
     return runners, copies
 
 
+def _engine(model: str, dtype: str, with_fgemm: bool) -> object:
+    from vllm_cli.config import EngineArgs
+    from vllm_cli.engine.llm_engine import LLMEngine
+
+    offered = cpu_linear.cpu_linear_kinds
+    probe_rows = cpu_linear._PROBE_ROWS
+    cpu_linear._FASTEST_KIND.clear()
+    if not with_fgemm:
+        cpu_linear.cpu_linear_kinds = lambda d: [k for k in offered(d) if k != "fgemm"]  # type: ignore[assignment]
+        cpu_linear._PROBE_ROWS = (32,)  # the pick before fgemm: 32 rows only
+    try:
+        args = EngineArgs(
+            model=model,
+            dtype=dtype,
+            quantization="none",
+            max_model_len=512,
+            kv_cache_memory="256MiB",
+            enable_prefix_caching=False,
+        )
+        return LLMEngine.from_engine_args(args)
+    finally:
+        cpu_linear.cpu_linear_kinds = offered  # type: ignore[assignment]
+        cpu_linear._PROBE_ROWS = probe_rows
+
+
+def _decode_cpu_ms(engine: object, input_len: int, steps: int, seed: int) -> list[float]:
+    from vllm_cli.sampling_params import SamplingParams
+
+    prompt = torch.randint(0, 10_000, (input_len,), generator=torch.Generator().manual_seed(seed)).tolist()
+    params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=steps + 1, output_kind="final_only")
+    engine.add_request(f"r{seed}-{time.monotonic_ns()}", prompt, params, prompt_token_ids=prompt)  # type: ignore[attr-defined]
+    times = []
+    while engine.has_unfinished_requests():  # type: ignore[attr-defined]
+        start = time.process_time()
+        engine.step()  # type: ignore[attr-defined]
+        times.append(1e3 * (time.process_time() - start))
+    return times[1:]  # the first step is the prefill
+
+
+def decode(model: str, dtypes: list[str], input_len: int, steps: int, rounds: int) -> None:
+    torch.set_num_threads(1)
+    print(f"{model}: decode steps at 1 thread, CPU ms per step (median); load average {os.getloadavg()}")
+    for dtype in dtypes:
+        engines = {"without fgemm": _engine(model, dtype, False), "with fgemm": _engine(model, dtype, True)}
+        times: dict[str, list[float]] = {label: [] for label in engines}
+        for engine in engines.values():
+            _decode_cpu_ms(engine, input_len, 4, seed=0)  # warm-up
+        for r in range(rounds):
+            for label, engine in engines.items():
+                times[label] += _decode_cpu_ms(engine, input_len, steps, seed=r)
+        medians = {label: statistics.median(t) for label, t in times.items()}
+        print(
+            f"| {dtype} | "
+            + " | ".join(f"{label}: {ms:.2f} ms ({1e3 / ms:.1f} tok/s)" for label, ms in medians.items())
+            + f" | {medians['without fgemm'] / medians['with fgemm']:.2f}x |",
+            flush=True,
+        )
+        del engines
+    print(f"load average after: {os.getloadavg()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
@@ -81,7 +150,14 @@ def main() -> None:
     parser.add_argument(
         "--max-gflop", type=float, default=60.0, help="skip cells whose one call exceeds this many GFLOP"
     )
+    parser.add_argument("--decode", metavar="MODEL", help="end to end: a model's decode steps with and without fgemm")
+    parser.add_argument("--input-len", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.decode:
+        decode(args.decode, args.dtypes, args.input_len, args.steps, args.rounds)
+        return
     print(f"CPU: {os.cpu_count()} logical CPUs; torch {torch.__version__}; load average {os.getloadavg()}")
     print("| dtype | k x n | m | threads | unit | ours | oneDNN | F.linear | ours / oneDNN |")
     print("|---|---|---|---|---|---|---|---|---|")
