@@ -216,14 +216,16 @@ static inline void fg_put_step(int type, const float *x, int64_t k, int64_t row,
 }
 
 /* y[rows, panel j] for mc rows of x at a (row stride lda) over all steps: in cache blocks of FG_KC steps
- * when blocked (each block of the panel reused by every tile of rows). A panel past n (the padded tail)
- * goes through a scratch tile; only its real columns are copied out. */
+ * when blocked (each block of the panel reused by every tile of rows). A panel past n (the padded tail),
+ * or every panel when the output is bf16 (y16), goes through a scratch tile; only its real columns are
+ * copied out (rounded to bf16 for y16, while they are in L1). */
 static void fg_block(fg_tile_fn tile, int blocked, const uint8_t *a, int64_t lda, int64_t a_step, int64_t mc,
-                     int64_t steps, const uint8_t *panel, int64_t j, int64_t n, float *y) {
+                     int64_t steps, const uint8_t *panel, int64_t j, int64_t n, float *y, uint16_t *y16) {
     float scratch[FG_MC * FG_NR];
     const int64_t cols = n - j * FG_NR < FG_NR ? n - j * FG_NR : FG_NR;
-    float *c = cols == FG_NR ? y + j * FG_NR : scratch;
-    const int64_t ldc = cols == FG_NR ? n : FG_NR;
+    const int direct = cols == FG_NR && y16 == NULL;
+    float *c = direct ? y + j * FG_NR : scratch;
+    const int64_t ldc = direct ? n : FG_NR;
     const int64_t kc_block = blocked ? FG_KC : steps;
     for (int64_t p0 = 0; p0 < steps; p0 += kc_block) {
         const int64_t kc = steps - p0 < kc_block ? steps - p0 : kc_block;
@@ -232,19 +234,26 @@ static void fg_block(fg_tile_fn tile, int blocked, const uint8_t *a, int64_t lda
             tile(mr, a + i * lda + p0 * a_step, lda, panel + p0 * FG_STEP, kc, c + i * ldc, ldc, p0 > 0);
         }
     }
-    if (c == scratch)
-        for (int64_t i = 0; i < mc; i++) memcpy(y + i * n + j * FG_NR, scratch + i * FG_NR, cols * sizeof(float));
+    if (direct) return;
+    for (int64_t i = 0; i < mc; i++) {
+        if (y16 != NULL)
+            for (int64_t col = 0; col < cols; col++) y16[i * n + j * FG_NR + col] = fg_to_bf16(scratch[i * FG_NR + col]);
+        else
+            memcpy(y + i * n + j * FG_NR, scratch + i * FG_NR, cols * sizeof(float));
+    }
 }
 
-/* y = x @ W^T with x already in the steps' format at a (row stride lda = steps * a_step). */
-static void fg_gemm(int type, const uint8_t *a, int64_t m, int64_t steps, const uint8_t *w, int64_t n, float *y) {
+/* y (float32) or y16 (bf16) = x @ W^T with x already in the steps' format at a (row stride lda = steps *
+ * a_step). */
+static void fg_gemm(int type, const uint8_t *a, int64_t m, int64_t steps, const uint8_t *w, int64_t n, float *y,
+                    uint16_t *y16) {
     const int64_t a_step = FG_A_STEP(type), lda = steps * a_step;
     const int64_t panels = (n + FG_NR - 1) / FG_NR, panel_bytes = steps * FG_STEP;
     if (m <= FG_SMALL_M) {
         fg_tile_fn tile = type == FG_F32 ? fg_tile_f32_stream : fg_tile_bf16_stream;
         /* Tiny weights are not worth waking the other threads for. */
         _Pragma("omp parallel for schedule(dynamic, 1) if (panels * panel_bytes >= 65536)")
-        for (int64_t j = 0; j < panels; j++) fg_block(tile, 0, a, lda, a_step, m, steps, w + j * panel_bytes, j, n, y);
+        for (int64_t j = 0; j < panels; j++) fg_block(tile, 0, a, lda, a_step, m, steps, w + j * panel_bytes, j, n, y, y16);
     } else {
         fg_tile_fn tile = type == FG_F32 ? fg_tile_f32_block : fg_tile_bf16_block;
         const int64_t blocks = (m + FG_MC - 1) / FG_MC;
@@ -252,7 +261,8 @@ static void fg_gemm(int type, const uint8_t *a, int64_t m, int64_t steps, const 
         for (int64_t ib = 0; ib < blocks; ib++)
             for (int64_t j = 0; j < panels; j++) {
                 const int64_t i0 = ib * FG_MC, mc = m - i0 < FG_MC ? m - i0 : FG_MC;
-                fg_block(tile, 1, a + i0 * lda, lda, a_step, mc, steps, w + j * panel_bytes, j, n, y + i0 * n);
+                fg_block(tile, 1, a + i0 * lda, lda, a_step, mc, steps, w + j * panel_bytes, j, n, y ? y + i0 * n : NULL,
+                         y16 ? y16 + i0 * n : NULL);
             }
     }
 }
@@ -264,7 +274,7 @@ static void *fg_alloc(size_t bytes) {
 }
 
 void fgemm_matmul_f32(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
-    fg_gemm(FG_F32, (const uint8_t *)x, m, k, w, n, y);
+    fg_gemm(FG_F32, (const uint8_t *)x, m, k, w, n, y, NULL);
 }
 
 void fgemm_matmul_bf16(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {
@@ -273,7 +283,7 @@ void fgemm_matmul_bf16(const float *x, int64_t m, int64_t k, const uint8_t *w, i
     _Pragma("omp parallel for schedule(static) if (m * k >= 65536)")
     for (int64_t i = 0; i < m; i++)
         for (int64_t p = 0; p < steps; p++) fg_put_step(FG_BF16, x, k, i, p, a + i * lda + p * a_step);
-    fg_gemm(FG_BF16, a, m, steps, w, n, y);
+    fg_gemm(FG_BF16, a, m, steps, w, n, y, NULL);
     free(a);
 }
 
@@ -296,11 +306,7 @@ void fgemm_matmul_bf16_io(const uint16_t *x, int64_t m, int64_t k, const uint8_t
                 }
             }
     }
-    float *out = fg_alloc((size_t)(m * n) * sizeof(float));
-    fg_gemm(FG_BF16, a ? a : (const uint8_t *)x, m, steps, w, n, out);
-    _Pragma("omp parallel for schedule(static) if (m * n >= 65536)")
-    for (int64_t i = 0; i < m * n; i++) y[i] = fg_to_bf16(out[i]);
-    free(out);
+    fg_gemm(FG_BF16, a ? a : (const uint8_t *)x, m, steps, w, n, NULL, y);
     free(a);
 }
 
