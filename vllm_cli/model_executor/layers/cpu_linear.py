@@ -247,9 +247,15 @@ def _pack_for_cpu(weight: torch.Tensor, kind: str | None = None) -> tuple[str, t
 
 
 def _time_kind(
-    kind: str, weight: torch.Tensor, probe: torch.Tensor, expected: torch.Tensor, shape_only: torch.Tensor
+    kind: str,
+    weight: torch.Tensor,
+    probe: torch.Tensor,
+    expected: torch.Tensor,
+    shape_only: torch.Tensor,
+    evict: Callable[[], object] | None,
 ) -> list[float] | None:
-    """kind's seconds at each of _probe_rows, or None when it fails or mis-computes this shape."""
+    """kind's seconds at each of _probe_rows (on one thread: see _best_time; packed on all), or None
+    when it fails or mis-computes this shape."""
     tolerance = 1e-3 if weight.dtype == torch.float32 else 5e-2
     try:
         packed = _pack(kind, weight)
@@ -258,19 +264,20 @@ def _time_kind(
             return None
     except (RuntimeError, AttributeError):  # op missing from this torch build
         return None
-    evict = None
-    if weight.nbytes < _EVICT_BYTES:
-        other = torch.ones(_EVICT_BYTES // 4)
-        evict = other.sum
     # the packing is freed on return: one alive at a time, and the winner is packed again
-    return [
-        _best_time(
-            functools.partial(_run_packed, kind, probe[:rows], packed, None, shape_only),
-            repeats=3 if rows <= _CHECK_ROWS else 1,
-            before=evict if rows == 1 else None,
-        )
-        for rows in _probe_rows(weight)
-    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [
+            _best_time(
+                functools.partial(_run_packed, kind, probe[:rows], packed, None, shape_only),
+                repeats=3 if rows <= _CHECK_ROWS else 1,
+                before=evict if rows == 1 else None,
+            )
+            for rows in _probe_rows(weight)
+        ]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _probe_rows(weight: torch.Tensor) -> list[int]:
@@ -282,15 +289,12 @@ def _time_kinds(weight: torch.Tensor) -> str:
     expected = F.linear(probe[:_CHECK_ROWS].float(), weight.float())
     shape_only = torch.empty_strided(tuple(weight.shape), (0, 0), dtype=weight.dtype)
     timings: dict[str, list[float]] = {}  # kind -> seconds at each of _probe_rows
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see _best_time
-    try:
-        for candidate in cpu_linear_kinds(weight.dtype):
-            seconds = _time_kind(candidate, weight, probe, expected, shape_only)
-            if seconds is not None:
-                timings[candidate] = seconds
-    finally:
-        torch.set_num_threads(threads)
+    evict = torch.ones(_EVICT_BYTES // 4).sum if weight.nbytes < _EVICT_BYTES else None
+    for candidate in cpu_linear_kinds(weight.dtype):
+        seconds = _time_kind(candidate, weight, probe, expected, shape_only, evict)
+        if seconds is not None:
+            timings[candidate] = seconds
+    del evict
     assert timings  # "matmul" always computes
     fastest = [max(1e-9, min(seconds[i] for seconds in timings.values())) for i in range(len(_probe_rows(weight)))]
     best: tuple[float, str] | None = None  # (score, kind)
