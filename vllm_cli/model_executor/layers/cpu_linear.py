@@ -224,6 +224,13 @@ _PROBE_MAX_FLOP = 2e9
 # probe evicts the caches first by reading this many bytes, unless the weight is larger itself.
 _EVICT_BYTES = 64 << 20
 _CHECK_ROWS = 32
+# Our kind is kept unless another is this much faster over the probes: only its weights have kernel parts,
+# and a model whose every linear has them runs its decode steps in one C call (kernels/decode_loop.c), which
+# saves more per layer (~0.1 ms of dispatch) than a few percent of one small matmul costs.
+_KERNEL_PARTS_PREFERENCE = 1.15
+# Below this a weight's matmul takes microseconds whichever kind runs it (and timing them is noise: a
+# cache-cold call of a 24 KB weight swung 2x between kinds): ours is taken untimed, for the same reason.
+_SMALL_WEIGHT_BYTES = 1 << 20
 
 
 def _pack_for_cpu(weight: torch.Tensor, kind: str | None = None) -> tuple[str, torch.Tensor]:
@@ -242,8 +249,31 @@ def _pack_for_cpu(weight: torch.Tensor, kind: str | None = None) -> tuple[str, t
         return kind, _pack(kind, weight)
     key = (weight.dtype, weight.shape[1], weight.shape[0])
     if key not in _FASTEST_KIND:
-        _FASTEST_KIND[key] = _time_kinds(weight)
+        small = weight.nbytes < _SMALL_WEIGHT_BYTES and "fgemm" in cpu_linear_kinds(weight.dtype)
+        _FASTEST_KIND[key] = "fgemm" if small and _checked("fgemm", weight) else _time_kinds(weight)
     return _FASTEST_KIND[key], _pack(_FASTEST_KIND[key], weight)
+
+
+def _packed_if_correct(
+    kind: str, weight: torch.Tensor, probe: torch.Tensor, expected: torch.Tensor, shape_only: torch.Tensor
+) -> torch.Tensor | None:
+    """weight packed for kind, or None when kind fails or mis-computes this shape (against F.linear's
+    `expected` on `probe`)."""
+    tolerance = 1e-3 if weight.dtype == torch.float32 else 5e-2
+    try:
+        packed = _pack(kind, weight)
+        check = _run_packed(kind, probe, packed, None, shape_only)
+    except (RuntimeError, AttributeError):  # op missing from this torch build
+        return None
+    if not torch.allclose(check.float(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item()):
+        return None
+    return packed
+
+
+def _checked(kind: str, weight: torch.Tensor) -> bool:
+    probe = torch.randn(_CHECK_ROWS, weight.shape[1], dtype=weight.dtype)
+    shape_only = torch.empty_strided(tuple(weight.shape), (0, 0), dtype=weight.dtype)
+    return _packed_if_correct(kind, weight, probe, F.linear(probe.float(), weight.float()), shape_only) is not None
 
 
 def _time_kind(
@@ -256,13 +286,8 @@ def _time_kind(
 ) -> list[float] | None:
     """kind's seconds at each of _probe_rows (on one thread: see _best_time; packed on all), or None
     when it fails or mis-computes this shape."""
-    tolerance = 1e-3 if weight.dtype == torch.float32 else 5e-2
-    try:
-        packed = _pack(kind, weight)
-        check = _run_packed(kind, probe[:_CHECK_ROWS], packed, None, shape_only)
-        if not torch.allclose(check.float(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item()):
-            return None
-    except (RuntimeError, AttributeError):  # op missing from this torch build
+    packed = _packed_if_correct(kind, weight, probe[:_CHECK_ROWS], expected, shape_only)
+    if packed is None:
         return None
     # the packing is freed on return: one alive at a time, and the winner is packed again
     threads = torch.get_num_threads()
@@ -298,11 +323,16 @@ def _time_kinds(weight: torch.Tensor) -> str:
     assert timings  # "matmul" always computes
     fastest = [max(1e-9, min(seconds[i] for seconds in timings.values())) for i in range(len(_probe_rows(weight)))]
     best: tuple[float, str] | None = None  # (score, kind)
+    scores = {}
     for candidate, seconds in timings.items():
-        score = math.exp(sum(math.log(s / f) for s, f in zip(seconds, fastest, strict=True)) / len(fastest))
+        score = scores[candidate] = math.exp(
+            sum(math.log(s / f) for s, f in zip(seconds, fastest, strict=True)) / len(fastest)
+        )
         if best is None or score < 0.95 * best[0]:
             best = (score, candidate)
     assert best is not None
+    if "fgemm" in scores and scores["fgemm"] <= _KERNEL_PARTS_PREFERENCE * best[0]:
+        best = (scores["fgemm"], "fgemm")
     logger.debug(
         "CPU linear %dx%d %s: %s -> %s",
         weight.shape[1],
