@@ -52,11 +52,17 @@
 #define FG_PF 32      /* steps ahead the m <= 8 pass prefetches (4 KB; 8-64 measured alike) */
 #endif
 #define FG_SMALL_M 8  /* up to this many rows: one pass over each panel */
+#ifndef FG_PF_HINT
+#define FG_PF_HINT _MM_HINT_T0
+#endif
 #ifndef FG_PF_L2
 #define FG_PF_L2 0    /* steps ahead of a second, _MM_HINT_T1 prefetch in the m <= 8 pass (0: none) */
 #endif
 #ifndef FG_GMAX
 #define FG_GMAX 2     /* panels one thread streams at once in the m <= 8 pass (registers permitting) */
+#endif
+#ifndef FG_SPREAD
+#define FG_SPREAD 1   /* the m <= 8 pass's G panels: from G parts of a thread's run (1) or adjacent (0) */
 #endif
 #ifndef FG_CHUNKS
 #define FG_CHUNKS 1   /* contiguous runs of panels per thread in the m <= 8 pass */
@@ -191,11 +197,11 @@ FG_DEFINE_TILE(fg_tile_bf16_block, FG_BF16)
 typedef void (*fg_tile_fn)(int, const uint8_t *, int64_t, const uint8_t *, int64_t, float *, int64_t, int);
 
 /* The m <= 8 pass: c[r][32 g + 0..31] = sum over all steps p of x[r, p] . step p of panel g, for MR rows
- * and G panels side by side (panel g at b + g * panel_bytes), each weight byte loaded once. The G panels
+ * and G panels (panel g at b + g * panel_bytes, its outputs at c + g * cgap), each weight byte loaded once. The G panels
  * are G sequential streams in flight at once, each prefetched ahead, so one core keeps more misses
  * outstanding than one stream lets it; and G x NV independent accumulator chains per row. */
 FG_INLINE void fg_stream(const int type, const int MR, const int G, const uint8_t *a, int64_t lda,
-                         const uint8_t *b, int64_t panel_bytes, int64_t steps, float *c, int64_t ldc) {
+                         const uint8_t *b, int64_t panel_bytes, int64_t steps, float *c, int64_t ldc, int64_t cgap) {
     const int64_t step_stride = FG_A_STEP(type);
     fg_vf acc[FG_MR][4][FG_NV];
     FG_UNROLL for (int r = 0; r < MR; r++) FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV;
@@ -205,8 +211,8 @@ FG_INLINE void fg_stream(const int type, const int MR, const int G, const uint8_
         const uint8_t *ap = a + p * step_stride;
         FG_UNROLL for (int g = 0; g < G; g++) {
             const uint8_t *bp = b + g * panel_bytes + p * FG_STEP;
-            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP), _MM_HINT_T0);
-            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP + 64), _MM_HINT_T0);
+            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP), FG_PF_HINT);
+            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP + 64), FG_PF_HINT);
             if (FG_PF_L2) {
                 _mm_prefetch((const char *)(bp + FG_PF_L2 * FG_STEP), _MM_HINT_T1);
                 _mm_prefetch((const char *)(bp + FG_PF_L2 * FG_STEP + 64), _MM_HINT_T1);
@@ -247,7 +253,7 @@ FG_INLINE void fg_stream(const int type, const int MR, const int G, const uint8_
     }
     FG_UNROLL for (int r = 0; r < MR; r++) FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV;
                                                                                                v++)
-        fg_store(c + r * ldc + g * FG_NR + v * FG_VLEN, acc[r][g][v]);
+        fg_store(c + r * ldc + g * cgap + v * FG_VLEN, acc[r][g][v]);
 }
 
 /* How many panels the m <= 8 pass streams at once for a tile of mr rows: as many as the 32 zmm (16 ymm)
@@ -263,7 +269,7 @@ static inline int fg_group(int mr) {
 }
 
 #define FG_STREAM_CASE(R, G) \
-    case (R) * 8 + (G): fg_stream(stream_type, R, G, a, lda, b, panel_bytes, steps, c, ldc); break;
+    case (R) * 8 + (G): fg_stream(stream_type, R, G, a, lda, b, panel_bytes, steps, c, ldc, cgap); break;
 #if defined(__AVX512F__)
 #define FG_STREAM_CASES                                                                                        \
     FG_STREAM_CASE(1, 1) FG_STREAM_CASE(1, 2) FG_STREAM_CASE(1, 3) FG_STREAM_CASE(1, 4) FG_STREAM_CASE(2, 1)    \
@@ -275,7 +281,7 @@ static inline int fg_group(int mr) {
 #endif
 #define FG_DEFINE_STREAM(NAME, TYPE)                                                                            \
     static void NAME(int mr, int g, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t panel_bytes,      \
-                     int64_t steps, float *c, int64_t ldc) {                                                   \
+                     int64_t steps, float *c, int64_t ldc, int64_t cgap) {                                     \
         const int stream_type = (TYPE);                                                                        \
         switch (mr * 8 + g) {                                                                                  \
             FG_STREAM_CASES                                                                                    \
@@ -285,7 +291,8 @@ static inline int fg_group(int mr) {
 FG_DEFINE_STREAM(fg_stream_f32, FG_F32)
 FG_DEFINE_STREAM(fg_stream_bf16, FG_BF16)
 
-typedef void (*fg_stream_fn)(int, int, const uint8_t *, int64_t, const uint8_t *, int64_t, int64_t, float *, int64_t);
+typedef void (*fg_stream_fn)(int, int, const uint8_t *, int64_t, const uint8_t *, int64_t, int64_t, float *, int64_t,
+                             int64_t);
 
 /* float32 -> bfloat16, nearest even (NaN stays NaN, quiet), as torch rounds. */
 static inline uint16_t fg_to_bf16(float f) {
@@ -344,32 +351,45 @@ static void fg_block(fg_tile_fn tile, int blocked, const uint8_t *a, int64_t lda
 }
 
 /* The m <= 8 pass over panels [j0, j1): fg_group(rows) panels at a time, every row tile over them (one
- * tile when AVX-512's 8 rows cover m). Whole panels into float32 y go straight to y; the padded tail, or
- * bf16 y16, through a scratch tile, only the real columns copied out. */
+ * tile when AVX-512's 8 rows cover m). FG_SPREAD: the G panels of a group are one from each of G equal
+ * parts of the run (j, j + part, ...), so each stream runs on through consecutive panels and its prefetch
+ * ahead crosses into the next one it reads; else G adjacent panels. Whole panels into float32 y go
+ * straight to y; the padded tail, or bf16 y16, through a scratch tile, only the real columns copied out. */
 static void fg_stream_run(fg_stream_fn stream, const uint8_t *a, int64_t lda, int64_t m, int64_t steps,
                           const uint8_t *w, int64_t j0, int64_t j1, int64_t n, float *y, uint16_t *y16) {
     float scratch[FG_SMALL_M * 4 * FG_NR];
-    const int64_t panel_bytes = steps * FG_STEP;
+    const int64_t panel_bytes = steps * FG_STEP, panels_n = (n + FG_NR - 1) / FG_NR;
     const int mr_max = m < FG_MR ? (int)m : FG_MR, gmax = fg_group(mr_max);
-    for (int64_t j = j0; j < j1;) {
-        const int g = j1 - j < gmax ? (int)(j1 - j) : gmax;
-        const int64_t cols = n - j * FG_NR < g * FG_NR ? n - j * FG_NR : g * FG_NR;
-        const int direct = cols == g * FG_NR && y16 == NULL;
+    const int64_t part = FG_SPREAD ? (j1 - j0) / gmax : 0; /* panels per stream; the rest adjacent at the end */
+    for (int64_t j = j0, done = 0; j < j1;) {
+        const int spread = part > 0 && done < part;
+        const int g = spread ? gmax : j1 - j < gmax ? (int)(j1 - j) : gmax;
+        const int64_t gap = spread ? part : 1; /* panels between the group's streams */
+        const int tail = j + (g - 1) * gap == panels_n - 1 && n % FG_NR != 0;
+        const int direct = !tail && y16 == NULL;
         float *c = direct ? y + j * FG_NR : scratch;
-        const int64_t ldc = direct ? n : g * FG_NR;
+        const int64_t ldc = direct ? n : g * FG_NR, cgap = direct ? gap * FG_NR : FG_NR;
         for (int64_t i = 0; i < m; i += FG_MR) {
             const int mr = m - i < FG_MR ? (int)(m - i) : FG_MR;
-            stream(mr, g, a + i * lda, lda, w + j * panel_bytes, panel_bytes, steps, c + i * ldc, ldc);
+            stream(mr, g, a + i * lda, lda, w + j * panel_bytes, gap * panel_bytes, steps, c + i * ldc, ldc, cgap);
         }
         if (!direct)
-            for (int64_t i = 0; i < m; i++) {
-                if (y16 != NULL)
-                    for (int64_t col = 0; col < cols; col++)
-                        y16[i * n + j * FG_NR + col] = fg_to_bf16(scratch[i * ldc + col]);
-                else
-                    memcpy(y + i * n + j * FG_NR, scratch + i * ldc, cols * sizeof(float));
+            for (int gi = 0; gi < g; gi++) {
+                const int64_t jg = j + gi * gap, cols = n - jg * FG_NR < FG_NR ? n - jg * FG_NR : FG_NR;
+                for (int64_t i = 0; i < m; i++) {
+                    const float *src = scratch + i * ldc + gi * FG_NR;
+                    if (y16 != NULL)
+                        for (int64_t col = 0; col < cols; col++) y16[i * n + jg * FG_NR + col] = fg_to_bf16(src[col]);
+                    else
+                        memcpy(y + i * n + jg * FG_NR, src, cols * sizeof(float));
+                }
             }
-        j += g;
+        if (spread) {
+            done++;
+            j = done < part ? j + 1 : j0 + gmax * part;
+        } else {
+            j += g;
+        }
     }
 }
 
