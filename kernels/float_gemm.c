@@ -52,14 +52,11 @@
 #define FG_PF 32      /* steps ahead the m <= 8 pass prefetches (4 KB; 8-64 measured alike) */
 #endif
 #define FG_SMALL_M 8  /* up to this many rows: one pass over each panel */
-#ifndef FG_PF_HINT
-#define FG_PF_HINT _MM_HINT_T0
-#endif
 #ifndef FG_PF_L2
-#define FG_PF_L2 0    /* steps ahead of a second, _MM_HINT_T1 prefetch in the m <= 8 pass (0: none) */
+#define FG_PF_L2 128  /* steps ahead (16 KB) of a second, _MM_HINT_T1 prefetch in the m <= 8 pass (0: none) */
 #endif
 #ifndef FG_GMAX
-#define FG_GMAX 2     /* panels one thread streams at once in the m <= 8 pass (registers permitting) */
+#define FG_GMAX 4     /* panels one thread streams at once in the m <= 8 pass (registers permitting) */
 #endif
 #ifndef FG_SPREAD
 #define FG_SPREAD 1   /* the m <= 8 pass's G panels: from G parts of a thread's run (1) or adjacent (0) */
@@ -203,7 +200,7 @@ typedef void (*fg_tile_fn)(int, const uint8_t *, int64_t, const uint8_t *, int64
 FG_INLINE void fg_stream(const int type, const int MR, const int G, const uint8_t *a, int64_t lda,
                          const uint8_t *b, int64_t panel_bytes, int64_t steps, float *c, int64_t ldc, int64_t cgap) {
     const int64_t step_stride = FG_A_STEP(type);
-    fg_vf acc[FG_MR][4][FG_NV];
+    fg_vf acc[FG_MR][8][FG_NV];
     FG_UNROLL for (int r = 0; r < MR; r++) FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV;
                                                                                                v++) acc[r][g][v] =
         fg_zero();
@@ -211,15 +208,15 @@ FG_INLINE void fg_stream(const int type, const int MR, const int G, const uint8_
         const uint8_t *ap = a + p * step_stride;
         FG_UNROLL for (int g = 0; g < G; g++) {
             const uint8_t *bp = b + g * panel_bytes + p * FG_STEP;
-            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP), FG_PF_HINT);
-            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP + 64), FG_PF_HINT);
+            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP), _MM_HINT_T0);
+            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP + 64), _MM_HINT_T0);
             if (FG_PF_L2) {
                 _mm_prefetch((const char *)(bp + FG_PF_L2 * FG_STEP), _MM_HINT_T1);
                 _mm_prefetch((const char *)(bp + FG_PF_L2 * FG_STEP + 64), _MM_HINT_T1);
             }
         }
         if (type == FG_F32) {
-            fg_vf bv[4][FG_NV];
+            fg_vf bv[8][FG_NV];
             FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV; v++) bv[g][v] =
                 fg_load((const float *)(b + g * panel_bytes + p * FG_STEP) + v * FG_VLEN);
             FG_UNROLL for (int r = 0; r < MR; r++) {
@@ -229,7 +226,7 @@ FG_INLINE void fg_stream(const int type, const int MR, const int G, const uint8_
             }
         } else {
 #if FG_NATIVE_BF16
-            __m512i bv[4][FG_NV];
+            __m512i bv[8][FG_NV];
             FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV; v++) bv[g][v] =
                 fg_loadi(b + g * panel_bytes + p * FG_STEP + 64 * v);
             FG_UNROLL for (int r = 0; r < MR; r++) {
@@ -260,7 +257,7 @@ FG_INLINE void fg_stream(const int type, const int MR, const int G, const uint8_
  * registers hold with the accumulators and the loaded steps, at most FG_GMAX. */
 static inline int fg_group(int mr) {
 #if defined(__AVX512F__)
-    const int fit = mr <= 2 ? 4 : mr <= 4 ? 2 : 1;
+    const int fit = mr == 1 ? 8 : mr <= 2 ? 4 : mr <= 4 ? 2 : 1;
 #else
     const int fit = 1;
     (void)mr;
@@ -269,10 +266,11 @@ static inline int fg_group(int mr) {
 }
 
 #define FG_STREAM_CASE(R, G) \
-    case (R) * 8 + (G): fg_stream(stream_type, R, G, a, lda, b, panel_bytes, steps, c, ldc, cgap); break;
+    case (R) * 16 + (G): fg_stream(stream_type, R, G, a, lda, b, panel_bytes, steps, c, ldc, cgap); break;
 #if defined(__AVX512F__)
 #define FG_STREAM_CASES                                                                                        \
-    FG_STREAM_CASE(1, 1) FG_STREAM_CASE(1, 2) FG_STREAM_CASE(1, 3) FG_STREAM_CASE(1, 4) FG_STREAM_CASE(2, 1)    \
+    FG_STREAM_CASE(1, 1) FG_STREAM_CASE(1, 2) FG_STREAM_CASE(1, 3) FG_STREAM_CASE(1, 4) FG_STREAM_CASE(1, 5)    \
+    FG_STREAM_CASE(1, 6) FG_STREAM_CASE(1, 7) FG_STREAM_CASE(1, 8) FG_STREAM_CASE(2, 1)                        \
     FG_STREAM_CASE(2, 2) FG_STREAM_CASE(2, 3) FG_STREAM_CASE(2, 4) FG_STREAM_CASE(3, 1) FG_STREAM_CASE(3, 2)    \
     FG_STREAM_CASE(4, 1) FG_STREAM_CASE(4, 2) FG_STREAM_CASE(5, 1) FG_STREAM_CASE(6, 1) FG_STREAM_CASE(7, 1)    \
     FG_STREAM_CASE(8, 1)
@@ -283,7 +281,7 @@ static inline int fg_group(int mr) {
     static void NAME(int mr, int g, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t panel_bytes,      \
                      int64_t steps, float *c, int64_t ldc, int64_t cgap) {                                     \
         const int stream_type = (TYPE);                                                                        \
-        switch (mr * 8 + g) {                                                                                  \
+        switch (mr * 16 + g) {                                                                                  \
             FG_STREAM_CASES                                                                                    \
             default: break;                                                                                    \
         }                                                                                                      \
@@ -357,7 +355,7 @@ static void fg_block(fg_tile_fn tile, int blocked, const uint8_t *a, int64_t lda
  * straight to y; the padded tail, or bf16 y16, through a scratch tile, only the real columns copied out. */
 static void fg_stream_run(fg_stream_fn stream, const uint8_t *a, int64_t lda, int64_t m, int64_t steps,
                           const uint8_t *w, int64_t j0, int64_t j1, int64_t n, float *y, uint16_t *y16) {
-    float scratch[FG_SMALL_M * 4 * FG_NR];
+    float scratch[FG_SMALL_M * 8 * FG_NR];
     const int64_t panel_bytes = steps * FG_STEP, panels_n = (n + FG_NR - 1) / FG_NR;
     const int mr_max = m < FG_MR ? (int)m : FG_MR, gmax = fg_group(mr_max);
     const int64_t part = FG_SPREAD ? (j1 - j0) / gmax : 0; /* panels per stream; the rest adjacent at the end */
