@@ -22,8 +22,11 @@
  * (AVX-512: 8 x 2 zmm accumulators, the weight step loaded once and used by every row; AVX2: 2 x 4 ymm)
  * runs over a cache block of FG_KC steps of one panel (32 KB: it stays in L1 while the tiles of up to
  * FG_MC rows of x reuse it), x read in place. m <= 8 (decode): one pass over each panel with all rows at
- * once, the whole k, software-prefetched ahead of the loads, a panel per work item (n = 192 on 2 threads is
- * 3 + 3 panels). Larger m: the work items are (row block, panel) pairs, row-block major, so the block of x
+ * once, the whole k; each thread takes a contiguous run of panels (n = 192 on 2 threads: 3 + 3) and streams
+ * up to 4 of them at once (fg_stream: one panel from each quarter of its run, so each stream stays
+ * sequential), prefetched 4 KB ahead into L1 and 16 KB ahead into L2. One sequential stream per core reads
+ * only ~15 GB/s here (a plain 4-accumulator read loop too); four streams with the L2 prefetch ~20-23 GB/s
+ * per core, 27-35 at two threads (benchmarks/RESULTS.md). Larger m: the work items are (row block, panel) pairs, row-block major, so the block of x
  * rows stays in L2 while its panels pass. Items are handed out dynamically: on this shared machine a
  * descheduled thread then delays only the item it holds, where a static split waits for its whole half.
  * Threads: torch's OpenMP runtime (libgomp, as cpu_ops.c).
