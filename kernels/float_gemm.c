@@ -22,8 +22,11 @@
  * (AVX-512: 8 x 2 zmm accumulators, the weight step loaded once and used by every row; AVX2: 2 x 4 ymm)
  * runs over a cache block of FG_KC steps of one panel (32 KB: it stays in L1 while the tiles of up to
  * FG_MC rows of x reuse it), x read in place. m <= 8 (decode): one pass over each panel with all rows at
- * once, the whole k, software-prefetched ahead of the loads, a panel per work item (n = 192 on 2 threads is
- * 3 + 3 panels). Larger m: the work items are (row block, panel) pairs, row-block major, so the block of x
+ * once, the whole k; each thread takes a contiguous run of panels (n = 192 on 2 threads: 3 + 3) and streams
+ * up to 4 of them at once (fg_stream: one panel from each quarter of its run, so each stream stays
+ * sequential), prefetched 4 KB ahead into L1 and 16 KB ahead into L2. One sequential stream per core reads
+ * only ~15 GB/s here (a plain 4-accumulator read loop too); four streams with the L2 prefetch ~20-23 GB/s
+ * per core, 27-35 at two threads (benchmarks/RESULTS.md). Larger m: the work items are (row block, panel) pairs, row-block major, so the block of x
  * rows stays in L2 while its panels pass. Items are handed out dynamically: on this shared machine a
  * descheduled thread then delays only the item it holds, where a static split waits for its whole half.
  * Threads: torch's OpenMP runtime (libgomp, as cpu_ops.c).
@@ -52,6 +55,18 @@
 #define FG_PF 32      /* steps ahead the m <= 8 pass prefetches (4 KB; 8-64 measured alike) */
 #endif
 #define FG_SMALL_M 8  /* up to this many rows: one pass over each panel */
+#ifndef FG_PF_L2
+#define FG_PF_L2 128  /* steps ahead (16 KB) of a second, _MM_HINT_T1 prefetch in the m <= 8 pass (0: none) */
+#endif
+#ifndef FG_GMAX
+#define FG_GMAX 4     /* panels one thread streams at once in the m <= 8 pass (registers permitting) */
+#endif
+#ifndef FG_SPREAD
+#define FG_SPREAD 1   /* the m <= 8 pass's G panels: from G parts of a thread's run (1) or adjacent (0) */
+#endif
+#ifndef FG_CHUNKS
+#define FG_CHUNKS 1   /* contiguous runs of panels per thread in the m <= 8 pass */
+#endif
 
 #if defined(__GNUC__) && !defined(__clang__)
 #define FG_UNROLL _Pragma("GCC unroll 16")
@@ -108,21 +123,17 @@ enum { FG_F32 = 0, FG_BF16 = 1 };
 #define FG_A_STEP(type) ((type) == FG_F32 || FG_NATIVE_BF16 ? 4 : 8)
 
 /* c[r][0..31] (+)= sum over kc steps p of x[r, p] . panel step p, for MR rows of x (row r at a + r * lda,
- * step p at + p * a_step). PREFETCH: the m <= 8 pass, which streams the weights once at memory speed and
- * keeps loads in flight ahead of it; a larger m reuses a cache block of them instead. (Tried: x packed
- * into tiles of interleaved rows, as BLIS does: no faster here, the rows of x stay in L1/L2 anyway.) */
-FG_INLINE void fg_tile(const int type, const int MR, const int PREFETCH, const uint8_t *a, int64_t lda,
-                       const uint8_t *b, int64_t kc, float *c, int64_t ldc, int accumulate) {
+ * step p at + p * a_step): the m > 8 pass, over a cache block of the panel that every tile of rows reuses.
+ * (Tried: x packed into tiles of interleaved rows, as BLIS does: no faster here, the rows of x stay in
+ * L1/L2 anyway.) */
+FG_INLINE void fg_tile(const int type, const int MR, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc,
+                       float *c, int64_t ldc, int accumulate) {
     const int64_t row_stride = lda, step_stride = FG_A_STEP(type);
     fg_vf acc[FG_MR][FG_NV];
     FG_UNROLL for (int r = 0; r < MR; r++) FG_UNROLL for (int v = 0; v < FG_NV; v++) acc[r][v] =
         accumulate ? fg_load(c + r * ldc + v * FG_VLEN) : fg_zero();
     for (int64_t p = 0; p < kc; p++) {
         const uint8_t *bp = b + p * FG_STEP, *ap = a + p * step_stride;
-        if (PREFETCH) {
-            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP), _MM_HINT_T0);
-            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP + 64), _MM_HINT_T0);
-        }
         if (type == FG_F32) {
             fg_vf bv[FG_NV];
             FG_UNROLL for (int v = 0; v < FG_NV; v++) bv[v] = fg_load((const float *)bp + v * FG_VLEN);
@@ -157,13 +168,13 @@ FG_INLINE void fg_tile(const int type, const int MR, const int PREFETCH, const u
 }
 
 /* The tile for a run-time row count (1..FG_MR), each a compile-time constant so the accumulators stay
- * in registers: one function per (type, prefetching or not). */
+ * in registers: one function per type. */
 #define FG_TILE_CASE(R) \
-    case R: fg_tile(tile_type, R, tile_prefetch, a, lda, b, kc, c, ldc, accumulate); break;
-#define FG_DEFINE_TILE(NAME, TYPE, PREFETCH)                                                                      \
+    case R: fg_tile(tile_type, R, a, lda, b, kc, c, ldc, accumulate); break;
+#define FG_DEFINE_TILE(NAME, TYPE)                                                                      \
     static void NAME(int mr, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc, float *c, int64_t ldc, \
                      int accumulate) {                                                                           \
-        const int tile_type = (TYPE), tile_prefetch = (PREFETCH);                                                    \
+        const int tile_type = (TYPE);                                                                            \
         switch (mr) {                                                                                            \
             FG_TILE_CASES                                                                                        \
             default: break;                                                                                      \
@@ -180,12 +191,109 @@ FG_INLINE void fg_tile(const int type, const int MR, const int PREFETCH, const u
 #else
 #error "FG_MR: 12, 8 or 2"
 #endif
-FG_DEFINE_TILE(fg_tile_f32_stream, FG_F32, 1)
-FG_DEFINE_TILE(fg_tile_f32_block, FG_F32, 0)
-FG_DEFINE_TILE(fg_tile_bf16_stream, FG_BF16, 1)
-FG_DEFINE_TILE(fg_tile_bf16_block, FG_BF16, 0)
+FG_DEFINE_TILE(fg_tile_f32_block, FG_F32)
+FG_DEFINE_TILE(fg_tile_bf16_block, FG_BF16)
 
 typedef void (*fg_tile_fn)(int, const uint8_t *, int64_t, const uint8_t *, int64_t, float *, int64_t, int);
+
+/* The m <= 8 pass: c[r][32 g + 0..31] = sum over all steps p of x[r, p] . step p of panel g, for MR rows
+ * and G panels (panel g at b + g * panel_bytes, its outputs at c + g * cgap), each weight byte loaded once. The G panels
+ * are G sequential streams in flight at once, each prefetched ahead, so one core keeps more misses
+ * outstanding than one stream lets it; and G x NV independent accumulator chains per row. */
+FG_INLINE void fg_stream(const int type, const int MR, const int G, const uint8_t *a, int64_t lda,
+                         const uint8_t *b, int64_t panel_bytes, int64_t steps, float *c, int64_t ldc, int64_t cgap) {
+    const int64_t step_stride = FG_A_STEP(type);
+    fg_vf acc[FG_MR][8][FG_NV];
+    FG_UNROLL for (int r = 0; r < MR; r++) FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV;
+                                                                                               v++) acc[r][g][v] =
+        fg_zero();
+    for (int64_t p = 0; p < steps; p++) {
+        const uint8_t *ap = a + p * step_stride;
+        FG_UNROLL for (int g = 0; g < G; g++) {
+            const uint8_t *bp = b + g * panel_bytes + p * FG_STEP;
+            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP), _MM_HINT_T0);
+            _mm_prefetch((const char *)(bp + FG_PF * FG_STEP + 64), _MM_HINT_T0);
+            if (FG_PF_L2) {
+                _mm_prefetch((const char *)(bp + FG_PF_L2 * FG_STEP), _MM_HINT_T1);
+                _mm_prefetch((const char *)(bp + FG_PF_L2 * FG_STEP + 64), _MM_HINT_T1);
+            }
+        }
+        if (type == FG_F32) {
+            fg_vf bv[8][FG_NV];
+            FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV; v++) bv[g][v] =
+                fg_load((const float *)(b + g * panel_bytes + p * FG_STEP) + v * FG_VLEN);
+            FG_UNROLL for (int r = 0; r < MR; r++) {
+                const fg_vf av = fg_set1(*(const float *)(ap + r * lda));
+                FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV; v++) acc[r][g][v] =
+                    fg_fma(av, bv[g][v], acc[r][g][v]);
+            }
+        } else {
+#if FG_NATIVE_BF16
+            __m512i bv[8][FG_NV];
+            FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV; v++) bv[g][v] =
+                fg_loadi(b + g * panel_bytes + p * FG_STEP + 64 * v);
+            FG_UNROLL for (int r = 0; r < MR; r++) {
+                int32_t pair;
+                memcpy(&pair, ap + r * lda, 4);
+                const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+                FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV; v++) acc[r][g][v] =
+                    _mm512_dpbf16_ps(acc[r][g][v], av, (__m512bh)bv[g][v]);
+            }
+#else
+            FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV; v++) {
+                const fg_vi pairs = fg_loadi(b + g * panel_bytes + p * FG_STEP + FG_VLEN * 4 * v);
+                const fg_vf lo = fg_bf16_lo(pairs), hi = fg_bf16_hi(pairs);
+                FG_UNROLL for (int r = 0; r < MR; r++) {
+                    const float *ar = (const float *)(ap + r * lda);
+                    acc[r][g][v] = fg_fma(fg_set1(ar[1]), hi, fg_fma(fg_set1(ar[0]), lo, acc[r][g][v]));
+                }
+            }
+#endif
+        }
+    }
+    FG_UNROLL for (int r = 0; r < MR; r++) FG_UNROLL for (int g = 0; g < G; g++) FG_UNROLL for (int v = 0; v < FG_NV;
+                                                                                               v++)
+        fg_store(c + r * ldc + g * cgap + v * FG_VLEN, acc[r][g][v]);
+}
+
+/* How many panels the m <= 8 pass streams at once for a tile of mr rows: as many as the 32 zmm (16 ymm)
+ * registers hold with the accumulators and the loaded steps, at most FG_GMAX. */
+static inline int fg_group(int mr) {
+#if defined(__AVX512F__)
+    const int fit = mr == 1 ? 8 : mr <= 2 ? 4 : mr <= 4 ? 2 : 1;
+#else
+    const int fit = 1;
+    (void)mr;
+#endif
+    return fit < FG_GMAX ? fit : FG_GMAX;
+}
+
+#define FG_STREAM_CASE(R, G) \
+    case (R) * 16 + (G): fg_stream(stream_type, R, G, a, lda, b, panel_bytes, steps, c, ldc, cgap); break;
+#if defined(__AVX512F__)
+#define FG_STREAM_CASES                                                                                        \
+    FG_STREAM_CASE(1, 1) FG_STREAM_CASE(1, 2) FG_STREAM_CASE(1, 3) FG_STREAM_CASE(1, 4) FG_STREAM_CASE(1, 5)    \
+    FG_STREAM_CASE(1, 6) FG_STREAM_CASE(1, 7) FG_STREAM_CASE(1, 8) FG_STREAM_CASE(2, 1)                        \
+    FG_STREAM_CASE(2, 2) FG_STREAM_CASE(2, 3) FG_STREAM_CASE(2, 4) FG_STREAM_CASE(3, 1) FG_STREAM_CASE(3, 2)    \
+    FG_STREAM_CASE(4, 1) FG_STREAM_CASE(4, 2) FG_STREAM_CASE(5, 1) FG_STREAM_CASE(6, 1) FG_STREAM_CASE(7, 1)    \
+    FG_STREAM_CASE(8, 1)
+#else
+#define FG_STREAM_CASES FG_STREAM_CASE(1, 1) FG_STREAM_CASE(2, 1)
+#endif
+#define FG_DEFINE_STREAM(NAME, TYPE)                                                                            \
+    static void NAME(int mr, int g, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t panel_bytes,      \
+                     int64_t steps, float *c, int64_t ldc, int64_t cgap) {                                     \
+        const int stream_type = (TYPE);                                                                        \
+        switch (mr * 16 + g) {                                                                                  \
+            FG_STREAM_CASES                                                                                    \
+            default: break;                                                                                    \
+        }                                                                                                      \
+    }
+FG_DEFINE_STREAM(fg_stream_f32, FG_F32)
+FG_DEFINE_STREAM(fg_stream_bf16, FG_BF16)
+
+typedef void (*fg_stream_fn)(int, int, const uint8_t *, int64_t, const uint8_t *, int64_t, int64_t, float *, int64_t,
+                             int64_t);
 
 /* float32 -> bfloat16, nearest even (NaN stays NaN, quiet), as torch rounds. */
 static inline uint16_t fg_to_bf16(float f) {
@@ -243,6 +351,49 @@ static void fg_block(fg_tile_fn tile, int blocked, const uint8_t *a, int64_t lda
     }
 }
 
+/* The m <= 8 pass over panels [j0, j1): fg_group(rows) panels at a time, every row tile over them (one
+ * tile when AVX-512's 8 rows cover m). FG_SPREAD: the G panels of a group are one from each of G equal
+ * parts of the run (j, j + part, ...), so each stream runs on through consecutive panels and its prefetch
+ * ahead crosses into the next one it reads; else G adjacent panels. Whole panels into float32 y go
+ * straight to y; the padded tail, or bf16 y16, through a scratch tile, only the real columns copied out. */
+static void fg_stream_run(fg_stream_fn stream, const uint8_t *a, int64_t lda, int64_t m, int64_t steps,
+                          const uint8_t *w, int64_t j0, int64_t j1, int64_t n, float *y, uint16_t *y16) {
+    float scratch[FG_SMALL_M * 8 * FG_NR];
+    const int64_t panel_bytes = steps * FG_STEP, panels_n = (n + FG_NR - 1) / FG_NR;
+    const int mr_max = m < FG_MR ? (int)m : FG_MR, gmax = fg_group(mr_max);
+    const int64_t part = FG_SPREAD ? (j1 - j0) / gmax : 0; /* panels per stream; the rest adjacent at the end */
+    for (int64_t j = j0, done = 0; j < j1;) {
+        const int spread = part > 0 && done < part;
+        const int g = spread ? gmax : j1 - j < gmax ? (int)(j1 - j) : gmax;
+        const int64_t gap = spread ? part : 1; /* panels between the group's streams */
+        const int tail = j + (g - 1) * gap == panels_n - 1 && n % FG_NR != 0;
+        const int direct = !tail && y16 == NULL;
+        float *c = direct ? y + j * FG_NR : scratch;
+        const int64_t ldc = direct ? n : g * FG_NR, cgap = direct ? gap * FG_NR : FG_NR;
+        for (int64_t i = 0; i < m; i += FG_MR) {
+            const int mr = m - i < FG_MR ? (int)(m - i) : FG_MR;
+            stream(mr, g, a + i * lda, lda, w + j * panel_bytes, gap * panel_bytes, steps, c + i * ldc, ldc, cgap);
+        }
+        if (!direct)
+            for (int gi = 0; gi < g; gi++) {
+                const int64_t jg = j + gi * gap, cols = n - jg * FG_NR < FG_NR ? n - jg * FG_NR : FG_NR;
+                for (int64_t i = 0; i < m; i++) {
+                    const float *src = scratch + i * ldc + gi * FG_NR;
+                    if (y16 != NULL)
+                        for (int64_t col = 0; col < cols; col++) y16[i * n + jg * FG_NR + col] = fg_to_bf16(src[col]);
+                    else
+                        memcpy(y + i * n + jg * FG_NR, src, cols * sizeof(float));
+                }
+            }
+        if (spread) {
+            done++;
+            j = done < part ? j + 1 : j0 + gmax * part;
+        } else {
+            j += g;
+        }
+    }
+}
+
 /* y (float32) or y16 (bf16) = x @ W^T with x already in the steps' format at a (row stride lda = steps *
  * a_step). */
 static void fg_gemm(int type, const uint8_t *a, int64_t m, int64_t steps, const uint8_t *w, int64_t n, float *y,
@@ -250,10 +401,21 @@ static void fg_gemm(int type, const uint8_t *a, int64_t m, int64_t steps, const 
     const int64_t a_step = FG_A_STEP(type), lda = steps * a_step;
     const int64_t panels = (n + FG_NR - 1) / FG_NR, panel_bytes = steps * FG_STEP;
     if (m <= FG_SMALL_M) {
-        fg_tile_fn tile = type == FG_F32 ? fg_tile_f32_stream : fg_tile_bf16_stream;
-        /* Tiny weights are not worth waking the other threads for. */
-        _Pragma("omp parallel for schedule(dynamic, 1) if (panels * panel_bytes >= 65536)")
-        for (int64_t j = 0; j < panels; j++) fg_block(tile, 0, a, lda, a_step, m, steps, w + j * panel_bytes, j, n, y, y16);
+        fg_stream_fn stream = type == FG_F32 ? fg_stream_f32 : fg_stream_bf16;
+        /* Each thread streams a contiguous run of panels (FG_CHUNKS runs per thread, handed out
+         * dynamically: a late thread's run is taken by the other). Tiny weights are not worth waking
+         * the other threads for. */
+        _Pragma("omp parallel if (panels * panel_bytes >= 65536)") {
+#ifdef _OPENMP
+            const int64_t threads = omp_get_num_threads();
+#else
+            const int64_t threads = 1;
+#endif
+            const int64_t runs = panels < threads * FG_CHUNKS ? panels : threads * FG_CHUNKS;
+            _Pragma("omp for schedule(dynamic, 1)")
+            for (int64_t r = 0; r < runs; r++)
+                fg_stream_run(stream, a, lda, m, steps, w, panels * r / runs, panels * (r + 1) / runs, n, y, y16);
+        }
     } else {
         fg_tile_fn tile = type == FG_F32 ? fg_tile_f32_block : fg_tile_bf16_block;
         const int64_t blocks = (m + FG_MC - 1) / FG_MC;
@@ -281,8 +443,23 @@ void fgemm_matmul_bf16(const float *x, int64_t m, int64_t k, const uint8_t *w, i
     const int64_t steps = (k + 1) / 2, a_step = FG_A_STEP(FG_BF16), lda = steps * a_step;
     uint8_t *a = fg_alloc((size_t)(m * lda)); /* x rounded, each row padded to whole pairs */
     _Pragma("omp parallel for schedule(static) if (m * k >= 65536)")
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t p = 0; p < steps; p++) fg_put_step(FG_BF16, x, k, i, p, a + i * lda + p * a_step);
+    for (int64_t i = 0; i < m; i++) {
+        int64_t p = 0;
+#if FG_NATIVE_BF16
+        /* 16 at a time: the pairs are x's row in bf16, in order (nearest even, NaN kept quiet, as fg_to_bf16) */
+        for (; 2 * p + 16 <= k; p += 8) {
+            const __m512i u = _mm512_loadu_si512((const void *)(x + i * k + 2 * p));
+            const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+            const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+            const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                          _mm512_set1_epi32(0x7f800000));
+            const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+            _mm256_storeu_si256((__m256i *)(void *)(a + i * lda + p * a_step),
+                                _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet)));
+        }
+#endif
+        for (; p < steps; p++) fg_put_step(FG_BF16, x, k, i, p, a + i * lda + p * a_step);
+    }
     fg_gemm(FG_BF16, a, m, steps, w, n, y, NULL);
     free(a);
 }

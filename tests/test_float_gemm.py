@@ -64,6 +64,38 @@ def test_bf16_matches_torch_bf16_linear():
         torch.testing.assert_close(ours, F.linear(x, weight), rtol=1.6e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("n", [549, 999])
+def test_small_m_streams_spread_over_a_run(n):
+    # m <= 8 streams up to 4 panels at once, one from each part of a thread's run: 18 or 32 panels (runs
+    # of 9 or 16 at 2 threads, 18 or 32 at 1), the padded tail panel in a spread group or left over alone
+    torch.manual_seed(n)
+    for dtype in (torch.float32, torch.bfloat16):
+        weight = torch.randn(n, 64).to(dtype)
+        for rows in (1, 2, 3, 5):
+            _check(torch.randn(rows, 64), weight)
+    # bf16 in and out (fgemm_matmul_bf16_io): every group through the scratch tile, rounded once
+    linear = nn.Linear(64, n, bias=False).to(torch.bfloat16)
+    layer = CpuLinear(linear, "fgemm")
+    for rows in (1, 3):
+        x = torch.randn(rows, 64, dtype=torch.bfloat16)
+        torch.testing.assert_close(layer(x), F.linear(x, linear.weight), rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("k", [40, 41])
+def test_bf16_rounds_x_as_torch(k):
+    # an identity weight returns x as the kernel rounded it: ties (to even), carries into the exponent,
+    # the largest value still finite in bf16, on the 16-at-a-time path and its scalar tail (odd k); no
+    # infinity (times the identity's zeros it is NaN everywhere), no subnormals (vdpbf16ps reads them as 0)
+    torch.manual_seed(6)
+    bits = torch.randint(-(2**31), 2**31 - 1, (3, k), dtype=torch.int64)
+    bits[:, ::3] = (bits[:, ::3] & ~0xFFFF) | 0x8000  # exact ties
+    bits[0, :4] = torch.tensor([0x7F7F7FFF, 0x7F7E8000, 0x3F80FFFF, -0x40800001])
+    x = bits.to(torch.int32).view(torch.float32)
+    x = torch.where(x.to(torch.bfloat16).isfinite() & (x.abs() > 1e-37), x, 1.0)
+    y = fgemm_matmul(x, fgemm_pack(torch.eye(k, dtype=torch.bfloat16)), k)
+    assert torch.equal(y, x.to(torch.bfloat16).float())
+
+
 def test_layout_holds_the_weight():
     weight = torch.arange(6 * 5, dtype=torch.float32).view(6, 5)
     packed = fgemm_pack(weight)
