@@ -39,24 +39,13 @@ from typing import Any
 
 import torch
 
+from vllm_cli.benchmarks.report import read_bandwidth_gbs
 from vllm_cli.config import EngineArgs
 from vllm_cli.engine import core as core_module
 from vllm_cli.engine.llm_engine import LLMEngine
 from vllm_cli.sampling_params import SamplingParams
 
 PHASES = ("schedule", "prepare", "inputs+meta", "forward", "lm_head", "sample", "output")
-
-
-def read_bandwidth_gbs(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
-    """GB/s of reading a buffer larger than the caches (a sum over it: reads only)."""
-    buf = torch.ones(nbytes // 4, dtype=torch.float32)
-    buf.sum()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        buf.sum()
-        best = min(best, time.perf_counter() - start)
-    return nbytes / best / 1e9
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:

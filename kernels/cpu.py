@@ -56,6 +56,8 @@ _KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 # Every C file here goes into the one library (cpu_ops.c, and the quantized matmuls beside it):
 # one build, one cache entry, one ctypes handle that each module binds its own entry points from.
 _SOURCES = sorted(os.path.join(_KERNEL_DIR, name) for name in os.listdir(_KERNEL_DIR) if name.endswith(".c"))
+# the headers they include (bf16.h) are part of the build's key too
+_HEADERS = sorted(os.path.join(_KERNEL_DIR, name) for name in os.listdir(_KERNEL_DIR) if name.endswith(".h"))
 # Only the parts of -ffast-math the kernels need: reassociation, so the float sums (RMSNorm's sum of
 # squares, attention's dot products and softmax sums) vectorize (GCC applies it only without signed
 # zeros and traps), no errno (expf inlines or vectorizes), and fused multiply-adds (as before). Not
@@ -150,7 +152,7 @@ def _cpu_id() -> str:
 
 def _build(cc: str, march: str = "native") -> str:
     source = b""
-    for path in _SOURCES:
+    for path in _SOURCES + _HEADERS:
         with open(path, "rb") as f:
             source += os.path.basename(path).encode() + b"\0" + f.read()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout

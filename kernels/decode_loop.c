@@ -32,7 +32,7 @@
 #include <omp.h>
 #endif
 
-typedef uint16_t decode_bf16_t;
+#include "bf16.h"
 typedef void (*decode_matmul_fn)(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y);
 
 /* cpu_ops.c (the same library) */
@@ -46,12 +46,12 @@ void decode_qkv_attention_f32(int64_t S, int64_t H, int64_t KVH, int64_t D, int6
                               float *k_cache, float *v_cache, const int32_t *block_tables, int64_t bt_stride,
                               const int32_t *context_lens, int64_t block_size, int64_t chunk, float scale,
                               const float *alibi_slopes, int64_t window, float *out, int64_t out_stride);
-void decode_qkv_attention_bf16(int64_t S, int64_t H, int64_t KVH, int64_t D, int64_t rot, decode_bf16_t *qkv,
-                               int64_t qkv_stride, const decode_bf16_t *cos, const decode_bf16_t *sin,
-                               const int64_t *slots, decode_bf16_t *k_cache, decode_bf16_t *v_cache,
+void decode_qkv_attention_bf16(int64_t S, int64_t H, int64_t KVH, int64_t D, int64_t rot, bf16_t *qkv,
+                               int64_t qkv_stride, const bf16_t *cos, const bf16_t *sin,
+                               const int64_t *slots, bf16_t *k_cache, bf16_t *v_cache,
                                const int32_t *block_tables, int64_t bt_stride, const int32_t *context_lens,
                                int64_t block_size, int64_t chunk, float scale, const float *alibi_slopes,
-                               int64_t window, decode_bf16_t *out, int64_t out_stride);
+                               int64_t window, bf16_t *out, int64_t out_stride);
 
 /* Descriptor layout (int64 words). A linear: [number of parts, out_features, float32 bias or 0,
  * then per part: fn, weight, rows, in_features, first output column]. A layer: the two norms'
@@ -78,19 +78,6 @@ int64_t decode_max_parts(void) { return DECODE_MAX_PARTS; }
 
 #define PTR(T, word) ((T)(intptr_t)(word))
 
-static inline float decode_bf16_to_f32(decode_bf16_t x) {
-    union { uint32_t u; float f; } v;
-    v.u = ((uint32_t)x) << 16;
-    return v.f;
-}
-
-static inline decode_bf16_t decode_f32_to_bf16(float f) {  /* round to nearest even, as torch does */
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (decode_bf16_t)((v.u >> 16) | 0x40);  /* NaN */
-    v.u += 0x7fffu + ((v.u >> 16) & 1u);
-    return (decode_bf16_t)(v.u >> 16);
-}
 
 /* y [m, k] @ w[n, k]^T for plain row-major float weights: the kernel ABI above (a float part of a
  * quantized layer, a float model's linear). Threads split the output features when the weight is
@@ -112,7 +99,7 @@ void decode_matmul_##NAME(const float *x, int64_t m, int64_t k, const uint8_t *w
 
 #define DECODE_LOAD_F32(v) (v)
 DEFINE_FLOAT_MATMUL(f32, float, DECODE_LOAD_F32)
-DEFINE_FLOAT_MATMUL(bf16, decode_bf16_t, decode_bf16_to_f32)
+DEFINE_FLOAT_MATMUL(bf16, bf16_t, bf16_to_f32)
 
 /* One linear over m rows of x into y [m, out_features]: each part writes its columns (through a
  * [m, rows] scratch when m > 1 and the part is not the whole output, as the torch path's copy
@@ -158,7 +145,7 @@ void decode_layers(int64_t num_layers, const int64_t *layers, int64_t S, int64_t
     widest = widest > Hd ? widest : Hd;
     float *normed = scratch, *qkv = normed + S * Hd, *attn = qkv + S * qkv_width, *gate_up = attn + S * q_size;
     float *act = gate_up + S * 2 * I, *out = act + S * I, *tmp = out + S * Hd;
-    decode_bf16_t *qkv16 = (decode_bf16_t *)(tmp + S * widest), *attn16 = qkv16 + S * qkv_width;
+    bf16_t *qkv16 = (bf16_t *)(tmp + S * widest), *attn16 = qkv16 + S * qkv_width;
     float *residual = hidden;
     for (int64_t l = 0; l < num_layers; l++) {
         const int64_t *layer = layers + l * DECODE_LAYER_WORDS;
@@ -174,13 +161,13 @@ void decode_layers(int64_t num_layers, const int64_t *layers, int64_t S, int64_t
                                      block_tables, bt_stride, context_lens, block_size, chunk, scale, NULL,
                                      layer[DECODE_WINDOW], attn, q_size);
         } else {
-            for (int64_t i = 0; i < S * qkv_width; i++) qkv16[i] = decode_f32_to_bf16(qkv[i]);
+            for (int64_t i = 0; i < S * qkv_width; i++) qkv16[i] = f32_to_bf16(qkv[i]);
             decode_qkv_attention_bf16(S, num_heads, num_kv_heads, head_dim, rotary_dim, qkv16, qkv_width, cos, sin,
-                                      slots, PTR(decode_bf16_t *, layer[DECODE_K_CACHE]),
-                                      PTR(decode_bf16_t *, layer[DECODE_V_CACHE]), block_tables, bt_stride,
+                                      slots, PTR(bf16_t *, layer[DECODE_K_CACHE]),
+                                      PTR(bf16_t *, layer[DECODE_V_CACHE]), block_tables, bt_stride,
                                       context_lens, block_size, chunk, scale, NULL, layer[DECODE_WINDOW], attn16,
                                       q_size);
-            for (int64_t i = 0; i < S * q_size; i++) attn[i] = decode_bf16_to_f32(attn16[i]);
+            for (int64_t i = 0; i < S * q_size; i++) attn[i] = bf16_to_f32(attn16[i]);
         }
         decode_linear(layer + DECODE_O, attn, S, out, tmp);
         add_rms_norm_f32(S, Hd, out, Hd, residual, Hd, PTR(const float *, layer[DECODE_POST_NORM]), eps, normed, Hd);

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import sys
+import time
 from importlib import metadata
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ def device_info(device: torch.device | None = None) -> dict:
     """The device the engine ran on (CPU model and threads, or the GPU's name)."""
     info: dict = {
         "type": getattr(device, "type", str(device)) if device is not None else None,
-        "cpu": _cpu_name(),
+        "cpu": cpu_description(),
         "cpu_count": os.cpu_count(),
     }
     torch = sys.modules.get("torch")  # only when the benchmark already imported it
@@ -48,15 +49,36 @@ def device_info(device: torch.device | None = None) -> dict:
     return info
 
 
-def _cpu_name() -> str:
+def cpu_description() -> str:
+    """E.g. "AMD EPYC (family 25), 2 CPUs": the model and the family `lscpu` shows, named beside every figure."""
+    model, family = platform.processor() or platform.machine(), "?"
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == "cpu family":
+                    family = value.strip()
+                elif key.strip() == "model name":
+                    model = value.strip()
+                    break  # after "cpu family" in the first processor's entry
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{model} (family {family}), {os.cpu_count()} CPUs"
+
+
+def read_bandwidth_gbs(nbytes: int = 2**30, repeats: int = 5) -> float:
+    """GB/s of reading a buffer far larger than the caches (a sum over it: reads only), best of `repeats`,
+    on torch's threads: the floor a memory-bound decode step is measured against."""
+    import torch  # here: the report's other helpers serve benchmarks that never import it
+
+    buf = torch.ones(nbytes // 4, dtype=torch.float32)
+    buf.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best / 1e9
 
 
 def summarize(values: list[float], name: str, scale: float = 1000.0, unit: str = "ms") -> dict[str, float]:
