@@ -228,6 +228,14 @@ def load_variant(march: str) -> ctypes.CDLL | None:
     return ctypes.CDLL(_build(cc, march))
 
 
+def function_address(function: ctypes._CFuncPtr) -> int:
+    """The address of a ctypes-bound C function of the library, to hand to other C code (the decode
+    loop calls the linears' kernels through such pointers: model_executor/layers/kernel_parts.py)."""
+    address = ctypes.cast(function, ctypes.c_void_p).value
+    assert address is not None
+    return int(address)
+
+
 def supports(*tensors: torch.Tensor) -> bool:
     """Whether the kernels can take these tensors: CPU, one supported dtype."""
     dtype = tensors[0].dtype

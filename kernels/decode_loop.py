@@ -73,8 +73,7 @@ def float_matmul_address(dtype: torch.dtype) -> int | None:
     suffix = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(dtype)
     if functions is None or suffix is None:
         return None
-    address = ctypes.cast(functions[f"decode_matmul_{suffix}"], ctypes.c_void_p).value
-    return None if address is None else int(address)
+    return cpu.function_address(functions[f"decode_matmul_{suffix}"])
 
 
 @dataclass(frozen=True)

@@ -96,10 +96,7 @@ def matmul_address(qtype: str) -> int | None:
     """The address of `gguf_matmul_<qtype>` in the CPU library (for C code that calls it: the decode
     loop), or None when the library lacks it."""
     functions = _functions().get(qtype)
-    if functions is None:
-        return None
-    address = ctypes.cast(functions[1], ctypes.c_void_p).value
-    return None if address is None else int(address)
+    return None if functions is None else cpu.function_address(functions[1])
 
 
 def _check_blocks(qweight: torch.Tensor, qt: QuantType, rows: int, in_features: int) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from vllm_cli.distributed.parallel_state import all_reduce, get_tp_size
 from vllm_cli.kernels import cpu
 from vllm_cli.logger import init_logger
-from vllm_cli.model_executor.layers.kernel_parts import KernelPart, function_address
+from vllm_cli.model_executor.layers.kernel_parts import KernelPart
 from vllm_cli.model_executor.layers.linear import ParallelLinearBase
 
 logger = init_logger(__name__)
@@ -66,7 +66,7 @@ class CpuLinear(nn.Module):
         fn = fgemm_functions().get(self.packed.dtype)
         if fn is None:
             return None
-        return [KernelPart(function_address(fn), self.packed, self.out_features, self.in_features, 0)]
+        return [KernelPart(cpu.function_address(fn), self.packed, self.out_features, self.in_features, 0)]
 
     def extra_repr(self) -> str:
         return (

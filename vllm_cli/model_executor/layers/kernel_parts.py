@@ -17,16 +17,14 @@ some part has no such kernel (the caller then keeps the torch path for the whole
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 
 @dataclass(frozen=True)
 class KernelPart:
-    fn: int  # address of a C function with the ABI above
+    fn: int  # address of a C function with the ABI above (kernels/cpu.py's function_address)
     weight: torch.Tensor  # the weight's bytes in fn's layout (held here so the address stays valid)
     rows: int  # n: the output columns this part computes
     in_features: int  # k
@@ -35,10 +33,3 @@ class KernelPart:
     @property
     def weight_address(self) -> int:
         return int(self.weight.data_ptr())
-
-
-def function_address(function: Any) -> int:
-    """The address of a ctypes-bound C function, to hand to other C code."""
-    address = ctypes.cast(function, ctypes.c_void_p).value
-    assert address is not None
-    return int(address)
