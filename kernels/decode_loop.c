@@ -124,12 +124,17 @@ static void decode_linear(const int64_t *lin, const float *x, int64_t m, float *
             for (int64_t j = 0; j < n; j++) y[r * n + j] += bias[j];
 }
 
-/* Floats of scratch decode_layers needs for S sequences. */
+/* The widest linear output of a layer: the row width of the per-part scratch. */
+static int64_t decode_widest(int64_t qkv_width, int64_t intermediate_size, int64_t hidden_size) {
+    const int64_t widest = qkv_width > 2 * intermediate_size ? qkv_width : 2 * intermediate_size;
+    return widest > hidden_size ? widest : hidden_size;
+}
+
+/* Floats of scratch decode_layers needs for S sequences (its layout is at the top of decode_layers). */
 int64_t decode_scratch_floats(int64_t S, int64_t hidden_size, int64_t num_heads, int64_t num_kv_heads,
                               int64_t head_dim, int64_t intermediate_size) {
     const int64_t q = num_heads * head_dim, qkv = q + 2 * num_kv_heads * head_dim;
-    int64_t widest = qkv > 2 * intermediate_size ? qkv : 2 * intermediate_size;
-    widest = widest > hidden_size ? widest : hidden_size;
+    const int64_t widest = decode_widest(qkv, intermediate_size, hidden_size);
     /* normed, qkv, attn, gate_up, act, out, a part's tmp, and bf16 copies of qkv and attn */
     return S * (2 * hidden_size + qkv + q + 3 * intermediate_size + widest + qkv + q);
 }
@@ -141,8 +146,7 @@ void decode_layers(int64_t num_layers, const int64_t *layers, int64_t S, int64_t
                    int64_t bt_stride, const int32_t *context_lens, float *scratch) {
     const int64_t Hd = hidden_size, I = intermediate_size, q_size = num_heads * head_dim;
     const int64_t qkv_width = q_size + 2 * num_kv_heads * head_dim;
-    int64_t widest = qkv_width > 2 * I ? qkv_width : 2 * I;
-    widest = widest > Hd ? widest : Hd;
+    const int64_t widest = decode_widest(qkv_width, I, Hd);
     float *normed = scratch, *qkv = normed + S * Hd, *attn = qkv + S * qkv_width, *gate_up = attn + S * q_size;
     float *act = gate_up + S * 2 * I, *out = act + S * I, *tmp = out + S * Hd;
     bf16_t *qkv16 = (bf16_t *)(tmp + S * widest), *attn16 = qkv16 + S * qkv_width;
