@@ -64,6 +64,12 @@
 #ifndef FG_SPREAD
 #define FG_SPREAD 1   /* the m <= 8 pass's G panels: from G parts of a thread's run (1) or adjacent (0) */
 #endif
+#ifndef FG_TILE_RUNS
+#define FG_TILE_RUNS 1 /* contiguous runs of panels per thread in the m > 8 pass with one block of rows */
+#endif
+#ifndef FG_TILE_PF
+#define FG_TILE_PF 1   /* that pass prefetches the bytes after each cache block into L2 (0: not) */
+#endif
 #ifndef FG_CHUNKS
 #define FG_CHUNKS 1   /* contiguous runs of panels per thread in the m <= 8 pass */
 #endif
@@ -127,13 +133,15 @@ enum { FG_F32 = 0, FG_BF16 = 1 };
  * (Tried: x packed into tiles of interleaved rows, as BLIS does: no faster here, the rows of x stay in
  * L1/L2 anyway.) */
 FG_INLINE void fg_tile(const int type, const int MR, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc,
-                       float *c, int64_t ldc, int accumulate) {
+                       float *c, int64_t ldc, int accumulate, const uint8_t *pf, int64_t pf_step) {
     const int64_t row_stride = lda, step_stride = FG_A_STEP(type);
     fg_vf acc[FG_MR][FG_NV];
     FG_UNROLL for (int r = 0; r < MR; r++) FG_UNROLL for (int v = 0; v < FG_NV; v++) acc[r][v] =
         accumulate ? fg_load(c + r * ldc + v * FG_VLEN) : fg_zero();
     for (int64_t p = 0; p < kc; p++) {
         const uint8_t *bp = b + p * FG_STEP, *ap = a + p * step_stride;
+        if (pf != NULL)
+            for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char *)(pf + p * pf_step + o), _MM_HINT_T1);
         if (type == FG_F32) {
             fg_vf bv[FG_NV];
             FG_UNROLL for (int v = 0; v < FG_NV; v++) bv[v] = fg_load((const float *)bp + v * FG_VLEN);
@@ -170,10 +178,10 @@ FG_INLINE void fg_tile(const int type, const int MR, const uint8_t *a, int64_t l
 /* The tile for a run-time row count (1..FG_MR), each a compile-time constant so the accumulators stay
  * in registers: one function per type. */
 #define FG_TILE_CASE(R) \
-    case R: fg_tile(tile_type, R, a, lda, b, kc, c, ldc, accumulate); break;
+    case R: fg_tile(tile_type, R, a, lda, b, kc, c, ldc, accumulate, pf, pf_step); break;
 #define FG_DEFINE_TILE(NAME, TYPE)                                                                      \
     static void NAME(int mr, const uint8_t *a, int64_t lda, const uint8_t *b, int64_t kc, float *c, int64_t ldc, \
-                     int accumulate) {                                                                           \
+                     int accumulate, const uint8_t *pf, int64_t pf_step) {                                       \
         const int tile_type = (TYPE);                                                                            \
         switch (mr) {                                                                                            \
             FG_TILE_CASES                                                                                        \
@@ -194,7 +202,8 @@ FG_INLINE void fg_tile(const int type, const int MR, const uint8_t *a, int64_t l
 FG_DEFINE_TILE(fg_tile_f32_block, FG_F32)
 FG_DEFINE_TILE(fg_tile_bf16_block, FG_BF16)
 
-typedef void (*fg_tile_fn)(int, const uint8_t *, int64_t, const uint8_t *, int64_t, float *, int64_t, int);
+typedef void (*fg_tile_fn)(int, const uint8_t *, int64_t, const uint8_t *, int64_t, float *, int64_t, int,
+                           const uint8_t *, int64_t);
 
 /* The m <= 8 pass: c[r][32 g + 0..31] = sum over all steps p of x[r, p] . step p of panel g, for MR rows
  * and G panels (panel g at b + g * panel_bytes, its outputs at c + g * cgap), each weight byte loaded once. The G panels
@@ -303,6 +312,27 @@ static inline uint16_t fg_to_bf16(float f) {
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+#if defined(__AVX512F__)
+/* 16 floats rounded to bf16 (nearest even, NaN kept and quiet): fg_to_bf16 in vector lanes */
+static inline __m256i fg_bf16x16(const float *src) {
+    const __m512i u = _mm512_loadu_si512((const void *)src);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
+}
+#endif
+/* dst[0..cols) = src[0..cols) rounded to bf16 as fg_to_bf16 rounds, 16 at a time where AVX-512 is. */
+static inline void fg_round_row_bf16(const float *src, int64_t cols, uint16_t *dst) {
+    int64_t col = 0;
+#if defined(__AVX512F__)
+    for (; col + 16 <= cols; col += 16) _mm256_storeu_si256((__m256i *)(void *)(dst + col), fg_bf16x16(src + col));
+#endif
+    for (; col < cols; col++) dst[col] = fg_to_bf16(src[col]);
+}
+
 /* x's value at (row, input) as one step of x wants it: float32, or rounded to bf16 (0 past k). */
 static inline uint16_t fg_bf16_at(const float *x, int64_t k, int64_t row, int64_t col) {
     return col < k ? fg_to_bf16(x[row * k + col]) : 0;
@@ -328,24 +358,33 @@ static inline void fg_put_step(int type, const float *x, int64_t k, int64_t row,
  * or every panel when the output is bf16 (y16), goes through a scratch tile; only its real columns are
  * copied out (rounded to bf16 for y16, while they are in L1). */
 static void fg_block(fg_tile_fn tile, int blocked, const uint8_t *a, int64_t lda, int64_t a_step, int64_t mc,
-                     int64_t steps, const uint8_t *panel, int64_t j, int64_t n, float *y, uint16_t *y16) {
+                     int64_t steps, const uint8_t *panel, int64_t j, int64_t n, float *y, uint16_t *y16, int prefetch) {
     float scratch[FG_MC * FG_NR];
     const int64_t cols = n - j * FG_NR < FG_NR ? n - j * FG_NR : FG_NR;
     const int direct = cols == FG_NR && y16 == NULL;
     float *c = direct ? y + j * FG_NR : scratch;
     const int64_t ldc = direct ? n : FG_NR;
-    const int64_t kc_block = blocked ? FG_KC : steps;
+    /* Equal cache blocks of at most FG_KC steps (k = 576 in bf16: 2 x 144, not 256 + 32) */
+    const int64_t kc_blocks = blocked ? (steps + FG_KC - 1) / FG_KC : 1;
+    const int64_t kc_block = (steps + kc_blocks - 1) / kc_blocks;
+    const int64_t tiles = (mc + FG_MR - 1) / FG_MR;
     for (int64_t p0 = 0; p0 < steps; p0 += kc_block) {
         const int64_t kc = steps - p0 < kc_block ? steps - p0 : kc_block;
-        for (int64_t i = 0; i < mc; i += FG_MR) {
+        /* prefetch: while the tiles of rows run over this block, the bytes that follow it in memory (the next
+         * block, or the next panel of the thread's run) are brought into L2, each tile a 1 / tiles share of
+         * them, spread over its steps: the weight then streams from DRAM under the arithmetic. */
+        const int64_t next_bytes = kc_block * FG_STEP, share = next_bytes / tiles;
+        const int64_t pf_step = prefetch ? (share + kc - 1) / kc : 0;
+        for (int64_t i = 0, t = 0; i < mc; i += FG_MR, t++) {
             const int mr = mc - i < FG_MR ? (int)(mc - i) : FG_MR;
-            tile(mr, a + i * lda + p0 * a_step, lda, panel + p0 * FG_STEP, kc, c + i * ldc, ldc, p0 > 0);
+            const uint8_t *pf = prefetch ? panel + (p0 + kc + (FG_TILE_PF - 1) * kc_block) * FG_STEP + t * share : NULL;
+            tile(mr, a + i * lda + p0 * a_step, lda, panel + p0 * FG_STEP, kc, c + i * ldc, ldc, p0 > 0, pf, pf_step);
         }
     }
     if (direct) return;
     for (int64_t i = 0; i < mc; i++) {
         if (y16 != NULL)
-            for (int64_t col = 0; col < cols; col++) y16[i * n + j * FG_NR + col] = fg_to_bf16(scratch[i * FG_NR + col]);
+            fg_round_row_bf16(scratch + i * FG_NR, cols, y16 + i * n + j * FG_NR);
         else
             memcpy(y + i * n + j * FG_NR, scratch + i * FG_NR, cols * sizeof(float));
     }
@@ -380,7 +419,7 @@ static void fg_stream_run(fg_stream_fn stream, const uint8_t *a, int64_t lda, in
                 for (int64_t i = 0; i < m; i++) {
                     const float *src = scratch + i * ldc + gi * FG_NR;
                     if (y16 != NULL)
-                        for (int64_t col = 0; col < cols; col++) y16[i * n + jg * FG_NR + col] = fg_to_bf16(src[col]);
+                        fg_round_row_bf16(src, cols, y16 + i * n + jg * FG_NR);
                     else
                         memcpy(y + i * n + jg * FG_NR, src, cols * sizeof(float));
                 }
@@ -419,12 +458,29 @@ static void fg_gemm(int type, const uint8_t *a, int64_t m, int64_t steps, const 
     } else {
         fg_tile_fn tile = type == FG_F32 ? fg_tile_f32_block : fg_tile_bf16_block;
         const int64_t blocks = (m + FG_MC - 1) / FG_MC;
+        if (blocks == 1) {
+            /* One block of rows (batch decode): each thread takes contiguous runs of panels, so the panel it
+             * needs next is the one that follows in memory, which fg_block prefetches. */
+            _Pragma("omp parallel if (panels * panel_bytes >= 65536)") {
+#ifdef _OPENMP
+                const int64_t threads = omp_get_num_threads();
+#else
+                const int64_t threads = 1;
+#endif
+                const int64_t runs = panels < threads * FG_TILE_RUNS ? panels : threads * FG_TILE_RUNS;
+                _Pragma("omp for schedule(dynamic, 1)")
+                for (int64_t r = 0; r < runs; r++)
+                    for (int64_t j = panels * r / runs; j < panels * (r + 1) / runs; j++)
+                        fg_block(tile, 1, a, lda, a_step, m, steps, w + j * panel_bytes, j, n, y, y16, FG_TILE_PF);
+            }
+            return;
+        }
         _Pragma("omp parallel for schedule(dynamic, 1) collapse(2)")
         for (int64_t ib = 0; ib < blocks; ib++)
             for (int64_t j = 0; j < panels; j++) {
                 const int64_t i0 = ib * FG_MC, mc = m - i0 < FG_MC ? m - i0 : FG_MC;
                 fg_block(tile, 1, a + i0 * lda, lda, a_step, mc, steps, w + j * panel_bytes, j, n, y ? y + i0 * n : NULL,
-                         y16 ? y16 + i0 * n : NULL);
+                         y16 ? y16 + i0 * n : NULL, 0);
             }
     }
 }
@@ -447,16 +503,8 @@ void fgemm_matmul_bf16(const float *x, int64_t m, int64_t k, const uint8_t *w, i
         int64_t p = 0;
 #if FG_NATIVE_BF16
         /* 16 at a time: the pairs are x's row in bf16, in order (nearest even, NaN kept quiet, as fg_to_bf16) */
-        for (; 2 * p + 16 <= k; p += 8) {
-            const __m512i u = _mm512_loadu_si512((const void *)(x + i * k + 2 * p));
-            const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-            const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-            const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                          _mm512_set1_epi32(0x7f800000));
-            const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-            _mm256_storeu_si256((__m256i *)(void *)(a + i * lda + p * a_step),
-                                _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet)));
-        }
+        for (; 2 * p + 16 <= k; p += 8)
+            _mm256_storeu_si256((__m256i *)(void *)(a + i * lda + p * a_step), fg_bf16x16(x + i * k + 2 * p));
 #endif
         for (; p < steps; p++) fg_put_step(FG_BF16, x, k, i, p, a + i * lda + p * a_step);
     }

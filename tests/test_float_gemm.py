@@ -64,6 +64,26 @@ def test_bf16_matches_torch_bf16_linear():
         torch.testing.assert_close(ours, F.linear(x, weight), rtol=1.6e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("rows", [3, 32, 400])
+def test_bf16_out_rounds_as_torch(rows):
+    # the bf16-in, bf16-out call (a bf16 model's torch path) rounds each float32 sum once, as torch's
+    # .to(torch.bfloat16) does: bit for bit, infinities included, in the padded tail panel too (a NaN's
+    # payload depends on the instruction that made it, so NaNs are compared as NaNs)
+    torch.manual_seed(4)
+    weight = torch.randn(70, 96, dtype=torch.bfloat16)
+    weight[5, 3] = float("nan")
+    weight[9, 0] = float("inf")
+    packed = fgemm_pack(weight)
+    x = torch.randn(rows, 96, dtype=torch.bfloat16)
+    ours = cpu_linear._fgemm_linear(x, packed, None, 70)
+    expected = fgemm_matmul(x, packed, 70).to(torch.bfloat16)
+    assert ours.dtype == torch.bfloat16
+    nan = expected.isnan()
+    assert nan.any() and expected.isinf().any()
+    assert torch.equal(ours.isnan(), nan)
+    assert torch.equal(ours[~nan].view(torch.int16), expected[~nan].view(torch.int16))
+
+
 @pytest.mark.parametrize("n", [549, 999])
 def test_small_m_streams_spread_over_a_run(n):
     # m <= 8 streams up to 4 panels at once, one from each part of a thread's run: 18 or 32 panels (runs
