@@ -420,18 +420,21 @@ static float kq_gemv_q5_k(const float *x, const float *xs, int64_t nb, const uin
     return kq_gemv_q45_k(x, xs, nb, w, 1);
 }
 
-/* Q5_0 / Q5_1 at m = 1: integer dot products. Converting every weight to float bounded the float
- * kernel at ~13 G weights/s per core, below what memory delivers; here x is rounded once per call,
+/* The 32-weight types with 4- and 5-bit quants at m = 1 (Q5_0 and Q5_1 here; Q4_0 and Q4_1 for
+ * quant_ops.c through kq_x16_gemv_q4): integer dot products. Converting every weight to float bounded
+ * the float kernels at ~13 (Q5) to ~17 (Q4) G weights/s per core, below what memory delivers; here x is rounded once per call,
  * per block of 32, to two int16 parts with the block's scale s = max|x| / 32767: x = s * (h + l /
  * 32768), h = round(x / s), l = round((x / s - h) * 32768), so x is kept to ~2^-31 of the block's
  * largest element (finer than float32's own rounding of all but the block's tiny elements: the
  * result equals "dequantize, then a float matmul" within float tolerance; llama.cpp rounds x to int8
- * instead). The block's 5-bit quants times h and times l are summed exactly in int32 (vpdpwssd /
+ * instead). The block's quants times h and times l are summed exactly in int32 (vpdpwssd /
  * vpmaddwd: 32 weights an instruction), combined in float and scaled by d * s once per block.
  * Q5_0's -16 is folded into the quants (16 subtracted where the fifth bit is clear: q - 16 in
- * -16..15); Q5_1's min comes through x's block sums: m * sum(x). A non-finite block of x makes its
+ * -16..15), Q4_0's -8 too; Q5_1's and Q4_1's min comes through x's block sums: m * sum(x). A non-finite block of x makes its
  * scale NaN, so the row's result is NaN (the float product's inf or NaN).
  *
+ * Blocks: Q4_0 f16 d, 16 bytes of nibbles (18 bytes); Q4_1 d, m, nibbles (20); Q5_0 d, 4 bytes of
+ * fifth bits, nibbles (22); Q5_1 d, m, fifth bits, nibbles (24). Weight j < 16 is qs[j]'s low nibble.
  * AVX-512 takes two blocks (A, B) at a time, as their bytes come: the two blocks' 16 bytes of nibbles
  * widen to 32 words [A's bytes, B's bytes], whose low nibbles are weights [A 0-15, B 0-15] and high
  * nibbles [A 16-31, B 16-31]; x is stored per pair in that order, so one conversion and one FMA serve
@@ -506,20 +509,21 @@ static const uint8_t kq_zero_block[32] KQ_ALIGN64 = {0}; /* the missing B of an 
 #endif
 
 /* Blocks a and b (b may be kq_zero_block) against their pair of x: acc + the 16 scaled partial sums;
- * *mins += [dA, mA, dB, mB] * [0, sum A, 0, sum B] (Q5_1). */
-KQ_INLINE __m512 kq_q5_pair(const uint8_t *a, const uint8_t *b, const int16_t *xq, const float *scale,
-                            const float *sums, __m512 acc, __m128 *mins, const int HAS_MIN) {
-    const int qh_at = HAS_MIN ? 4 : 2, qs_at = HAS_MIN ? 8 : 6;
+ * *mins += [dA, mA, dB, mB] * [0, sum A, 0, sum B] (Q4_1, Q5_1). FIFTH: the 5-bit types. */
+KQ_INLINE __m512 kq_x16_pair(const uint8_t *a, const uint8_t *b, const int16_t *xq, const float *scale,
+                             const float *sums, __m512 acc, __m128 *mins, const int HAS_MIN, const int FIFTH) {
+    const int qh_at = HAS_MIN ? 4 : 2, qs_at = qh_at + (FIFTH ? 4 : 0);
     const __m128i qs_a = _mm_loadu_si128((const __m128i *)(const void *)(a + qs_at));
     const __m128i qs_b = _mm_loadu_si128((const __m128i *)(const void *)(b + qs_at));
     const __m512i words = _mm512_cvtepu8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(qs_a), qs_b, 1));
     const __m512i sixteen = _mm512_set1_epi16(16);
     __m512i lo = _mm512_and_si512(words, _mm512_set1_epi16(15)), hi = _mm512_srli_epi16(words, 4);
-    uint32_t ha, hb;
-    memcpy(&ha, a + qh_at, 4);
-    memcpy(&hb, b + qh_at, 4);
+    uint32_t ha = 0, hb = 0;
+    if (FIFTH) memcpy(&ha, a + qh_at, 4), memcpy(&hb, b + qh_at, 4);
     const __mmask32 fifth_lo = (ha & 0xffffu) | (hb << 16), fifth_hi = (ha >> 16) | (hb & 0xffff0000u);
-    if (HAS_MIN) {
+    if (!FIFTH) {
+        if (!HAS_MIN) lo = _mm512_sub_epi16(lo, _mm512_set1_epi16(8)), hi = _mm512_sub_epi16(hi, _mm512_set1_epi16(8));
+    } else if (HAS_MIN) {
         lo = _mm512_mask_add_epi16(lo, fifth_lo, lo, sixteen);
         hi = _mm512_mask_add_epi16(hi, fifth_hi, hi, sixteen);
     } else {
@@ -542,29 +546,35 @@ KQ_INLINE __m512 kq_q5_pair(const uint8_t *a, const uint8_t *b, const int16_t *x
     return _mm512_fmadd_ps(dot, _mm512_mul_ps(d, _mm512_loadu_ps(scale)), acc);
 }
 
-KQ_INLINE float kq_gemv_q5_row(const int16_t *xq, const float *floats, int64_t nb, const uint8_t *w, const int HAS_MIN) {
-    const int64_t bytes = HAS_MIN ? KQ_Q51_BYTES : KQ_Q50_BYTES, pairs = (nb + 1) / 2;
+#define KQ_X16_BLOCK_BYTES(HAS_MIN, FIFTH) (((HAS_MIN) ? 20 : 18) + ((FIFTH) ? 4 : 0))
+
+KQ_INLINE float kq_x16_row(const int16_t *xq, const float *floats, int64_t nb, const uint8_t *w, const int HAS_MIN,
+                           const int FIFTH) {
+    const int64_t bytes = KQ_X16_BLOCK_BYTES(HAS_MIN, FIFTH), pairs = (nb + 1) / 2;
     const float *scale = floats, *sums = floats + 16 * pairs;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     __m128 mins0 = _mm_setzero_ps(), mins1 = _mm_setzero_ps();
     int64_t p = 0;
     for (; 2 * p + 3 < nb; p += 2) { /* two pairs an iteration: two independent chains */
         const uint8_t *a = w + 2 * p * bytes;
-        acc0 = kq_q5_pair(a, a + bytes, xq + 128 * p, scale + 16 * p, sums + 4 * p, acc0, &mins0, HAS_MIN);
-        acc1 = kq_q5_pair(a + 2 * bytes, a + 3 * bytes, xq + 128 * (p + 1), scale + 16 * (p + 1), sums + 4 * (p + 1),
-                          acc1, &mins1, HAS_MIN);
+        acc0 = kq_x16_pair(a, a + bytes, xq + 128 * p, scale + 16 * p, sums + 4 * p, acc0, &mins0, HAS_MIN, FIFTH);
+        acc1 = kq_x16_pair(a + 2 * bytes, a + 3 * bytes, xq + 128 * (p + 1), scale + 16 * (p + 1), sums + 4 * (p + 1),
+                           acc1, &mins1, HAS_MIN, FIFTH);
     }
     for (; 2 * p < nb; p++) {
         const uint8_t *a = w + 2 * p * bytes, *b = 2 * p + 1 < nb ? a + bytes : kq_zero_block;
-        acc0 = kq_q5_pair(a, b, xq + 128 * p, scale + 16 * p, sums + 4 * p, acc0, &mins0, HAS_MIN);
+        acc0 = kq_x16_pair(a, b, xq + 128 * p, scale + 16 * p, sums + 4 * p, acc0, &mins0, HAS_MIN, FIFTH);
     }
     const __m128 mins = _mm_add_ps(mins0, mins1);
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + (HAS_MIN ? mins[1] + mins[3] : 0.f);
 }
 #else /* AVX2: one block at a time */
-KQ_INLINE float kq_gemv_q5_row(const int16_t *xq, const float *floats, int64_t nb, const uint8_t *w, const int HAS_MIN) {
-    const int64_t bytes = HAS_MIN ? KQ_Q51_BYTES : KQ_Q50_BYTES;
-    const int qh_at = HAS_MIN ? 4 : 2, qs_at = HAS_MIN ? 8 : 6;
+#define KQ_X16_BLOCK_BYTES(HAS_MIN, FIFTH) (((HAS_MIN) ? 20 : 18) + ((FIFTH) ? 4 : 0))
+
+KQ_INLINE float kq_x16_row(const int16_t *xq, const float *floats, int64_t nb, const uint8_t *w, const int HAS_MIN,
+                           const int FIFTH) {
+    const int64_t bytes = KQ_X16_BLOCK_BYTES(HAS_MIN, FIFTH);
+    const int qh_at = HAS_MIN ? 4 : 2, qs_at = qh_at + (FIFTH ? 4 : 0);
     const float *scale = floats, *sums = floats + nb;
     const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, -32768);
     const __m256i sixteen = _mm256_set1_epi16(16), fifteen = _mm256_set1_epi16(15);
@@ -574,14 +584,18 @@ KQ_INLINE float kq_gemv_q5_row(const int16_t *xq, const float *floats, int64_t n
         const uint8_t *blk = w + b * bytes;
         const int16_t *xb = xq + 64 * b;
         const __m256i words = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(blk + qs_at)));
-        uint32_t qh;
-        memcpy(&qh, blk + qh_at, 4);
-        /* per word, 16 where the weight's fifth bit is set */
-        const __m256i fifth_lo = _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((int16_t)qh), bit), bit), sixteen);
-        const __m256i fifth_hi = _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((int16_t)(qh >> 16)), bit), bit), sixteen);
-        __m256i lo = _mm256_or_si256(_mm256_and_si256(words, fifteen), fifth_lo);
-        __m256i hi = _mm256_or_si256(_mm256_srli_epi16(words, 4), fifth_hi);
-        if (!HAS_MIN) lo = _mm256_sub_epi16(lo, sixteen), hi = _mm256_sub_epi16(hi, sixteen);
+        __m256i lo = _mm256_and_si256(words, fifteen), hi = _mm256_srli_epi16(words, 4);
+        if (FIFTH) {
+            uint32_t qh;
+            memcpy(&qh, blk + qh_at, 4);
+            /* per word, 16 where the weight's fifth bit is set */
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((int16_t)qh), bit), bit), sixteen));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((int16_t)(qh >> 16)), bit), bit), sixteen));
+        }
+        if (!HAS_MIN) {
+            const __m256i offset = FIFTH ? sixteen : _mm256_set1_epi16(8);
+            lo = _mm256_sub_epi16(lo, offset), hi = _mm256_sub_epi16(hi, offset);
+        }
 #define KQ_MADD2(x0, x1)                                                                                           \
     _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)(const void *)(x0))),              \
                      _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(const void *)(x1))))
@@ -603,11 +617,11 @@ KQ_INLINE float kq_gemv_q5_row(const int16_t *xq, const float *floats, int64_t n
 #endif
 #define KQ_GEMV_PARALLEL_BYTES (32 * 1024) /* below this, opening a region costs more than a thread saves */
 
-/* m = 1, one function per type (HAS_MIN a constant inside the OpenMP region): 0 when done, -1 when
- * x's integer copy could not be allocated. */
-#define KQ_DEFINE_Q5_GEMV(TYPE, HAS_MIN)                                                                \
+/* m = 1, one function per type (HAS_MIN, FIFTH constants inside the OpenMP region): 0 when done, -1
+ * when x's integer copy could not be allocated. */
+#define KQ_DEFINE_X16_GEMV(TYPE, HAS_MIN, FIFTH)                                                        \
 static int kq_gemv_##TYPE(const float *x, int64_t k, const uint8_t *w, int64_t n, float *y) {           \
-    const int64_t nb = k / 32, row_bytes = nb * ((HAS_MIN) ? KQ_Q51_BYTES : KQ_Q50_BYTES);             \
+    const int64_t nb = k / 32, row_bytes = nb * KQ_X16_BLOCK_BYTES(HAS_MIN, FIFTH);                     \
     int16_t xq_stack[KQ_X16_WORDS(KQ_X16_STACK_BLOCKS)] KQ_ALIGN64, *xq = xq_stack;                     \
     float floats_stack[KQ_X16_FLOATS(KQ_X16_STACK_BLOCKS)] KQ_ALIGN64, *floats = floats_stack;          \
     void *heap = NULL;                                                                                  \
@@ -623,17 +637,31 @@ static int kq_gemv_##TYPE(const float *x, int64_t k, const uint8_t *w, int64_t n
         int64_t t = 0, nt = 1;                                                                          \
         KQ_THREAD(t, nt);                                                                               \
         const int64_t j1 = n * (t + 1) / nt;                                                            \
-        for (int64_t j = n * t / nt; j < j1; j++) y[j] = kq_gemv_q5_row(xq, floats, nb, w + j * row_bytes, (HAS_MIN)); \
+        for (int64_t j = n * t / nt; j < j1; j++) y[j] = kq_x16_row(xq, floats, nb, w + j * row_bytes, (HAS_MIN), (FIFTH)); \
     }                                                                                                   \
     free(heap);                                                                                         \
     return 0;                                                                                           \
 }
-KQ_DEFINE_Q5_GEMV(q5_0, 0)
-KQ_DEFINE_Q5_GEMV(q5_1, 1)
+KQ_DEFINE_X16_GEMV(q5_0, 0, 1)
+KQ_DEFINE_X16_GEMV(q5_1, 1, 1)
+KQ_DEFINE_X16_GEMV(q4_0, 0, 0)
+KQ_DEFINE_X16_GEMV(q4_1, 1, 0)
 #define KQ_Q5_GEMV(TYPE, x, m, k, w, n, y) ((m) == 1 && kq_gemv_##TYPE(x, k, w, n, y) == 0)
 #else
 #define KQ_Q5_GEMV(TYPE, x, m, k, w, n, y) 0
 #endif
+
+/* quant_ops.c's Q4_0 (has_min 0) and Q4_1 (1) at m = 1: 0 when done, -1 when this build has no
+ * integer GEMV (a CPU with neither AVX-512BW nor AVX2) or no memory for x's copy: the caller runs its
+ * float one. */
+int kq_x16_gemv_q4(const float *x, int64_t k, const uint8_t *w, int64_t n, float *y, int has_min) {
+#ifdef KQ_X16_PAIRS
+    return has_min ? kq_gemv_q4_1(x, k, w, n, y) : kq_gemv_q4_0(x, k, w, n, y);
+#else
+    (void)x, (void)k, (void)w, (void)n, (void)y, (void)has_min;
+    return -1;
+#endif
+}
 
 /* The entry points of one type: QK weights per block of BYTES bytes, BLOCK its chunk macro. */
 #define KQ_DEFINE(TYPE, QK, BYTES, BLOCK)                                                               \
