@@ -422,16 +422,17 @@ static float kq_gemv_q5_k(const float *x, const float *xs, int64_t nb, const uin
 
 /* The 32-weight types with 4- and 5-bit quants at m = 1 (Q5_0 and Q5_1 here; Q4_0 and Q4_1 for
  * quant_ops.c through kq_x16_gemv_q4): integer dot products. Converting every weight to float bounded
- * the float kernels at ~13 (Q5) to ~17 (Q4) G weights/s per core, below what memory delivers; here x is rounded once per call,
- * per block of 32, to two int16 parts with the block's scale s = max|x| / 32767: x = s * (h + l /
- * 32768), h = round(x / s), l = round((x / s - h) * 32768), so x is kept to ~2^-31 of the block's
- * largest element (finer than float32's own rounding of all but the block's tiny elements: the
- * result equals "dequantize, then a float matmul" within float tolerance; llama.cpp rounds x to int8
- * instead). The block's quants times h and times l are summed exactly in int32 (vpdpwssd /
- * vpmaddwd: 32 weights an instruction), combined in float and scaled by d * s once per block.
- * Q5_0's -16 is folded into the quants (16 subtracted where the fifth bit is clear: q - 16 in
- * -16..15), Q4_0's -8 too; Q5_1's and Q4_1's min comes through x's block sums: m * sum(x). A non-finite block of x makes its
- * scale NaN, so the row's result is NaN (the float product's inf or NaN).
+ * the float kernels at ~13 (Q5) to ~17 (Q4) G weights/s per core, below what memory delivers. Here x
+ * is rounded once per call, per block of 32, to two int16 parts with the block's scale
+ * s = max|x| / 32767: x = s * (h + l / 32768), h = round(x / s), l = round((x / s - h) * 32768), so x
+ * is kept to ~2^-31 of the block's largest element (finer than float32's own rounding of all but the
+ * block's tiny elements: the result equals "dequantize, then a float matmul" within float tolerance;
+ * llama.cpp rounds x to int8 instead; one int16 part alone was 1.2x faster still but not float-exact).
+ * The block's quants times h and times l are summed exactly in int32 (vpdpwssd / vpmaddwd: 32 weights
+ * an instruction), combined in float and scaled by d * s once per block. Q5_0's -16 is folded into the
+ * quants (16 subtracted where the fifth bit is clear: q - 16 in -16..15), Q4_0's -8 too; Q5_1's and
+ * Q4_1's min comes through x's block sums: m * sum(x). A block of x that is not finite (or sums past
+ * float's range) makes its scale NaN, so the row's result is NaN (the float product's inf or NaN).
  *
  * Blocks: Q4_0 f16 d, 16 bytes of nibbles (18 bytes); Q4_1 d, m, nibbles (20); Q5_0 d, 4 bytes of
  * fifth bits, nibbles (22); Q5_1 d, m, fifth bits, nibbles (24). Weight j < 16 is qs[j]'s low nibble.
@@ -453,7 +454,7 @@ static float kq_gemv_q5_k(const float *x, const float *xs, int64_t nb, const uin
 #define KQ_X16_FLOATS(nb) ((nb) * 2)
 #define KQ_X16_AT(b, i) (64 * (b) + (i))
 #endif
-#define KQ_X16_STACK_BLOCKS 256 /* x of up to 8192 elements: its copy on the stack (40 KB) */
+#define KQ_X16_STACK_BLOCKS 256 /* x of up to 8192 elements: its copy on the stack (42 KB) */
 
 /* x [nb * 32] -> xq, scales, sums as laid out above; AVX-512 pads an odd nb with a zero block. */
 static void kq_x16_prepare(const float *x, int64_t nb, int16_t *xq, float *floats) {
@@ -480,9 +481,9 @@ static void kq_x16_prepare(const float *x, int64_t nb, int16_t *xq, float *float
             const __m512 h = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             const __m512 l = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(t, h), _mm512_set1_ps(32768.f)),
                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            _mm256_storeu_si256((__m256i *)(void *)(xq + KQ_X16_AT(b, 16 * half)), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(h)));
-            _mm256_storeu_si256((__m256i *)(void *)(xq + KQ_X16_AT(b, 16 * half) + 64),
-                                _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(l)));
+            __m256i *at = (__m256i *)(void *)(xq + KQ_X16_AT(b, 16 * half));
+            _mm256_storeu_si256(at, _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(h)));
+            _mm256_storeu_si256(at + 4, _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(l))); /* 64 words on: l */
         }
         for (int i = 0; i < 8; i++) scale[16 * (b / 2) + 8 * (b & 1) + i] = s;
         sums[4 * (b / 2) + 2 * (b & 1)] = 0.f;
@@ -530,11 +531,13 @@ KQ_INLINE __m512 kq_x16_pair(const uint8_t *a, const uint8_t *b, const int16_t *
         lo = _mm512_mask_sub_epi16(lo, (__mmask32)~fifth_lo, lo, sixteen);
         hi = _mm512_mask_sub_epi16(hi, (__mmask32)~fifth_hi, hi, sixteen);
     }
-    const __m512i dot_h = KQ_DPWSSD(KQ_DPWSSD(_mm512_setzero_si512(), lo, _mm512_loadu_si512((const void *)xq)), hi,
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i dot_h = KQ_DPWSSD(KQ_DPWSSD(zero, lo, _mm512_loadu_si512((const void *)xq)), hi,
                                     _mm512_loadu_si512((const void *)(xq + 32)));
-    const __m512i dot_l = KQ_DPWSSD(KQ_DPWSSD(_mm512_setzero_si512(), lo, _mm512_loadu_si512((const void *)(xq + 64))), hi,
+    const __m512i dot_l = KQ_DPWSSD(KQ_DPWSSD(zero, lo, _mm512_loadu_si512((const void *)(xq + 64))), hi,
                                     _mm512_loadu_si512((const void *)(xq + 96)));
-    const __m512 dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot_l), _mm512_set1_ps(1.f / 32768.f), _mm512_cvtepi32_ps(dot_h));
+    const __m512 dot =
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot_l), _mm512_set1_ps(1.f / 32768.f), _mm512_cvtepi32_ps(dot_h));
     /* [dA, mA, dB, mB] (Q5_0: [dA, ?, dB, ?]) in one conversion; lanes 0-7 take dA, 8-15 dB */
     uint32_t head_a, head_b;
     memcpy(&head_a, a, 4);
@@ -589,8 +592,10 @@ KQ_INLINE float kq_x16_row(const int16_t *xq, const float *floats, int64_t nb, c
             uint32_t qh;
             memcpy(&qh, blk + qh_at, 4);
             /* per word, 16 where the weight's fifth bit is set */
-            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((int16_t)qh), bit), bit), sixteen));
-            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((int16_t)(qh >> 16)), bit), bit), sixteen));
+            const __m256i set_lo = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((int16_t)qh), bit), bit);
+            const __m256i set_hi = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((int16_t)(qh >> 16)), bit), bit);
+            lo = _mm256_or_si256(lo, _mm256_and_si256(set_lo, sixteen));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(set_hi, sixteen));
         }
         if (!HAS_MIN) {
             const __m256i offset = FIFTH ? sixteen : _mm256_set1_epi16(8);
@@ -601,7 +606,8 @@ KQ_INLINE float kq_x16_row(const int16_t *xq, const float *floats, int64_t nb, c
                      _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(const void *)(x1))))
         const __m256i dot_h = KQ_MADD2(xb, xb + 16), dot_l = KQ_MADD2(xb + 32, xb + 48);
 #undef KQ_MADD2
-        const __m256 dot = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_l), _mm256_set1_ps(1.f / 32768.f), _mm256_cvtepi32_ps(dot_h));
+        const __m256 dot =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_l), _mm256_set1_ps(1.f / 32768.f), _mm256_cvtepi32_ps(dot_h));
         if (b & 1) acc1 = _mm256_fmadd_ps(dot, _mm256_set1_ps(kq_f16(blk) * scale[b]), acc1);
         else acc0 = _mm256_fmadd_ps(dot, _mm256_set1_ps(kq_f16(blk) * scale[b]), acc0);
         if (HAS_MIN) mins += kq_f16(blk + 2) * sums[b];
@@ -637,7 +643,8 @@ static int kq_gemv_##TYPE(const float *x, int64_t k, const uint8_t *w, int64_t n
         int64_t t = 0, nt = 1;                                                                          \
         KQ_THREAD(t, nt);                                                                               \
         const int64_t j1 = n * (t + 1) / nt;                                                            \
-        for (int64_t j = n * t / nt; j < j1; j++) y[j] = kq_x16_row(xq, floats, nb, w + j * row_bytes, (HAS_MIN), (FIFTH)); \
+        for (int64_t j = n * t / nt; j < j1; j++)                                                       \
+            y[j] = kq_x16_row(xq, floats, nb, w + j * row_bytes, (HAS_MIN), (FIFTH));                   \
     }                                                                                                   \
     free(heap);                                                                                         \
     return 0;                                                                                           \
