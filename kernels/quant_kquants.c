@@ -14,23 +14,28 @@
  *   gguf_matmul_<type>(x, m, k, w, n, y): y[m, n] = x[m, k] @ dequant(w)[n, k]^T, w row-major, n rows
  *         of k / (weights per block) blocks each
  *
- * Activations and sums stay float32 (activations are not quantized): the result is "dequantize,
- * then a float matmul" up to summation order, and dequantize matches gguf/ggml bit for bit.
+ * Activations are not quantized to fewer bits than float32 carries (Q5_0/Q5_1's m = 1 splits them
+ * into integers exactly enough, below): the result is "dequantize, then a float matmul" up to
+ * summation order, and dequantize matches gguf/ggml bit for bit.
  * m = 1 (decode), K-quants: per sub-block the raw quants are converted in registers and multiplied
  * into x, the sum scaled once; the mins (and Q6_K's -32) come from per-call sums of x over each
  * sub-block, so a weight costs a few integer ops, a conversion and one FMA, and the weights stream
- * from memory once. m <= 4 (and Q5_0/Q5_1 at m = 1): each chunk is dequantized in registers (the
- * scale and min in one FMA) and multiplied into every row's accumulators. m > 4 (a batch, a
- * prefill chunk): quant_gemm.c dequantizes panels of weight rows once per call (this file's block
- * functions, row by row) and runs a register-blocked float GEMM over every row of x. Rows of w (n)
- * are spread over OpenMP threads (torch's libgomp, see cpu_ops.c), scheduled dynamically: on a
- * shared machine a descheduled thread then delays only its own rows.
+ * from memory once. m = 1, Q5_0/Q5_1 (AVX-512BW, AVX2): x is rounded once per call to two int16 parts
+ * per block, precise to ~2^-31 of the block's largest element, and the 5-bit quants times them are
+ * summed exactly in int32, 32 weights an instruction (see kq_x16_prepare). m <= 4: each chunk is
+ * dequantized in registers (the scale and min in one FMA) and multiplied into every row's
+ * accumulators. m > 4 (a batch, a prefill chunk): quant_gemm.c dequantizes panels of weight rows once
+ * per call (this file's block functions, row by row) and runs a register-blocked float GEMM over every
+ * row of x. Rows of w (n) are spread over OpenMP threads (torch's libgomp, see cpu_ops.c), scheduled
+ * dynamically (a descheduled thread then delays only its own rows), except Q5_0/Q5_1's m = 1: one
+ * contiguous range per thread, one stream to prefetch, as quant_ops.c's GEMVs.
  *
  * One body per kernel, written on a small vector vocabulary (kq_vf / kq_vi and kq_* operations)
  * defined three times: AVX-512 (16 lanes), AVX2+FMA (8 lanes) and plain C (1 lane, the fallback
  * for other CPUs). Everything here is static or prefixed gguf_/kq_: this file shares its library
  * with cpu_ops.c and quant_ops.c.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -415,55 +420,255 @@ static float kq_gemv_q5_k(const float *x, const float *xs, int64_t nb, const uin
     return kq_gemv_q45_k(x, xs, nb, w, 1);
 }
 
-/* Q5_0 / Q5_1 at m = 1 (AVX-512): as quant_ops.c's Q4_1, each block's raw 5-bit quants times x,
- * the block's sum scaled once; Q5_0's -16 and Q5_1's min through the block's sum of x:
- * w.x = d * q.x + (Q5_0: -16 d, Q5_1: m) * sum(x). The fifth bit is OR-ed in under a lane mask. */
-#if KQ_VLEN == 16
-KQ_INLINE __m512 kq_q5_dot(const float *xb, const uint8_t *qs, uint32_t qh) {
-    const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)qs));
-    const __m512i sixteen = _mm512_set1_epi32(16);
-    const __m512i lo = _mm512_and_si512(q, _mm512_set1_epi32(15)), hi = _mm512_srli_epi32(q, 4);
-    const __m512 flo = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(lo, (__mmask16)qh, lo, sixteen));
-    const __m512 fhi = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(hi, (__mmask16)(qh >> 16), hi, sixteen));
-    return _mm512_fmadd_ps(fhi, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(flo, _mm512_loadu_ps(xb)));
-}
-
-KQ_INLINE float kq_gemv_q5(const float *x, const float *xs, int64_t nb, const uint8_t *w, const int HAS_MIN) {
-    const int64_t bytes = HAS_MIN ? KQ_Q51_BYTES : KQ_Q50_BYTES;
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    float off[4] = {0.f, 0.f, 0.f, 0.f};
-    int64_t b = 0;
-    for (; b < nb; b += 4) {
-        KQ_UNROLL for (int u = 0; u < 4; u++) {
-            if (b + u < nb) {
-                const uint8_t *blk = w + (b + u) * bytes;
-                const float d = kq_f16(blk);
-                uint32_t qh;
-                memcpy(&qh, blk + (HAS_MIN ? 4 : 2), 4);
-                acc[u] = _mm512_fmadd_ps(kq_q5_dot(x + (b + u) * 32, blk + (HAS_MIN ? 8 : 6), qh), _mm512_set1_ps(d), acc[u]);
-                off[u] += (HAS_MIN ? kq_f16(blk + 2) : -16.f * d) * xs[b + u];
-            }
-        }
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]))) +
-           ((off[0] + off[1]) + (off[2] + off[3]));
-}
-
-/* m = 1: 0 when done, -1 when x's block sums could not be allocated */
-static int kq_gemv_q5_matmul(const float *x, int64_t k, const uint8_t *w, int64_t n, float *y, const int HAS_MIN) {
-    const int64_t nb = k / 32, row_bytes = nb * (HAS_MIN ? KQ_Q51_BYTES : KQ_Q50_BYTES);
-    float *xs = (float *)malloc((size_t)nb * sizeof(float));
-    if (!xs) return -1;
-    for (int64_t b = 0; b < nb; b++) xs[b] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(x + 32 * b), _mm512_loadu_ps(x + 32 * b + 16)));
-#pragma omp parallel for schedule(dynamic, 32)
-    for (int64_t j = 0; j < n; j++) y[j] = kq_gemv_q5(x, xs, nb, w + j * row_bytes, HAS_MIN);
-    free(xs);
-    return 0;
-}
-#define KQ_Q5_GEMV(x, m, k, w, n, y, HAS_MIN) ((m) == 1 && kq_gemv_q5_matmul(x, k, w, n, y, HAS_MIN) == 0)
+/* The 32-weight types with 4- and 5-bit quants at m = 1 (Q5_0 and Q5_1 here; Q4_0 and Q4_1 for
+ * quant_ops.c through kq_x16_gemv_q4): integer dot products. Converting every weight to float bounded
+ * the float kernels at ~13 (Q5) to ~17 (Q4) G weights/s per core, below what memory delivers. Here x
+ * is rounded once per call, per block of 32, to two int16 parts with the block's scale
+ * s = max|x| / 32767: x = s * (h + l / 32768), h = round(x / s), l = round((x / s - h) * 32768), so x
+ * is kept to ~2^-31 of the block's largest element (finer than float32's own rounding of all but the
+ * block's tiny elements: the result equals "dequantize, then a float matmul" within float tolerance;
+ * llama.cpp rounds x to int8 instead; one int16 part alone was 1.2x faster still but not float-exact).
+ * The block's quants times h and times l are summed exactly in int32 (vpdpwssd / vpmaddwd: 32 weights
+ * an instruction), combined in float and scaled by d * s once per block. Q5_0's -16 is folded into the
+ * quants (16 subtracted where the fifth bit is clear: q - 16 in -16..15), Q4_0's -8 too; Q5_1's and
+ * Q4_1's min comes through x's block sums: m * sum(x). A block of x that is not finite (or sums past
+ * float's range) makes its scale NaN, so the row's result is NaN (the float product's inf or NaN).
+ *
+ * Blocks: Q4_0 f16 d, 16 bytes of nibbles (18 bytes); Q4_1 d, m, nibbles (20); Q5_0 d, 4 bytes of
+ * fifth bits, nibbles (22); Q5_1 d, m, fifth bits, nibbles (24). Weight j < 16 is qs[j]'s low nibble.
+ * AVX-512 takes two blocks (A, B) at a time, as their bytes come: the two blocks' 16 bytes of nibbles
+ * widen to 32 words [A's bytes, B's bytes], whose low nibbles are weights [A 0-15, B 0-15] and high
+ * nibbles [A 16-31, B 16-31]; x is stored per pair in that order, so one conversion and one FMA serve
+ * 64 weights (lanes 0-7: block A, 8-15: block B). AVX2 takes one block at a time, x in its order. */
+#if (KQ_VLEN == 16 && defined(__AVX512BW__)) || KQ_VLEN == 8
+#define KQ_X16_PAIRS (KQ_VLEN == 16)
+#if KQ_X16_PAIRS
+/* per pair: 128 words [h of A 0-15, B 0-15, A 16-31, B 16-31, then l in the same order]; 16 scales
+ * [s A x8, s B x8]; 4 sums [0, sum A, 0, sum B] (against the pair's [dA, mA, dB, mB]) */
+#define KQ_X16_WORDS(nb) (((nb) + 1) / 2 * 128)
+#define KQ_X16_FLOATS(nb) (((nb) + 1) / 2 * 20)
+#define KQ_X16_AT(b, i) (128 * ((b) / 2) + 32 * ((i) / 16) + 16 * ((b) & 1) + ((i) & 15))
 #else
-#define KQ_Q5_GEMV(x, m, k, w, n, y, HAS_MIN) 0
+/* per block: 64 words [h 0-31, l 0-31]; then nb scales, then nb sums */
+#define KQ_X16_WORDS(nb) ((nb) * 64)
+#define KQ_X16_FLOATS(nb) ((nb) * 2)
+#define KQ_X16_AT(b, i) (64 * (b) + (i))
 #endif
+#define KQ_X16_STACK_BLOCKS 256 /* x of up to 8192 elements: its copy on the stack (42 KB) */
+
+/* x [nb * 32] -> xq, scales, sums as laid out above; AVX-512 pads an odd nb with a zero block. */
+static void kq_x16_prepare(const float *x, int64_t nb, int16_t *xq, float *floats) {
+    const int64_t padded = KQ_X16_PAIRS ? (nb + 1) / 2 * 2 : nb;
+    float *scale = floats, *sums = floats + (KQ_X16_PAIRS ? padded * 8 : nb);
+    for (int64_t b = 0; b < padded; b++) {
+#if KQ_X16_PAIRS
+        const __mmask16 live = b < nb ? 0xffff : 0;
+        const __m512 x0 = _mm512_maskz_loadu_ps(live, x + 32 * b), x1 = _mm512_maskz_loadu_ps(live, x + 32 * b + 16);
+        const __m512 absmax = _mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1));
+        const float amax = _mm512_reduce_max_ps(absmax), sum = _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
+#else
+        float amax = 0.f, sum = 0.f;
+        for (int i = 0; i < 32; i++) {
+            amax = fabsf(x[32 * b + i]) > amax ? fabsf(x[32 * b + i]) : amax;
+            sum += x[32 * b + i];
+        }
+#endif
+        const int finite = sum - sum == 0.f && amax - amax == 0.f;
+        const float inv = finite && amax > 0.f ? 32767.f / amax : 0.f, s = finite ? amax / 32767.f : NAN;
+#if KQ_X16_PAIRS
+        for (int half = 0; half < 2; half++) {
+            const __m512 t = _mm512_mul_ps(half ? x1 : x0, _mm512_set1_ps(inv));
+            const __m512 h = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m512 l = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(t, h), _mm512_set1_ps(32768.f)),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256i *at = (__m256i *)(void *)(xq + KQ_X16_AT(b, 16 * half));
+            _mm256_storeu_si256(at, _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(h)));
+            _mm256_storeu_si256(at + 4, _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(l))); /* 64 words on: l */
+        }
+        for (int i = 0; i < 8; i++) scale[16 * (b / 2) + 8 * (b & 1) + i] = s;
+        sums[4 * (b / 2) + 2 * (b & 1)] = 0.f;
+        sums[4 * (b / 2) + 2 * (b & 1) + 1] = sum;
+#else
+        for (int i = 0; i < 32; i++) {
+            const float t = x[32 * b + i] * inv, h = rintf(t);
+            xq[KQ_X16_AT(b, i)] = (int16_t)h;
+            xq[KQ_X16_AT(b, i) + 32] = (int16_t)rintf((t - h) * 32768.f);
+        }
+        scale[b] = s;
+        sums[b] = sum;
+#endif
+    }
+}
+
+#if KQ_X16_PAIRS
+static const uint8_t kq_zero_block[32] KQ_ALIGN64 = {0}; /* the missing B of an odd last block */
+
+#if defined(__AVX512VNNI__)
+#define KQ_DPWSSD(acc, a, b) _mm512_dpwssd_epi32((acc), (a), (b))
+#else
+#define KQ_DPWSSD(acc, a, b) _mm512_add_epi32((acc), _mm512_madd_epi16((a), (b)))
+#endif
+
+/* Blocks a and b (b may be kq_zero_block) against their pair of x: acc + the 16 scaled partial sums;
+ * *mins += [dA, mA, dB, mB] * [0, sum A, 0, sum B] (Q4_1, Q5_1). FIFTH: the 5-bit types. */
+KQ_INLINE __m512 kq_x16_pair(const uint8_t *a, const uint8_t *b, const int16_t *xq, const float *scale,
+                             const float *sums, __m512 acc, __m128 *mins, const int HAS_MIN, const int FIFTH) {
+    const int qh_at = HAS_MIN ? 4 : 2, qs_at = qh_at + (FIFTH ? 4 : 0);
+    const __m128i qs_a = _mm_loadu_si128((const __m128i *)(const void *)(a + qs_at));
+    const __m128i qs_b = _mm_loadu_si128((const __m128i *)(const void *)(b + qs_at));
+    const __m512i words = _mm512_cvtepu8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(qs_a), qs_b, 1));
+    const __m512i sixteen = _mm512_set1_epi16(16);
+    __m512i lo = _mm512_and_si512(words, _mm512_set1_epi16(15)), hi = _mm512_srli_epi16(words, 4);
+    uint32_t ha = 0, hb = 0;
+    if (FIFTH) memcpy(&ha, a + qh_at, 4), memcpy(&hb, b + qh_at, 4);
+    const __mmask32 fifth_lo = (ha & 0xffffu) | (hb << 16), fifth_hi = (ha >> 16) | (hb & 0xffff0000u);
+    if (!FIFTH) {
+        if (!HAS_MIN) lo = _mm512_sub_epi16(lo, _mm512_set1_epi16(8)), hi = _mm512_sub_epi16(hi, _mm512_set1_epi16(8));
+    } else if (HAS_MIN) {
+        lo = _mm512_mask_add_epi16(lo, fifth_lo, lo, sixteen);
+        hi = _mm512_mask_add_epi16(hi, fifth_hi, hi, sixteen);
+    } else {
+        lo = _mm512_mask_sub_epi16(lo, (__mmask32)~fifth_lo, lo, sixteen);
+        hi = _mm512_mask_sub_epi16(hi, (__mmask32)~fifth_hi, hi, sixteen);
+    }
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i dot_h = KQ_DPWSSD(KQ_DPWSSD(zero, lo, _mm512_loadu_si512((const void *)xq)), hi,
+                                    _mm512_loadu_si512((const void *)(xq + 32)));
+    const __m512i dot_l = KQ_DPWSSD(KQ_DPWSSD(zero, lo, _mm512_loadu_si512((const void *)(xq + 64))), hi,
+                                    _mm512_loadu_si512((const void *)(xq + 96)));
+    const __m512 dot =
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot_l), _mm512_set1_ps(1.f / 32768.f), _mm512_cvtepi32_ps(dot_h));
+    /* [dA, mA, dB, mB] (Q5_0: [dA, ?, dB, ?]) in one conversion; lanes 0-7 take dA, 8-15 dB */
+    uint32_t head_a, head_b;
+    memcpy(&head_a, a, 4);
+    memcpy(&head_b, b, 4);
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi64_si128((int64_t)((uint64_t)head_a | ((uint64_t)head_b << 32))));
+    const __m512 d = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2),
+                                           _mm512_castps128_ps512(dm));
+    if (HAS_MIN) *mins = _mm_fmadd_ps(dm, _mm_loadu_ps(sums), *mins);
+    return _mm512_fmadd_ps(dot, _mm512_mul_ps(d, _mm512_loadu_ps(scale)), acc);
+}
+
+#define KQ_X16_BLOCK_BYTES(HAS_MIN, FIFTH) (((HAS_MIN) ? 20 : 18) + ((FIFTH) ? 4 : 0))
+
+KQ_INLINE float kq_x16_row(const int16_t *xq, const float *floats, int64_t nb, const uint8_t *w, const int HAS_MIN,
+                           const int FIFTH) {
+    const int64_t bytes = KQ_X16_BLOCK_BYTES(HAS_MIN, FIFTH), pairs = (nb + 1) / 2;
+    const float *scale = floats, *sums = floats + 16 * pairs;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m128 mins0 = _mm_setzero_ps(), mins1 = _mm_setzero_ps();
+    int64_t p = 0;
+    for (; 2 * p + 3 < nb; p += 2) { /* two pairs an iteration: two independent chains */
+        const uint8_t *a = w + 2 * p * bytes;
+        acc0 = kq_x16_pair(a, a + bytes, xq + 128 * p, scale + 16 * p, sums + 4 * p, acc0, &mins0, HAS_MIN, FIFTH);
+        acc1 = kq_x16_pair(a + 2 * bytes, a + 3 * bytes, xq + 128 * (p + 1), scale + 16 * (p + 1), sums + 4 * (p + 1),
+                           acc1, &mins1, HAS_MIN, FIFTH);
+    }
+    for (; 2 * p < nb; p++) {
+        const uint8_t *a = w + 2 * p * bytes, *b = 2 * p + 1 < nb ? a + bytes : kq_zero_block;
+        acc0 = kq_x16_pair(a, b, xq + 128 * p, scale + 16 * p, sums + 4 * p, acc0, &mins0, HAS_MIN, FIFTH);
+    }
+    const __m128 mins = _mm_add_ps(mins0, mins1);
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + (HAS_MIN ? mins[1] + mins[3] : 0.f);
+}
+#else /* AVX2: one block at a time */
+#define KQ_X16_BLOCK_BYTES(HAS_MIN, FIFTH) (((HAS_MIN) ? 20 : 18) + ((FIFTH) ? 4 : 0))
+
+KQ_INLINE float kq_x16_row(const int16_t *xq, const float *floats, int64_t nb, const uint8_t *w, const int HAS_MIN,
+                           const int FIFTH) {
+    const int64_t bytes = KQ_X16_BLOCK_BYTES(HAS_MIN, FIFTH);
+    const int qh_at = HAS_MIN ? 4 : 2, qs_at = qh_at + (FIFTH ? 4 : 0);
+    const float *scale = floats, *sums = floats + nb;
+    const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, -32768);
+    const __m256i sixteen = _mm256_set1_epi16(16), fifteen = _mm256_set1_epi16(15);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float mins = 0.f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * bytes;
+        const int16_t *xb = xq + 64 * b;
+        const __m256i words = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(blk + qs_at)));
+        __m256i lo = _mm256_and_si256(words, fifteen), hi = _mm256_srli_epi16(words, 4);
+        if (FIFTH) {
+            uint32_t qh;
+            memcpy(&qh, blk + qh_at, 4);
+            /* per word, 16 where the weight's fifth bit is set */
+            const __m256i set_lo = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((int16_t)qh), bit), bit);
+            const __m256i set_hi = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((int16_t)(qh >> 16)), bit), bit);
+            lo = _mm256_or_si256(lo, _mm256_and_si256(set_lo, sixteen));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(set_hi, sixteen));
+        }
+        if (!HAS_MIN) {
+            const __m256i offset = FIFTH ? sixteen : _mm256_set1_epi16(8);
+            lo = _mm256_sub_epi16(lo, offset), hi = _mm256_sub_epi16(hi, offset);
+        }
+#define KQ_MADD2(x0, x1)                                                                                           \
+    _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)(const void *)(x0))),              \
+                     _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(const void *)(x1))))
+        const __m256i dot_h = KQ_MADD2(xb, xb + 16), dot_l = KQ_MADD2(xb + 32, xb + 48);
+#undef KQ_MADD2
+        const __m256 dot =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_l), _mm256_set1_ps(1.f / 32768.f), _mm256_cvtepi32_ps(dot_h));
+        if (b & 1) acc1 = _mm256_fmadd_ps(dot, _mm256_set1_ps(kq_f16(blk) * scale[b]), acc1);
+        else acc0 = _mm256_fmadd_ps(dot, _mm256_set1_ps(kq_f16(blk) * scale[b]), acc0);
+        if (HAS_MIN) mins += kq_f16(blk + 2) * sums[b];
+    }
+    return kq_hsum(_mm256_add_ps(acc0, acc1)) + mins;
+}
+#endif
+
+#ifdef _OPENMP
+#define KQ_THREAD(t, nt) (t = omp_get_thread_num(), nt = omp_get_num_threads())
+#else
+#define KQ_THREAD(t, nt) ((void)0)
+#endif
+#define KQ_GEMV_PARALLEL_BYTES (32 * 1024) /* below this, opening a region costs more than a thread saves */
+
+/* m = 1, one function per type (HAS_MIN, FIFTH constants inside the OpenMP region): 0 when done, -1
+ * when x's integer copy could not be allocated. */
+#define KQ_DEFINE_X16_GEMV(TYPE, HAS_MIN, FIFTH)                                                        \
+static int kq_gemv_##TYPE(const float *x, int64_t k, const uint8_t *w, int64_t n, float *y) {           \
+    const int64_t nb = k / 32, row_bytes = nb * KQ_X16_BLOCK_BYTES(HAS_MIN, FIFTH);                     \
+    int16_t xq_stack[KQ_X16_WORDS(KQ_X16_STACK_BLOCKS)] KQ_ALIGN64, *xq = xq_stack;                     \
+    float floats_stack[KQ_X16_FLOATS(KQ_X16_STACK_BLOCKS)] KQ_ALIGN64, *floats = floats_stack;          \
+    void *heap = NULL;                                                                                  \
+    if (nb > KQ_X16_STACK_BLOCKS) {                                                                     \
+        const size_t words = (size_t)KQ_X16_WORDS(nb);                                                  \
+        if (!(heap = malloc(words * sizeof(int16_t) + (size_t)KQ_X16_FLOATS(nb) * sizeof(float)))) return -1; \
+        xq = (int16_t *)heap, floats = (float *)(void *)(xq + words);                                  \
+    }                                                                                                   \
+    kq_x16_prepare(x, nb, xq, floats);                                                                  \
+    /* one contiguous range of rows per thread: each thread's reads are one stream to prefetch */     \
+    _Pragma("omp parallel if (n * row_bytes >= KQ_GEMV_PARALLEL_BYTES)")                               \
+    {                                                                                                   \
+        int64_t t = 0, nt = 1;                                                                          \
+        KQ_THREAD(t, nt);                                                                               \
+        const int64_t j1 = n * (t + 1) / nt;                                                            \
+        for (int64_t j = n * t / nt; j < j1; j++)                                                       \
+            y[j] = kq_x16_row(xq, floats, nb, w + j * row_bytes, (HAS_MIN), (FIFTH));                   \
+    }                                                                                                   \
+    free(heap);                                                                                         \
+    return 0;                                                                                           \
+}
+KQ_DEFINE_X16_GEMV(q5_0, 0, 1)
+KQ_DEFINE_X16_GEMV(q5_1, 1, 1)
+KQ_DEFINE_X16_GEMV(q4_0, 0, 0)
+KQ_DEFINE_X16_GEMV(q4_1, 1, 0)
+#define KQ_Q5_GEMV(TYPE, x, m, k, w, n, y) ((m) == 1 && kq_gemv_##TYPE(x, k, w, n, y) == 0)
+#else
+#define KQ_Q5_GEMV(TYPE, x, m, k, w, n, y) 0
+#endif
+
+/* quant_ops.c's Q4_0 (has_min 0) and Q4_1 (1) at m = 1: 0 when done, -1 when this build has no
+ * integer GEMV (a CPU with neither AVX-512BW nor AVX2) or no memory for x's copy: the caller runs its
+ * float one. */
+int kq_x16_gemv_q4(const float *x, int64_t k, const uint8_t *w, int64_t n, float *y, int has_min) {
+#ifdef KQ_X16_PAIRS
+    return has_min ? kq_gemv_q4_1(x, k, w, n, y) : kq_gemv_q4_0(x, k, w, n, y);
+#else
+    (void)x, (void)k, (void)w, (void)n, (void)y, (void)has_min;
+    return -1;
+#endif
+}
 
 /* The entry points of one type: QK weights per block of BYTES bytes, BLOCK its chunk macro. */
 #define KQ_DEFINE(TYPE, QK, BYTES, BLOCK)                                                               \
@@ -540,7 +745,7 @@ void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, 
 #define KQ_DEFINE_MATMUL(TYPE, HAS_MIN)                                                                 \
 void gguf_matmul_##TYPE(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) {  \
     if (m <= 0 || n <= 0) return;                                                                       \
-    if (KQ_Q5_GEMV(x, m, k, w, n, y, HAS_MIN)) return;                                                  \
+    if (KQ_Q5_GEMV(TYPE, x, m, k, w, n, y)) return;                                                  \
     if (m <= 4) kq_small_m_##TYPE(x, m, k, w, n, y);                                                    \
     else kq_many_m_##TYPE(x, m, k, w, n, y);                                                             \
 }

@@ -12,7 +12,9 @@
  *       y[m, n] = x[m, k] @ dequant(w)[n, k]^T; w is n rows of k / 32 blocks, row-major.
  *
  * Activations stay float32 and so do the sums (llama.cpp quantizes activations to int8 for its
- * dot products; here results equal "dequantize, then float matmul" up to float rounding). At m = 1
+ * dot products; here results equal "dequantize, then float matmul" up to float rounding). At m = 1,
+ * Q4_0 and Q4_1 go to quant_kquants.c's integer GEMV (kq_x16_gemv_q4: x split into two int16 parts
+ * per block, as exact as float32), faster than converting each weight to float; otherwise at m = 1
  * the matmul is bound by reading the weights, so each block's raw quants are converted in registers
  * and multiplied into x, the block's sum scaled once (offsets from per-call block sums of x), and
  * each thread reads one contiguous range of rows. For 1 < m <= SMALL_M every weight block is
@@ -371,6 +373,13 @@ static inline float row_dot_##T(const float *x, const uint8_t *w, int64_t nb) { 
 }
 #endif
 
+/* m = 1, Q4_0 / Q4_1: quant_kquants.c's integer GEMV (x split into two int16 parts per block, exact
+ * to ~2^-31 of the block's largest element; -1 where that build has none: then gemv_<type> below) */
+int kq_x16_gemv_q4(const float *x, int64_t k, const uint8_t *w, int64_t n, float *y, int has_min);
+#define X16_CALL_q8_0(x, k, w, n, y) 0
+#define X16_CALL_q4_0(x, k, w, n, y) (kq_x16_gemv_q4(x, k, w, n, y, 0) == 0)
+#define X16_CALL_q4_1(x, k, w, n, y) (kq_x16_gemv_q4(x, k, w, n, y, 1) == 0)
+
 /* m > SMALL_M: quant_gemm.c's dequantize-a-panel GEMM, with each type's row of blocks -> floats */
 #define SMALL_M 4
 typedef void (*qgemm_dequant_row_fn)(const uint8_t *row, float *out, int64_t k);
@@ -411,7 +420,8 @@ void gguf_dequantize_##T(const uint8_t *blocks, float *out, int64_t n_elements) 
 void gguf_matmul_##T(const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n, float *y) { \
     const int64_t nb = k / QK, row_bytes = nb * BYTES, chunks = (n + ROW_CHUNK - 1) / ROW_CHUNK;   \
     if (m <= 0 || n <= 0) return;                                                                  \
-    if (GEMV_CALL(T, x, m, k, w, n, y)) return;                                                        \
+    if (m == 1 && X16_CALL_##T(x, k, w, n, y)) return;                                             \
+    if (GEMV_CALL(T, x, m, k, w, n, y)) return;                                                    \
     if (m > SMALL_M && qgemm_dequant_gemm(x, m, k, w, n, y, row_bytes, dequant_row_##T) == 0) return; \
     _Pragma("omp parallel for schedule(static)")                                                   \
     for (int64_t c = 0; c < chunks; c++) {                                                         \

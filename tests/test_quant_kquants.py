@@ -136,3 +136,43 @@ def test_matmul_matches_dequantize_then_float_matmul(name, k, build, m, rng):
     assert torch.isfinite(y).all()
     assert ((y.double() - expected).abs() <= bound).all(), (y.double() - expected).abs().div(bound).max()
     torch.testing.assert_close(y, (xt @ weight.T), rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def assert_float_tolerance(y: np.ndarray, x: np.ndarray, weight: torch.Tensor) -> None:
+    """y equals x @ weight^T up to float32 summation: within a few ulp of the sum of |terms|."""
+    xt = torch.from_numpy(x)
+    expected = xt.double() @ weight.double().T
+    bound = 1e-5 * (xt.abs().double() @ weight.abs().double().T) + 1e-30
+    error = (torch.from_numpy(y).double() - expected).abs()
+    assert (error <= bound).all(), error.div(bound).max()
+
+
+# Q5_0 / Q5_1 at m = 1 round x per block to two int16 parts (quant_kquants.c): an odd number of
+# blocks (AVX-512 takes them in pairs), rows longer than the copy's stack buffer (256 blocks), and x
+# whose elements span twelve orders of magnitude within a block (a block's scale is its largest
+# element: the small ones must keep their precision).
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("name", ["q5_0", "q5_1"])
+@pytest.mark.parametrize("k", [32, 96, 288, 32 * 257])
+def test_q5_gemv_odd_blocks_long_rows_and_wide_ranging_x(name, k, build, rng):
+    n = int(rng.integers(1, 40)) * 2 + 1
+    blocks = random_blocks(name, n * k // 32, rng)
+    rng.shuffle(blocks)
+    weight = torch.from_numpy(gguf_dequantize(name, blocks, n))
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    assert_float_tolerance(c_matmul(library(build), name, x, blocks, n), x, weight)
+    wide = (x * 10.0 ** rng.uniform(-6, 6, size=x.shape)).astype(np.float32)
+    assert_float_tolerance(c_matmul(library(build), name, wide, blocks, n), wide, weight)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("name", ["q5_0", "q5_1"])
+def test_q5_gemv_non_finite_x_is_not_rounded_away(name, build, rng):
+    """A NaN or inf in x makes every output non-finite (the integer path: NaN), as the float product does."""
+    n, k = 5, 96
+    blocks = random_blocks(name, n * k // 32, rng)
+    blocks[:, :2] = np.array([0.5], dtype=np.float16).view(np.uint8)  # every d finite and non-zero
+    for bad in (np.nan, np.inf):
+        x = rng.standard_normal((1, k)).astype(np.float32)
+        x[0, 40] = bad
+        assert not np.isfinite(c_matmul(library(build), name, x, blocks, n)).any()

@@ -84,6 +84,26 @@ def test_gemv_rows_longer_than_its_stack_buffer(library, qtype):
     assert ((y.double() - expected).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("qtype", sorted(GGML_TYPES))
+@pytest.mark.parametrize("k", [32, 96, 288])
+def test_gemv_keeps_float_precision_for_wide_ranging_x(library, qtype, k):
+    """m = 1 with x spanning twelve orders of magnitude within each block: Q4_0/Q4_1 split x per block
+    into two int16 parts scaled by the block's largest element (quant_kquants.c), so the small elements
+    must keep float precision; an odd number of blocks (AVX-512 takes them in pairs)."""
+    n = 9
+    generator = torch.Generator().manual_seed(k)
+    blocks, reference_weight = _blocks(torch.randn(n, k, generator=generator), qtype)
+    x = torch.randn(1, k, generator=generator) * 10.0 ** (torch.rand(1, k, generator=generator) * 12 - 6)
+    y = quant.quantized_matmul(x, blocks, qtype, n, k, library=library)
+    expected = x.double() @ reference_weight.double().T
+    bound = 1e-5 * (x.abs().double() @ reference_weight.abs().double().T)
+    assert ((y.double() - expected).abs() <= bound).all()
+    for bad in (float("nan"), float("inf")):  # not rounded away: every output non-finite
+        x_bad = x.clone()
+        x_bad[0, k // 2] = bad
+        assert not torch.isfinite(quant.quantized_matmul(x_bad, blocks, qtype, n, k, library=library)).any()
+
+
 def test_matmul_keeps_the_activation_dtype_and_leading_dims():
     weight = torch.randn(40, 64)
     blocks, reference_weight = _blocks(weight, "q4_1")
