@@ -19,9 +19,11 @@
  * only to the last `window` of them when window > 0; alibi_slopes float32 [H] or NULL adds
  * slope * (key - query position). out has q's row layout (row stride out_stride).
  *
- * Math in float32 (q * scale, scores, softmax, the weighted sum of V), output rounded to T: SDPA's
- * result up to summation order (and, in bfloat16, up to SDPA rounding its probabilities to bf16,
- * which this does not). Key slots a sequence does not own are never read (they may hold NaN). */
+ * Math in float32 (scores, softmax, the weighted sum of V), output rounded to T: SDPA's result up
+ * to summation order. bfloat16 caches on a CPU with AVX512_BF16 keep K and V in bf16 and take both
+ * products with the bf16 dot-product instruction (exact products, float32 sums), the probabilities
+ * rounded to bf16 for the sum over V, as SDPA does in bf16; elsewhere they are converted to float.
+ * Key slots a sequence does not own are never read (they may hold NaN). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -44,8 +46,6 @@ __attribute__((__simd__("notinbranch"))) extern float expf(float);
 typedef float f32_t;
 #define PREFILL_LOAD_f32(x) (x)
 #define PREFILL_LOAD_bf16(x) bf16_to_f32(x)
-#define PREFILL_STORE_f32(x) (x)
-#define PREFILL_STORE_bf16(x) f32_to_bf16(x)
 
 /* Queries per work item (times the group's query heads: the rows of its score and output tiles)
  * and keys per block (two 16-float vectors). A 64-token prompt is 4 tiles, so 32 of them give
@@ -57,7 +57,7 @@ typedef float f32_t;
 /* The block's keys as floats: kT transposed ([D][KB], the score kernel's vector operand), columns
  * past nk zero; vf row-major ([nk][D]). */
 #define DEFINE_PREFILL_LOAD_KV(T)                                                                   \
-static void prefill_load_kv_##T(int64_t KVH, int64_t D, const T##_t *k_cache, const T##_t *v_cache, \
+static inline __attribute__((always_inline)) void prefill_load_kv_##T(int64_t KVH, int64_t D, const T##_t *k_cache, const T##_t *v_cache, \
                                 const int32_t *table, int64_t block_size, int64_t kvh, int64_t k0,  \
                                 int64_t nk, float *kT, float *vf) {                                 \
     const int64_t W = KVH * D;                                                                      \
@@ -73,6 +73,122 @@ static void prefill_load_kv_##T(int64_t KVH, int64_t D, const T##_t *k_cache, co
 }
 DEFINE_PREFILL_LOAD_KV(f32)
 DEFINE_PREFILL_LOAD_KV(bf16)
+
+#if defined(__AVX512BF16__)
+/* bfloat16 caches on CPUs with AVX512_BF16: keys and values stay bf16, in the dot-product
+ * instruction's pairs. Keys transposed by pairs of dimensions (kT2[D/2][KB], 32-bit pairs), columns
+ * past nk zero; values by pairs of keys (vT2[KB/2][D]: key 2i in the low half, 2i + 1 in the high
+ * half, a missing last key zero). */
+static inline __attribute__((always_inline)) void
+prefill_load_kv_bf16_pairs(int64_t KVH, int64_t D, const bf16_t *k_cache, const bf16_t *v_cache,
+                           const int32_t *table, int64_t block_size, int64_t kvh, int64_t k0, int64_t nk,
+                           uint32_t *kT2, uint32_t *vT2) {
+    const int64_t W = KVH * D, D2 = D / 2;
+    const bf16_t *vprev = NULL;
+    for (int64_t j = 0; j < nk; j++) {
+        const int64_t key = k0 + j;
+        const int64_t slot = (int64_t)table[key / block_size] * block_size + key % block_size;
+        const bf16_t *kr = k_cache + slot * W + kvh * D, *vr = v_cache + slot * W + kvh * D;
+        for (int64_t d = 0; d < D2; d++) {
+            uint32_t pair;
+            memcpy(&pair, kr + 2 * d, sizeof pair);
+            kT2[d * PREFILL_KB + j] = pair;
+        }
+        if (j & 1) {
+            uint32_t *row = vT2 + (j / 2) * D;
+            for (int64_t d = 0; d < D; d++) row[d] = (uint32_t)vprev[d] | ((uint32_t)vr[d] << 16);
+        }
+        vprev = vr;
+    }
+    if (nk & 1) {
+        uint32_t *row = vT2 + (nk / 2) * D;
+        for (int64_t d = 0; d < D; d++) row[d] = (uint32_t)vprev[d];
+    }
+    for (int64_t d = 0; d < D2; d++)
+        for (int64_t j = nk; j < PREFILL_KB; j++) kT2[d * PREFILL_KB + j] = 0;
+}
+
+/* acc[r] += sum_j p[r][j] v[j] with the probabilities rounded to bf16 (as SDPA does in bf16) and
+ * taken by pairs of keys: half the instructions of prefill_pv. Each score row's first 16 floats
+ * are overwritten by its 16 pairs. */
+static inline __attribute__((always_inline)) void prefill_pv_bf16_pairs(int64_t rows, int64_t D, float *p, int64_t nk,
+                                                                        const uint32_t *vT2, float *acc) {
+    const int64_t np = (nk + 1) / 2;
+    for (int64_t r = 0; r < rows; r++) {
+        float *pr = p + r * PREFILL_KB;
+        const __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(pr + 16), _mm512_loadu_ps(pr));
+        _mm512_storeu_si512(pr, (__m512i)packed);
+    }
+    const uint32_t *p2 = (const uint32_t *)p;
+    int64_t r = 0;
+    if (__builtin_constant_p(D) && D % 16 == 0 && D <= 128) {  /* the unrolled head sizes */
+        const int64_t NV = D / 16, RB = 16 / NV;
+        for (; r + RB <= rows; r += RB) {
+            __m512 a[16];
+            _Pragma("GCC unroll 16") for (int64_t i = 0; i < RB * NV; i++)
+                a[i] = _mm512_loadu_ps(acc + (r + i / NV) * D + 16 * (i % NV));
+            for (int64_t j = 0; j < np; j++) {
+                __m512bh vv[8];
+                _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++)
+                    vv[v] = (__m512bh)_mm512_loadu_si512(vT2 + j * D + 16 * v);
+                _Pragma("GCC unroll 16") for (int64_t i = 0; i < RB * NV; i++)
+                    a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)_mm512_set1_epi32((int)p2[(r + i / NV) * PREFILL_KB + j]),
+                                            vv[i % NV]);
+            }
+            _Pragma("GCC unroll 16") for (int64_t i = 0; i < RB * NV; i++)
+                _mm512_storeu_ps(acc + (r + i / NV) * D + 16 * (i % NV), a[i]);
+        }
+    }
+    for (; r < rows; r++) {
+        float *ar = acc + r * D;
+        for (int64_t j = 0; j < np; j++) {
+            const uint32_t pp = p2[r * PREFILL_KB + j];
+            const float p0 = bf16_to_f32((bf16_t)(pp & 0xffff)), p1 = bf16_to_f32((bf16_t)(pp >> 16));
+            const uint32_t *vr = vT2 + j * D;
+            for (int64_t d = 0; d < D; d++)
+                ar[d] += p0 * bf16_to_f32((bf16_t)(vr[d] & 0xffff)) + p1 * bf16_to_f32((bf16_t)(vr[d] >> 16));
+        }
+    }
+}
+
+/* s[r][0..KB) = q[r] . k[j] in bf16 pairs (products exact, sums in float32): half the
+ * instructions of the float kernel below. */
+static inline __attribute__((always_inline)) void prefill_qk_bf16_pairs(int64_t rows, int64_t D, const uint32_t *q2,
+                                                                        const uint32_t *kT2, float *s) {
+    const int64_t D2 = D / 2;
+    int64_t r = 0;
+    for (; r + 8 <= rows; r += 8) {
+        __m512 c[8][2];
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D2; d++) {
+            const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kT2 + d * PREFILL_KB);
+            const __m512bh k1 = (__m512bh)_mm512_loadu_si512(kT2 + d * PREFILL_KB + 16);
+            _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+                const __m512bh b = (__m512bh)_mm512_set1_epi32((int)q2[(r + i) * D2 + d]);
+                c[i][0] = _mm512_dpbf16_ps(c[i][0], b, k0);
+                c[i][1] = _mm512_dpbf16_ps(c[i][1], b, k1);
+            }
+        }
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+            _mm512_storeu_ps(s + (r + i) * PREFILL_KB, c[i][0]);
+            _mm512_storeu_ps(s + (r + i) * PREFILL_KB + 16, c[i][1]);
+        }
+    }
+    for (; r < rows; r++) {
+        __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D2; d++) {
+            const __m512bh b = (__m512bh)_mm512_set1_epi32((int)q2[r * D2 + d]);
+            c0 = _mm512_dpbf16_ps(c0, b, (__m512bh)_mm512_loadu_si512(kT2 + d * PREFILL_KB));
+            c1 = _mm512_dpbf16_ps(c1, b, (__m512bh)_mm512_loadu_si512(kT2 + d * PREFILL_KB + 16));
+        }
+        _mm512_storeu_ps(s + r * PREFILL_KB, c0);
+        _mm512_storeu_ps(s + r * PREFILL_KB + 16, c1);
+    }
+}
+#define PREFILL_BF16_PAIRS 1
+#else
+#define PREFILL_BF16_PAIRS 0
+#endif
 
 /* s[r][0..KB) = q[r] . k[j] for `rows` query rows. AVX-512: eight rows x two key vectors in 16
  * accumulators, each key column loaded once per eight rows. */
@@ -108,37 +224,31 @@ static inline __attribute__((always_inline)) void prefill_qk(int64_t rows, int64
 }
 
 /* acc[r] += sum_j p[r][j] v[j] over the block's nk keys. AVX-512 with D a multiple of 16 (at most
- * 128): a block of 16 / (D / 16) rows keeps its accumulators in 16 registers while the keys stream
- * by, each V row loaded once per block of rows. */
+ * 128, a compile-time constant): a block of RB = 16 / (D / 16) rows keeps its accumulators in 16 registers while the keys
+ * stream by, each V row loaded once per block of rows; the rows past the last full block take the
+ * plain loop. */
 static inline __attribute__((always_inline)) void prefill_pv(int64_t rows, int64_t D, const float *p, int64_t nk,
                                                              const float *vf, float *acc) {
+    int64_t r = 0;
 #if defined(__AVX512F__)
-    if (D % 16 == 0 && D <= 128) {
+    if (__builtin_constant_p(D) && D % 16 == 0 && D <= 128) {  /* the unrolled head sizes */
         const int64_t NV = D / 16, RB = 16 / NV;
-        for (int64_t r0 = 0; r0 < rows; r0 += RB) {
-            const int64_t rb = rows - r0 < RB ? rows - r0 : RB;
+        for (; r + RB <= rows; r += RB) {
             __m512 a[16];
-            _Pragma("GCC unroll 16") for (int64_t i = 0; i < 16; i++) {
-                if (i / NV < rb) a[i] = _mm512_loadu_ps(acc + (r0 + i / NV) * D + 16 * (i % NV));
-            }
+            _Pragma("GCC unroll 16") for (int64_t i = 0; i < RB * NV; i++)
+                a[i] = _mm512_loadu_ps(acc + (r + i / NV) * D + 16 * (i % NV));
             for (int64_t j = 0; j < nk; j++) {
                 __m512 vv[8];
-                _Pragma("GCC unroll 8") for (int64_t v = 0; v < 8; v++) {
-                    if (v < NV) vv[v] = _mm512_loadu_ps(vf + j * D + 16 * v);
-                }
-                _Pragma("GCC unroll 16") for (int64_t i = 0; i < 16; i++) {
-                    if (i / NV < rb)
-                        a[i] = _mm512_fmadd_ps(_mm512_set1_ps(p[(r0 + i / NV) * PREFILL_KB + j]), vv[i % NV], a[i]);
-                }
+                _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++) vv[v] = _mm512_loadu_ps(vf + j * D + 16 * v);
+                _Pragma("GCC unroll 16") for (int64_t i = 0; i < RB * NV; i++)
+                    a[i] = _mm512_fmadd_ps(_mm512_set1_ps(p[(r + i / NV) * PREFILL_KB + j]), vv[i % NV], a[i]);
             }
-            _Pragma("GCC unroll 16") for (int64_t i = 0; i < 16; i++) {
-                if (i / NV < rb) _mm512_storeu_ps(acc + (r0 + i / NV) * D + 16 * (i % NV), a[i]);
-            }
+            _Pragma("GCC unroll 16") for (int64_t i = 0; i < RB * NV; i++)
+                _mm512_storeu_ps(acc + (r + i / NV) * D + 16 * (i % NV), a[i]);
         }
-        return;
     }
 #endif
-    for (int64_t r = 0; r < rows; r++) {
+    for (; r < rows; r++) {
         float *ar = acc + r * D;
         for (int64_t j = 0; j < nk; j++) {
             const float pj = p[r * PREFILL_KB + j];
@@ -164,14 +274,16 @@ static inline float prefill_row_max(const float *x) {
  * short last block). */
 static inline __attribute__((always_inline)) void
 prefill_softmax_block(int64_t rows, int64_t G, int64_t D, int64_t h0, int64_t pos0, int64_t k0, int64_t nk,
-                      int64_t window, int masked, const float *alibi_slopes, float *s, float *m, float *l,
-                      float *acc) {
+                      int64_t window, int masked, float scale, const float *alibi_slopes, float *s, float *m,
+                      float *l, float *acc) {
     for (int64_t r = 0; r < rows; r++) {
         float *sr = s + r * PREFILL_KB;
         const int64_t pos = pos0 + r / G;
         if (alibi_slopes) {
             const float slope = alibi_slopes[h0 + r % G];
-            for (int j = 0; j < PREFILL_KB; j++) sr[j] += slope * (float)(k0 + j - pos);
+            for (int j = 0; j < PREFILL_KB; j++) sr[j] = sr[j] * scale + slope * (float)(k0 + j - pos);
+        } else {
+            for (int j = 0; j < PREFILL_KB; j++) sr[j] *= scale;
         }
         if (masked) {
             for (int j = 0; j < PREFILL_KB; j++) {
@@ -190,8 +302,8 @@ prefill_softmax_block(int64_t rows, int64_t G, int64_t D, int64_t h0, int64_t po
             sr[j] = expf(sr[j] - m_new);
             total += sr[j];
         }
-        if (m_new != m_old) {
-            const float alpha = expf(m_old - m_new);  /* 0 on the row's first keys */
+        if (m_new != m_old && m_old != -INFINITY) {  /* (on a row's first keys acc and l are 0) */
+            const float alpha = expf(m_old - m_new);
             float *ar = acc + r * D;
             for (int64_t d = 0; d < D; d++) ar[d] *= alpha;
             l[r] *= alpha;
@@ -201,43 +313,116 @@ prefill_softmax_block(int64_t rows, int64_t G, int64_t D, int64_t h0, int64_t po
     }
 }
 
-/* One work item: queries qi0 .. qi0 + qt - 1 of a sequence, the query heads of KV head kvh. */
+/* One work item: `rows` = the tile's queries x the query heads of KV head kvh, their queries in qbuf
+ * (float [rows][D], or bf16 pairs [rows][D/2] in mode PREFILL_MODE_BF16_PAIRS). */
+enum { PREFILL_MODE_F32, PREFILL_MODE_BF16, PREFILL_MODE_BF16_PAIRS };
+
 static inline __attribute__((always_inline)) void
-prefill_tile(int64_t rows, int64_t G, int64_t KVH, int64_t D, int64_t kvh, int64_t pos0, int64_t key_lo,
-             int64_t key_hi, int64_t window, const float *alibi_slopes, const float *qf, float *s, float *kT,
-             float *vf, float *m, float *l, float *acc, const void *k_cache, const void *v_cache, int is_bf16,
+prefill_tile(int mode, int64_t rows, int64_t G, int64_t KVH, int64_t D, int64_t kvh, int64_t pos0, int64_t key_lo,
+             int64_t key_hi, int64_t window, float scale, const float *alibi_slopes, const void *qbuf, float *s,
+             float *kT, float *vf, float *m, float *l, float *acc, const void *k_cache, const void *v_cache,
              const int32_t *table, int64_t block_size) {
     const int64_t qt = rows / G, pos_max = pos0 + qt - 1;
     for (int64_t r = 0; r < rows; r++) { m[r] = -INFINITY; l[r] = 0.f; }
     memset(acc, 0, sizeof(float) * (size_t)(rows * D));
     for (int64_t k0 = key_lo; k0 < key_hi; k0 += PREFILL_KB) {
         const int64_t nk = key_hi - k0 < PREFILL_KB ? key_hi - k0 : PREFILL_KB;
-        if (is_bf16)
-            prefill_load_kv_bf16(KVH, D, k_cache, v_cache, table, block_size, kvh, k0, nk, kT, vf);
-        else
-            prefill_load_kv_f32(KVH, D, k_cache, v_cache, table, block_size, kvh, k0, nk, kT, vf);
-        prefill_qk(rows, D, qf, kT, s);
+#if PREFILL_BF16_PAIRS
+        if (mode == PREFILL_MODE_BF16_PAIRS) {
+            prefill_load_kv_bf16_pairs(KVH, D, k_cache, v_cache, table, block_size, kvh, k0, nk, (uint32_t *)kT,
+                                       (uint32_t *)vf);
+            prefill_qk_bf16_pairs(rows, D, qbuf, (const uint32_t *)kT, s);
+        } else
+#endif
+        {
+            if (mode == PREFILL_MODE_BF16)
+                prefill_load_kv_bf16(KVH, D, k_cache, v_cache, table, block_size, kvh, k0, nk, kT, vf);
+            else
+                prefill_load_kv_f32(KVH, D, k_cache, v_cache, table, block_size, kvh, k0, nk, kT, vf);
+            prefill_qk(rows, D, qbuf, kT, s);
+        }
         const int masked = nk < PREFILL_KB || k0 + PREFILL_KB - 1 > pos0 || (window > 0 && k0 <= pos_max - window);
-        prefill_softmax_block(rows, G, D, kvh * G, pos0, k0, nk, window, masked, alibi_slopes, s, m, l, acc);
+        prefill_softmax_block(rows, G, D, kvh * G, pos0, k0, nk, window, masked, scale, alibi_slopes, s, m, l, acc);
+#if PREFILL_BF16_PAIRS
+        if (mode == PREFILL_MODE_BF16_PAIRS) {
+            prefill_pv_bf16_pairs(rows, D, s, nk, (const uint32_t *)vf, acc);
+            continue;
+        }
+#endif
         prefill_pv(rows, D, s, nk, vf, acc);
     }
 }
 
 /* The common head sizes as compile-time constants: the kernels' loops over D unroll. */
-static void prefill_tile_any(int64_t rows, int64_t G, int64_t KVH, int64_t D, int64_t kvh, int64_t pos0,
-                             int64_t key_lo, int64_t key_hi, int64_t window, const float *alibi_slopes,
-                             const float *qf, float *s, float *kT, float *vf, float *m, float *l, float *acc,
-                             const void *k_cache, const void *v_cache, int is_bf16, const int32_t *table,
-                             int64_t block_size) {
-    if (D == 64)
-        prefill_tile(rows, G, KVH, 64, kvh, pos0, key_lo, key_hi, window, alibi_slopes, qf, s, kT, vf, m, l, acc,
-                     k_cache, v_cache, is_bf16, table, block_size);
-    else if (D == 128)
-        prefill_tile(rows, G, KVH, 128, kvh, pos0, key_lo, key_hi, window, alibi_slopes, qf, s, kT, vf, m, l, acc,
-                     k_cache, v_cache, is_bf16, table, block_size);
-    else
-        prefill_tile(rows, G, KVH, D, kvh, pos0, key_lo, key_hi, window, alibi_slopes, qf, s, kT, vf, m, l, acc,
-                     k_cache, v_cache, is_bf16, table, block_size);
+#define DEFINE_PREFILL_TILE(NAME, MODE)                                                             \
+static void NAME(int64_t rows, int64_t G, int64_t KVH, int64_t D, int64_t kvh, int64_t pos0, int64_t key_lo, \
+                 int64_t key_hi, int64_t window, float scale, const float *alibi_slopes, const void *qbuf, \
+                 float *s, float *kT, float *vf, float *m, float *l, float *acc, const void *k_cache,    \
+                 const void *v_cache, const int32_t *table, int64_t block_size) {                      \
+    if (D == 64)                                                                                    \
+        prefill_tile(MODE, rows, G, KVH, 64, kvh, pos0, key_lo, key_hi, window, scale, alibi_slopes, qbuf, s, kT, \
+                     vf, m, l, acc, k_cache, v_cache, table, block_size);                           \
+    else if (D == 128)                                                                              \
+        prefill_tile(MODE, rows, G, KVH, 128, kvh, pos0, key_lo, key_hi, window, scale, alibi_slopes, qbuf, s, kT, \
+                     vf, m, l, acc, k_cache, v_cache, table, block_size);                           \
+    else                                                                                            \
+        prefill_tile(MODE, rows, G, KVH, D, kvh, pos0, key_lo, key_hi, window, scale, alibi_slopes, qbuf, s, kT, \
+                     vf, m, l, acc, k_cache, v_cache, table, block_size);                           \
+}
+DEFINE_PREFILL_TILE(prefill_tile_f32, PREFILL_MODE_F32)
+DEFINE_PREFILL_TILE(prefill_tile_bf16, PREFILL_MODE_BF16)
+#if PREFILL_BF16_PAIRS
+DEFINE_PREFILL_TILE(prefill_tile_bf16_pairs, PREFILL_MODE_BF16_PAIRS)
+#endif
+
+/* A tile's queries into the work item's buffer (unscaled: the scores are scaled), and its output
+ * rows out of the accumulators. */
+static inline int prefill_use_pairs_f32(int64_t D) { (void)D; return 0; }
+static inline int prefill_use_pairs_bf16(int64_t D) { return PREFILL_BF16_PAIRS && D % 2 == 0 && D <= 256; }
+
+static inline void prefill_tile_dispatch_f32(int pairs, int64_t rows, int64_t G, int64_t KVH, int64_t D, int64_t kvh,
+                                             int64_t pos0, int64_t key_lo, int64_t key_hi, int64_t window,
+                                             float scale, const float *alibi_slopes, const void *qbuf, float *s,
+                                             float *kT, float *vf, float *m, float *l, float *acc,
+                                             const void *k_cache, const void *v_cache, const int32_t *table,
+                                             int64_t block_size) {
+    (void)pairs;
+    prefill_tile_f32(rows, G, KVH, D, kvh, pos0, key_lo, key_hi, window, scale, alibi_slopes, qbuf, s, kT, vf, m, l,
+                     acc, k_cache, v_cache, table, block_size);
+}
+
+static inline void prefill_tile_dispatch_bf16(int pairs, int64_t rows, int64_t G, int64_t KVH, int64_t D, int64_t kvh,
+                                              int64_t pos0, int64_t key_lo, int64_t key_hi, int64_t window,
+                                              float scale, const float *alibi_slopes, const void *qbuf, float *s,
+                                              float *kT, float *vf, float *m, float *l, float *acc,
+                                              const void *k_cache, const void *v_cache, const int32_t *table,
+                                              int64_t block_size) {
+#if PREFILL_BF16_PAIRS
+    if (pairs) {
+        prefill_tile_bf16_pairs(rows, G, KVH, D, kvh, pos0, key_lo, key_hi, window, scale, alibi_slopes, qbuf, s, kT,
+                                vf, m, l, acc, k_cache, v_cache, table, block_size);
+        return;
+    }
+#endif
+    (void)pairs;
+    prefill_tile_bf16(rows, G, KVH, D, kvh, pos0, key_lo, key_hi, window, scale, alibi_slopes, qbuf, s, kT, vf, m, l,
+                      acc, k_cache, v_cache, table, block_size);
+}
+
+static inline void prefill_store_row_f32(int64_t n, const float *x, float inv, f32_t *o) {
+    for (int64_t d = 0; d < n; d++) o[d] = x[d] * inv;
+}
+
+static inline void prefill_store_row_bf16(int64_t n, const float *x, float inv, bf16_t *o) {
+    int64_t d = 0;
+#if defined(__AVX512BF16__)
+    /* round to nearest even, as f32_to_bf16 (and torch) */
+    const __m512 scale = _mm512_set1_ps(inv);
+    for (; d + 16 <= n; d += 16)
+        _mm256_storeu_si256((__m256i *)(o + d),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(x + d), scale)));
+#endif
+    for (; d < n; d++) o[d] = f32_to_bf16(x[d] * inv);
 }
 
 #define DEFINE_PREFILL_ATTENTION(T)                                                                 \
@@ -255,6 +440,7 @@ void prefill_attention_##T(int64_t S, int64_t H, int64_t KVH, int64_t D, const T
         tile_start[s + 1] = tile_start[s] + (n + PREFILL_QT - 1) / PREFILL_QT;                      \
     }                                                                                               \
     const int64_t items = tile_start[S] * KVH;                                                      \
+    const int pairs = prefill_use_pairs_##T(D);                                                     \
     _Pragma("omp parallel if(items > 1)")                                                           \
     {                                                                                               \
         float *qf = malloc(sizeof(float) * (size_t)(2 * max_rows * D + max_rows * PREFILL_KB       \
@@ -276,19 +462,18 @@ void prefill_attention_##T(int64_t S, int64_t H, int64_t KVH, int64_t D, const T
             const int64_t pos0 = L - n + qi0, row0 = cu_seqlens_q[s] + qi0;                         \
             for (int64_t i = 0; i < qt; i++) {                                                      \
                 const T##_t *qr = q + (row0 + i) * q_stride + kvh * G * D;                          \
-                for (int64_t e = 0; e < G * D; e++) qf[i * G * D + e] = PREFILL_LOAD_##T(qr[e]) * scale; \
+                if (pairs) memcpy((T##_t *)qf + i * G * D, qr, sizeof(T##_t) * (size_t)(G * D));    \
+                else for (int64_t e = 0; e < G * D; e++) qf[i * G * D + e] = PREFILL_LOAD_##T(qr[e]); \
             }                                                                                       \
             const int64_t key_hi = pos0 + qt;                                                       \
             const int64_t key_lo = window > 0 && pos0 - window + 1 > 0 ? pos0 - window + 1 : 0;     \
-            prefill_tile_any(rows, G, KVH, D, kvh, pos0, key_lo, key_hi, window, alibi_slopes, qf,  \
-                             s_buf, kT, vf, m, l, acc, k_cache, v_cache, sizeof(T##_t) == 2,        \
-                             block_tables + s * bt_stride, block_size);                             \
+            prefill_tile_dispatch_##T(pairs, rows, G, KVH, D, kvh, pos0, key_lo, key_hi, window,    \
+                                      scale, alibi_slopes, qf, s_buf, kT, vf, m, l, acc, k_cache,   \
+                                      v_cache, block_tables + s * bt_stride, block_size);           \
             for (int64_t i = 0; i < qt; i++) {                                                      \
                 T##_t *orow = out + (row0 + i) * out_stride + kvh * G * D;                          \
-                for (int64_t g = 0; g < G; g++) {                                                   \
-                    const float inv = 1.f / l[i * G + g], *ar = acc + (i * G + g) * D;              \
-                    for (int64_t d = 0; d < D; d++) orow[g * D + d] = PREFILL_STORE_##T(ar[d] * inv); \
-                }                                                                                   \
+                for (int64_t g = 0; g < G; g++)                                                     \
+                    prefill_store_row_##T(D, acc + (i * G + g) * D, 1.f / l[i * G + g], orow + g * D); \
             }                                                                                       \
         }                                                                                           \
         free(qf);                                                                                   \
