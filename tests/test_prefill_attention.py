@@ -59,8 +59,8 @@ def _tolerance(dtype):
 @pytest.mark.parametrize("cached", [False, True], ids=["fresh", "prefix"])
 def test_prefill_attention_matches_reference(dtype, heads, head_dim, alibi, window, cached, rng):
     """Fresh prompts (queries are the whole context) or chunks after a cached prefix; lengths of one
-    token, inside one 16-query tile, across tiles and 32-key blocks, not multiples of the block size."""
-    query_lens = [1, 64, 17, 100, 33] + torch.randint(1, 50, (3,), generator=rng).tolist()
+    token, inside one 32-query tile, across tiles and 32-key blocks, not multiples of the block size."""
+    query_lens = [1, 64, 17, 100, 33, 32] + torch.randint(1, 50, (3,), generator=rng).tolist()
     earlier = torch.randint(1, 90, (len(query_lens),), generator=rng).tolist() if cached else [0] * len(query_lens)
     context_lens = [q + e for q, e in zip(query_lens, earlier)]
     q, k_cache, v_cache, tables, cu, ctx, block_size = _case(rng, dtype, heads, head_dim, query_lens, context_lens)
