@@ -18,6 +18,10 @@ prefetches the scattered blocks, which the hardware prefetchers do not follow. I
 kernels/attention_reference.py, shared with the Triton kernels. (Tried and dropped: the same
 kernel single-threaded was slower than gather + torch's SDPA, and without prefetching no faster.)
 
+Prefill attention (kernels/prefill_attention.c) does the same for a step's prompts and chunks: one
+call per layer over the whole group, no gather, no padding, no mask; for 32 prompts of 64 tokens
+the gather, padding and SDPA cost several times the attention's arithmetic.
+
 For the fixed cost of a decode step (issue 19: per layer, the dispatch of each small op costs
 more than its arithmetic at batch 1): the residual add fused into the next RMSNorm
 (add_rms_norm_), SiLU-and-mul in one call and one pass, and a decode step's whole attention for

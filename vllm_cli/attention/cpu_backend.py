@@ -1,8 +1,10 @@
 """The CPU attention backend: the torch backend with kernels/cpu.py's C kernels where they apply.
 
-The step's K/V go into the cache by one C call instead of two `index_copy_`, and the decode group
-skips the gather and the mask: the kernel's paged decode attention reads each sequence's keys and
-values in place through int32 block tables built once per step. The prefill group stays on SDPA.
+The step's K/V go into the cache by one C call instead of two `index_copy_`, and both groups skip
+the gather and the mask: the kernels' paged decode attention and prefill attention
+(kernels/prefill_attention.c: prompts and chunks after a cached prefix, one call per layer, no
+padding) read each sequence's keys and values in place through int32 block tables built once per
+step. SDPA stays the fallback (a dtype the kernels do not take, `prefill_kernel = False`).
 Whether the library is loaded is asked each step and each layer (`cpu_kernels.load()`, a cached
 answer): where it is not, every call takes the torch backend's path.
 
