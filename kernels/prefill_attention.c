@@ -129,12 +129,14 @@ static inline __attribute__((always_inline)) void prefill_pv_bf16_pairs(int64_t 
             _Pragma("GCC unroll 16") for (int64_t i = 0; i < RB * NV; i++)
                 a[i] = _mm512_loadu_ps(acc + (r + i / NV) * D + 16 * (i % NV));
             for (int64_t j = 0; j < np; j++) {
-                __m512bh vv[8];
-                _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++)
-                    vv[v] = (__m512bh)_mm512_loadu_si512(vT2 + j * D + 16 * v);
+                __m512i vv[8];
+                _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++) {
+                    vv[v] = _mm512_loadu_si512(vT2 + j * D + 16 * v);
+                    __asm__("" : "+v"(vv[v]));  /* one load per V vector, not one per row */
+                }
                 _Pragma("GCC unroll 16") for (int64_t i = 0; i < RB * NV; i++)
                     a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)_mm512_set1_epi32((int)p2[(r + i / NV) * PREFILL_KB + j]),
-                                            vv[i % NV]);
+                                            (__m512bh)vv[i % NV]);
             }
             _Pragma("GCC unroll 16") for (int64_t i = 0; i < RB * NV; i++)
                 _mm512_storeu_ps(acc + (r + i / NV) * D + 16 * (i % NV), a[i]);
@@ -162,12 +164,12 @@ static inline __attribute__((always_inline)) void prefill_qk_bf16_pairs(int64_t 
         __m512 c[8][2];
         _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
         for (int64_t d = 0; d < D2; d++) {
-            const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kT2 + d * PREFILL_KB);
-            const __m512bh k1 = (__m512bh)_mm512_loadu_si512(kT2 + d * PREFILL_KB + 16);
+            __m512i k0 = _mm512_loadu_si512(kT2 + d * PREFILL_KB), k1 = _mm512_loadu_si512(kT2 + d * PREFILL_KB + 16);
+            __asm__("" : "+v"(k0), "+v"(k1));
             _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
                 const __m512bh b = (__m512bh)_mm512_set1_epi32((int)q2[(r + i) * D2 + d]);
-                c[i][0] = _mm512_dpbf16_ps(c[i][0], b, k0);
-                c[i][1] = _mm512_dpbf16_ps(c[i][1], b, k1);
+                c[i][0] = _mm512_dpbf16_ps(c[i][0], b, (__m512bh)k0);
+                c[i][1] = _mm512_dpbf16_ps(c[i][1], b, (__m512bh)k1);
             }
         }
         _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
@@ -201,7 +203,8 @@ static inline __attribute__((always_inline)) void prefill_qk(int64_t rows, int64
         __m512 c[8][2];
         _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
         for (int64_t d = 0; d < D; d++) {
-            const __m512 k0 = _mm512_loadu_ps(kT + d * PREFILL_KB), k1 = _mm512_loadu_ps(kT + d * PREFILL_KB + 16);
+            __m512 k0 = _mm512_loadu_ps(kT + d * PREFILL_KB), k1 = _mm512_loadu_ps(kT + d * PREFILL_KB + 16);
+            __asm__("" : "+v"(k0), "+v"(k1));
             _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
                 const __m512 b = _mm512_set1_ps(qf[(r + i) * D + d]);
                 c[i][0] = _mm512_fmadd_ps(b, k0, c[i][0]);
@@ -240,7 +243,10 @@ static inline __attribute__((always_inline)) void prefill_pv(int64_t rows, int64
                 a[i] = _mm512_loadu_ps(acc + (r + i / NV) * D + 16 * (i % NV));
             for (int64_t j = 0; j < nk; j++) {
                 __m512 vv[8];
-                _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++) vv[v] = _mm512_loadu_ps(vf + j * D + 16 * v);
+                _Pragma("GCC unroll 8") for (int64_t v = 0; v < NV; v++) {
+                    vv[v] = _mm512_loadu_ps(vf + j * D + 16 * v);
+                    __asm__("" : "+v"(vv[v]));  /* one load per V vector, not one per row (load ports) */
+                }
                 _Pragma("GCC unroll 16") for (int64_t i = 0; i < RB * NV; i++)
                     a[i] = _mm512_fmadd_ps(_mm512_set1_ps(p[(r + i / NV) * PREFILL_KB + j]), vv[i % NV], a[i]);
             }
