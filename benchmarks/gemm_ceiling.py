@@ -161,6 +161,7 @@ _KERNEL_FUNCTIONS = (
     "write_kv_cache",
     "paged_decode_attention",
     "decode_qkv_attention",
+    "prefill_attention",
 )
 
 

@@ -18,6 +18,10 @@ prefetches the scattered blocks, which the hardware prefetchers do not follow. I
 kernels/attention_reference.py, shared with the Triton kernels. (Tried and dropped: the same
 kernel single-threaded was slower than gather + torch's SDPA, and without prefetching no faster.)
 
+Prefill attention (kernels/prefill_attention.c) does the same for a step's prompts and chunks: one
+call per layer over the whole group, no gather, no padding, no mask; for 32 prompts of 64 tokens
+the gather, padding and SDPA cost several times the attention's arithmetic.
+
 For the fixed cost of a decode step (issue 19: per layer, the dispatch of each small op costs
 more than its arithmetic at batch 1): the residual add fused into the next RMSNorm
 (add_rms_norm_), SiLU-and-mul in one call and one pass, and a decode step's whole attention for
@@ -120,6 +124,13 @@ _SIGNATURES = {
         *(_ptr, _i64, _ptr, _ptr, _ptr),  # qkv, its row stride, cos, sin, slots
         *(_ptr, _ptr, _ptr, _i64, _ptr),  # k_cache, v_cache, block tables, their row stride, context lens
         *(_i64, _i64, _f32, _ptr, _i64),  # block size, chunk, scale, ALiBi slopes, window
+        *(_ptr, _i64),  # out, its row stride
+    ],
+    "prefill_attention": [
+        *(_i64, _i64, _i64, _i64),  # S, H, KVH, D
+        *(_ptr, _i64, _ptr),  # q, its row stride, cu_seqlens_q
+        *(_ptr, _ptr, _ptr, _i64, _ptr),  # k_cache, v_cache, block tables, their row stride, context lens
+        *(_i64, _f32, _ptr, _i64),  # block size, scale, ALiBi slopes, window
         *(_ptr, _i64),  # out, its row stride
     ],
 }
@@ -475,6 +486,63 @@ def decode_qkv_attention(
         chunk,
         scale,
         None if alibi_slopes is None else alibi_slopes.data_ptr(),
+        sliding_window or 0,
+        out.data_ptr(),
+        out.stride(0),
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Paged prefill attention (kernels/prefill_attention.c)
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+    scale: float,
+    alibi_slopes: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of prompts or prompt chunks over the paged cache, their own K/V already
+    written there: q [T, H, D] (heads contiguous, rows may be strided), sequence s's queries are rows
+    cu_seqlens_q[s] .. cu_seqlens_q[s + 1] - 1 at the last positions of its context_lens[s] keys (a
+    cached prefix before them); block_tables int32 [S, blocks] contiguous, cu_seqlens_q int32 [S + 1]
+    and context_lens int32 [S] contiguous; caches [slots, KVH, D] contiguous. Returns a new [T, H, D]
+    tensor in q's dtype (attention_reference.paged_prefill_attention_ref is its reference)."""
+    num_tokens, num_heads, head_dim = q.shape
+    num_seqs, num_kv_heads = context_lens.shape[0], k_cache.shape[1]
+    assert q.stride(2) == 1 and q.stride(1) == head_dim and k_cache.is_contiguous() and v_cache.is_contiguous()
+    assert k_cache.dtype == v_cache.dtype == q.dtype and num_heads % num_kv_heads == 0
+    assert block_tables.dtype == cu_seqlens_q.dtype == context_lens.dtype == torch.int32
+    assert block_tables.is_contiguous() and cu_seqlens_q.is_contiguous() and context_lens.is_contiguous()
+    assert cu_seqlens_q.shape[0] == num_seqs + 1 and block_tables.shape[0] == num_seqs
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(torch.float32).contiguous()
+        assert slopes.numel() == num_heads
+    out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype)
+    _kernels[("prefill_attention", q.dtype)](
+        num_seqs,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        q.data_ptr(),
+        q.stride(0),
+        cu_seqlens_q.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        block_tables.data_ptr(),
+        block_tables.stride(0),
+        context_lens.data_ptr(),
+        block_size,
+        scale,
+        None if slopes is None else slopes.data_ptr(),
         sliding_window or 0,
         out.data_ptr(),
         out.stride(0),

@@ -1,8 +1,10 @@
 """The CPU attention backend: the torch backend with kernels/cpu.py's C kernels where they apply.
 
-The step's K/V go into the cache by one C call instead of two `index_copy_`, and the decode group
-skips the gather and the mask: the kernel's paged decode attention reads each sequence's keys and
-values in place through int32 block tables built once per step. The prefill group stays on SDPA.
+The step's K/V go into the cache by one C call instead of two `index_copy_`, and both groups skip
+the gather and the mask: the kernels' paged decode attention and prefill attention
+(kernels/prefill_attention.c: prompts and chunks after a cached prefix, one call per layer, no
+padding) read each sequence's keys and values in place through int32 block tables built once per
+step. SDPA stays the fallback (a dtype the kernels do not take, `prefill_kernel = False`).
 Whether the library is loaded is asked each step and each layer (`cpu_kernels.load()`, a cached
 answer): where it is not, every call takes the torch backend's path.
 
@@ -71,7 +73,11 @@ class CpuDecodeMetadata:
 class CpuAttentionBackend(TorchAttentionBackend):
     """TorchAttentionBackend on the CPU, with the C kernels for the KV write and the decode group.
 
-    dtype: the model's; a step of decodes in a dtype the kernels take gets CpuDecodeMetadata."""
+    dtype: the model's; a step of decodes in a dtype the kernels take gets CpuDecodeMetadata.
+    prefill_kernel: whether prefill groups take kernels/prefill_attention.c (False: SDPA, the
+    reference; benchmarks/prefill_attention.py compares the two)."""
+
+    prefill_kernel = True
 
     def __init__(self, block_size: int, device: torch.device, dtype: torch.dtype | None = None):
         super().__init__(block_size, device)
@@ -130,10 +136,18 @@ class CpuAttentionBackend(TorchAttentionBackend):
             sliding_window,
         )
 
-    def _prepare_decode_group(self, group: _Group, tables: torch.Tensor, context_lens: torch.Tensor) -> None:
-        if self.device.type == "cpu" and cpu_kernels.load() is not None:
+    def _prepare_group(
+        self, group: _Group, tables: torch.Tensor, context_lens: torch.Tensor, query_lens: torch.Tensor
+    ) -> None:
+        if self.device.type != "cpu" or cpu_kernels.load() is None:
+            return
+        if group.is_decode or self.prefill_kernel:
             group.block_tables = tables.to(torch.int32)
             group.context_lens = context_lens.to(torch.int32)
+        if not group.is_decode and self.prefill_kernel:
+            cu_seqlens = torch.zeros(len(query_lens) + 1, dtype=torch.int32)
+            torch.cumsum(query_lens, 0, out=cu_seqlens[1:])
+            group.cu_seqlens_q = cu_seqlens
 
     def _write_kv_cache(
         self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
@@ -163,9 +177,24 @@ class CpuAttentionBackend(TorchAttentionBackend):
         sliding_window: int | None,
     ) -> torch.Tensor:
         if g.block_tables is not None and g.context_lens is not None and cpu_kernels.supports(q, k_cache, v_cache):
-            # The CPU kernel reads K/V in place through the block tables: no gather, no mask.
+            # The CPU kernels read K/V in place through the block tables: no gather, no mask, no padding.
             queries = q if g.token_index.numel() == q.shape[0] else q.index_select(0, g.token_index)
-            if queries.stride(2) == 1 and queries.stride(1) == q.shape[2]:
+            if queries.stride(2) != 1 or queries.stride(1) != q.shape[2]:
+                queries = queries.contiguous()
+            if g.cu_seqlens_q is not None:
+                return cpu_kernels.prefill_attention(
+                    queries,
+                    k_cache,
+                    v_cache,
+                    g.block_tables,
+                    g.cu_seqlens_q,
+                    g.context_lens,
+                    self.block_size,
+                    scale,
+                    alibi_slopes,
+                    sliding_window,
+                )
+            if g.is_decode:
                 return cpu_kernels.paged_decode_attention(
                     queries,
                     k_cache,

@@ -26,9 +26,11 @@ class _Group:
     valid: torch.Tensor  # [G, Qmax, Lmax] bool: causal and within the context
     is_decode: bool
     no_cached_context: bool  # every sequence's query is its whole context (fresh prompts)
-    # decode groups on the CPU kernel (cpu_backend): the int32 block tables [G, blocks] and context lengths [G]
+    # groups on the CPU kernels (cpu_backend): the int32 block tables [G, blocks] and context lengths [G],
+    # and for a prefill group its queries' row offsets [G + 1] (int32, from 0: rows in token_index order)
     block_tables: torch.Tensor | None = None
     context_lens: torch.Tensor | None = None
+    cu_seqlens_q: torch.Tensor | None = None
     # Additive float masks ([G, 1|H, Qmax, Lmax]) built on first use and shared by every
     # layer with the same (sliding window, ALiBi slopes): SDPA is much faster with a float
     # mask than with a bool one, and building it per layer would cost as much again.
@@ -136,12 +138,13 @@ class TorchAttentionBackend:
             is_decode=is_decode,
             no_cached_context=bool(torch.equal(qlens, ctxs)),
         )
-        if is_decode:
-            self._prepare_decode_group(group, tables, ctxs)
+        self._prepare_group(group, tables, ctxs, qlens)
         return group
 
-    def _prepare_decode_group(self, group: _Group, tables: torch.Tensor, context_lens: torch.Tensor) -> None:
-        """A hook for a backend with its own decode path (cpu_backend); nothing here."""
+    def _prepare_group(
+        self, group: _Group, tables: torch.Tensor, context_lens: torch.Tensor, query_lens: torch.Tensor
+    ) -> None:
+        """A hook for a backend with its own kernels (cpu_backend); nothing here."""
 
     def forward(
         self,
