@@ -1,7 +1,7 @@
 """A tied LM head and its embedding hold one copy of the vocabulary matrix on the CPU: the embedding reads
 its rows from the head's packed weight (CpuLinear.lookup, kernels/embedding_gather.c). Against the rows
-themselves, and end to end against the unshared path (every linear on the same kernel, the embedding with
-its own weight): the same greedy tokens and the same logprobs, bit for bit."""
+themselves, and end to end against the unshared path (the same load with the embedding keeping its own
+weight): the same greedy tokens and the same logprobs, bit for bit."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from torch import nn
 from vllm_cli.kernels import cpu as cpu_kernels
 
 from vllm_cli import LLM, SamplingParams
-from vllm_cli.model_executor import loader
-from vllm_cli.model_executor.layers.cpu_linear import CpuLinear, cpu_linear_kinds, replace_linears
+from vllm_cli.model_executor.layers.cpu_linear import CpuLinear, cpu_linear_kinds
 from vllm_cli.model_executor.layers.linear import ParallelLMHead, VocabParallelEmbedding
 from vllm_cli.model_executor.layers.quantization import model_weight_bytes
 
@@ -101,12 +100,6 @@ def tied_checkpoint(tmp_path_factory) -> str:
     return build_tiny_checkpoint(path, tiny_config("llama_tied_mha", VOCAB), seed=2)
 
 
-def _unshared(model: nn.Module) -> None:
-    """The path before sharing: every linear on our kernel (as the tied head now is), the embedding
-    keeping its own weight."""
-    replace_linears(model, lambda linear: CpuLinear(linear, "fgemm"))
-
-
 def _run(path: str, dtype: str, quantization: str = "auto"):
     llm = LLM(path, skip_tokenizer_init=True, num_kv_blocks=64, dtype=dtype, quantization=quantization)
     g = torch.Generator().manual_seed(0)
@@ -125,7 +118,8 @@ def _run(path: str, dtype: str, quantization: str = "auto"):
 def test_a_tied_model_holds_one_copy_and_generates_the_same(tied_checkpoint, dtype, quantization, monkeypatch):
     shared_model, shared = _run(tied_checkpoint, dtype, quantization)
     with monkeypatch.context() as patch:
-        patch.setattr(loader, "optimize_linears_for_cpu", _unshared)
+        # the same load, every linear on the same kernel, the embedding keeping its own weight
+        patch.setattr(VocabParallelEmbedding, "read_rows_from", lambda self, lookup: None)
         unshared_model, unshared = _run(tied_checkpoint, dtype, quantization)
 
     assert shared == unshared  # greedy tokens and top-5 logprobs of every step, exactly
