@@ -100,8 +100,8 @@ def tied_checkpoint(tmp_path_factory) -> str:
     return build_tiny_checkpoint(path, tiny_config("llama_tied_mha", VOCAB), seed=2)
 
 
-def _run(path: str, dtype: str, quantization: str = "auto"):
-    llm = LLM(path, skip_tokenizer_init=True, num_kv_blocks=64, dtype=dtype, quantization=quantization)
+def _run(path: str, dtype: str, quantization: str = "auto", **kwargs):
+    llm = LLM(path, skip_tokenizer_init=True, num_kv_blocks=64, dtype=dtype, quantization=quantization, **kwargs)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (5, 37, 12)]
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=5)
@@ -139,3 +139,56 @@ def test_a_tied_model_holds_one_copy_and_generates_the_same(tied_checkpoint, dty
         and tensor.untyped_storage().data_ptr() != head_storage.data_ptr()
     ]
     assert big == []
+
+
+# --------------------------------------------------------------------------- --quantize-lm-head
+
+
+def test_quantize_lm_head_needs_int8_or_int4():
+    from vllm_cli.config import EngineArgs
+
+    EngineArgs(quantization="int4", quantize_lm_head=True)
+    with pytest.raises(ValueError, match="quantize_lm_head needs quantization int8 or int4"):
+        EngineArgs(quantization="auto", quantize_lm_head=True)
+
+
+@pytest.fixture(scope="module")
+def tied_qwen2_checkpoint(tmp_path_factory) -> str:
+    """Tied, and 64 wide: whole Q8_0 blocks (the Llama above is 48 wide, which int8/int4 leave float)."""
+    path = tmp_path_factory.mktemp("tiny-tied-qwen2")
+    return build_tiny_checkpoint(path, tiny_config("qwen2", VOCAB), seed=2)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_quantize_lm_head_packs_a_tied_head_and_its_embedding_once_in_q8_0(tied_qwen2_checkpoint, quantization):
+    from vllm_cli.model_executor.layers.quantization import QuantizedEmbedding, QuantizedLinear, part_list
+
+    float_head_model, float_head = _run(tied_qwen2_checkpoint, "float32", quantization)
+    model, quantized_head = _run(tied_qwen2_checkpoint, "float32", quantization, quantize_lm_head=True)
+    assert isinstance(model.lm_head, QuantizedLinear) and isinstance(model.embedding, QuantizedEmbedding)
+    assert model.lm_head.parts is model.embedding.parts  # one copy of the blocks
+    (_, part), = part_list(model.lm_head.parts)
+    assert part.qtype == "q8_0" and part.qweight.shape == (VOCAB, 64 // 32 * 34)
+    # the vocabulary matrix was one float32 copy (the head's, packed in whole panels: the embedding reads it),
+    # now Q8_0's 34 bytes per 32 weights
+    float_head_bytes = float_head_model.lm_head.packed.nbytes
+    assert float_head_bytes == -(-VOCAB // 32) * 32 * 64 * 4
+    assert model_weight_bytes(float_head_model) - model_weight_bytes(model) == float_head_bytes - part.qweight.numel()
+    # Q8_0's rounding moves the logprobs: of the head, and of the embedding rows every layer starts from (these
+    # random 0.2-scale weights amplify that through the layers): the same first token, its step's top-5 close.
+    # That each kernel equals "dequantize, then float matmul / lookup" is tests/test_quantization.py's.
+    for (tokens, logprobs), (ref_tokens, ref_logprobs) in zip(quantized_head, float_head, strict=True):
+        assert tokens[0] == ref_tokens[0]
+        got, expected = dict(logprobs[0]), dict(ref_logprobs[0])
+        for token in set(got) & set(expected):
+            assert got[token].logprob == pytest.approx(expected[token].logprob, abs=0.25)
+
+
+def test_quantize_lm_head_leaves_an_untied_embedding_float(tmp_path):
+    from vllm_cli.model_executor.layers.quantization import QuantizedLinear, part_list
+
+    path = build_tiny_checkpoint(tmp_path, tiny_config("llama", VOCAB), seed=2)
+    model, _ = _run(path, "bfloat16", "int4", quantize_lm_head=True)
+    assert isinstance(model.lm_head, QuantizedLinear) and type(model.embedding) is VocabParallelEmbedding
+    assert [part.qtype for _, part in part_list(model.lm_head.parts)] == ["q8_0"]
+    assert model.embedding.weight.shape == (VOCAB, 64) and model.embedding.weight.dtype == torch.bfloat16
