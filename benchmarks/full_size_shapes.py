@@ -10,6 +10,7 @@ Llama-3.2-3B. Each (model, format) runs in a fresh process:
   int4       --dtype float32  --quantization int4   (Q4_1 groups of 32)
   int8-bf16, int4-bf16: the same with --dtype bfloat16 (what stays float, the embedding and the LM
              head, is then bf16)
+  int8-head, int4-head: int8 / int4 with --quantize-lm-head (the LM head, and a tied embedding with it, Q8_0)
 
 One request at batch 1, --input-len prompt tokens (random ids), --output-len generated (greedy,
 EOS ignored), every engine step timed: the decode rate is (OUT - 1) / (the steps after the first),
@@ -56,6 +57,9 @@ FORMATS = {
     "int4": ("float32", "int4"),
     "int8-bf16": ("bfloat16", "int8"),
     "int4-bf16": ("bfloat16", "int4"),
+    # the same with --quantize-lm-head: the LM head (and a tied embedding, one copy) in Q8_0
+    "int8-head": ("float32", "int8"),
+    "int4-head": ("float32", "int4"),
 }
 DEFAULT_FORMATS = ("float32", "bfloat16", "int8", "int4")
 _BYTES_PER_WEIGHT = {"float32": 4.0, "bfloat16": 2.0, "int8": 34 / 32, "int4": 20 / 32}
@@ -174,6 +178,7 @@ def run_child(spec: dict) -> dict:
             load_format="dummy",
             dtype=dtype,
             quantization=quantization,
+            quantize_lm_head=spec["format"].endswith("-head"),
             skip_tokenizer_init=True,
             max_model_len=spec["input_len"] + spec["output_len"] + 16,
             kv_cache_memory="256MiB",

@@ -63,6 +63,8 @@ _vllm_cli_bench_latency() {
         '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
         '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
         '--quantization[Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float check...]:quantization:(auto none gguf int8 int4)' \
+        '--quantize-lm-head[With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears'\'' format...]' \
+        '--no-quantize-lm-head[With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears'\'' format...]' \
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
@@ -212,6 +214,8 @@ _vllm_cli_bench_throughput() {
         '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
         '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
         '--quantization[Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float check...]:quantization:(auto none gguf int8 int4)' \
+        '--quantize-lm-head[With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears'\'' format...]' \
+        '--no-quantize-lm-head[With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears'\'' format...]' \
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
@@ -267,6 +271,8 @@ _vllm_cli_chat() {
         '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
         '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
         '--quantization[Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float check...]:quantization:(auto none gguf int8 int4)' \
+        '--quantize-lm-head[With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears'\'' format...]' \
+        '--no-quantize-lm-head[With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears'\'' format...]' \
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
@@ -311,6 +317,8 @@ _vllm_cli_generate() {
         '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
         '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
         '--quantization[Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float check...]:quantization:(auto none gguf int8 int4)' \
+        '--quantize-lm-head[With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears'\'' format...]' \
+        '--no-quantize-lm-head[With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears'\'' format...]' \
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \
@@ -361,6 +369,8 @@ _vllm_cli_serve() {
         '--device[Where the model runs (auto: cuda when there is a GPU).]:device:(auto cpu cuda)' \
         '--load-format[dummy: random weights from config.json alone, for benchmarks.]:load-format:(auto dummy)' \
         '--quantization[Weight-only quantization, CPU (auto: a .gguf keeps its quantized tensors, a float check...]:quantization:(auto none gguf int8 int4)' \
+        '--quantize-lm-head[With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears'\'' format...]' \
+        '--no-quantize-lm-head[With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears'\'' format...]' \
         '--model-impl[auto: our implementation if there is one, else transformers'\'' modeling code on the paged...]:model-impl:(auto native transformers)' \
         '--attention-backend[auto: the VLLM_CLI_ATTENTION_BACKEND environment variable if set, else torch; triton ke...]:attention-backend:(auto torch triton)' \
         '--structured-outputs-backend[The constrained-decoding backend (auto: xgrammar, llguidance for what xgrammar cannot c...]:structured-outputs-backend:(auto xgrammar guidance)' \

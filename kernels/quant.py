@@ -167,6 +167,11 @@ def _roundf(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
+# quantize() works through this many weights at a time: its float32 temporaries stay ~16 MB each, where a
+# whole LM head at once (Llama-3.2-1B's, 1 GB in float32) took several GB more at load
+_QUANTIZE_CHUNK = 1 << 22
+
+
 def quantize(weight: torch.Tensor, qtype: str) -> torch.Tensor:
     """A float weight [rows, in_features] (in_features a multiple of 32) -> uint8 blocks in qtype
     ("q8_0": symmetric int8 per group of 32; "q4_1": 4-bit with a per-group scale and minimum)."""
@@ -174,6 +179,15 @@ def quantize(weight: torch.Tensor, qtype: str) -> torch.Tensor:
     rows, in_features = weight.shape
     if in_features % qt.block_elems:
         raise ValueError(f"{in_features} input features are not a multiple of the {qt.block_elems}-weight groups")
+    out = torch.empty((rows, qt.row_bytes(in_features)), dtype=torch.uint8)
+    step = max(1, _QUANTIZE_CHUNK // in_features)
+    for start in range(0, rows, step):
+        chunk = weight[start : start + step]
+        out[start : start + chunk.shape[0]] = _quantize_blocks(chunk, qt).reshape(chunk.shape[0], -1)
+    return out
+
+
+def _quantize_blocks(weight: torch.Tensor, qt: QuantType) -> torch.Tensor:
     blocks = weight.detach().to(torch.float32).reshape(-1, qt.block_elems)
     if qt.name == "q8_0":
         d = blocks.abs().amax(dim=1, keepdim=True) / 127
@@ -189,4 +203,4 @@ def quantize(weight: torch.Tensor, qtype: str) -> torch.Tensor:
         packed = torch.cat([d.to(torch.float16).view(torch.uint8), low.to(torch.float16).view(torch.uint8), nibbles], 1)
     else:
         raise ValueError(f"quantizing to {qt.name} is not implemented (only {', '.join(QUANTIZE_FORMATS.values())})")
-    return packed.reshape(rows, qt.row_bytes(in_features)).contiguous()
+    return packed

@@ -45,6 +45,8 @@ class EngineArgs:
     device: str = "auto"
     load_format: str = "auto"
     quantization: str = "auto"  # weight-only quantization (QUANTIZATION_METHODS), CPU
+    # int8 / int4: the LM head too, in Q8_0 (vLLM leaves it float); a tied embedding shares its blocks
+    quantize_lm_head: bool = False
     model_impl: str = "auto"  # auto: native class if we have one, else transformers' modeling code
     attention_backend: str = "auto"  # auto: $VLLM_CLI_ATTENTION_BACKEND, else torch (triton is opt-in)
     seed: int = 0
@@ -87,6 +89,11 @@ class EngineArgs:
         if self.quantization not in QUANTIZATION_METHODS:
             raise ValueError(
                 f"quantization must be one of {', '.join(QUANTIZATION_METHODS)}, got {self.quantization!r}"
+            )
+        if self.quantize_lm_head and self.quantization not in ("int8", "int4"):
+            raise ValueError(
+                f"quantize_lm_head needs quantization int8 or int4 (a .gguf file brings its LM head's own type), "
+                f"got {self.quantization!r}"
             )
         if self.model_impl not in MODEL_IMPLS:
             raise ValueError(f"model_impl must be one of {', '.join(MODEL_IMPLS)}, got {self.model_impl!r}")

@@ -55,6 +55,11 @@ _ENGINE_OPTIONS: dict[str, tuple[object, str]] = {
         "float; none: dequantize a .gguf at load; int8 / int4: pack a float checkpoint's linears at load "
         "into Q8_0 / Q4_1 groups of 32).",
     ),
+    "quantize_lm_head": (
+        bool,
+        "With --quantization int8 / int4: the LM head too, in Q8_0 whatever the linears' format (a tied "
+        "embedding shares its blocks); off, it stays float as in vLLM.",
+    ),
     "model_impl": (
         choices(MODEL_IMPLS),
         "auto: our implementation if there is one, else transformers' modeling code on the paged KV cache.",

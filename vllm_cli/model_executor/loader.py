@@ -78,6 +78,7 @@ def load_model(
     seed: int = 0,
     model_impl: str = "auto",
     quantization: str = "auto",
+    quantize_lm_head: bool = False,
 ) -> nn.Module:
     cls = get_model_class(hf_config, model_impl)
     if get_tp_size() > 1 and not getattr(cls, "supports_tensor_parallel", True):
@@ -96,7 +97,7 @@ def load_model(
     with torch.device("meta"):
         model = cls(hf_config)
         if method is not None:  # before materializing: no float copy of a quantized weight is allocated
-            quantize_model(model, method)
+            quantize_model(model, method, quantize_lm_head=quantize_lm_head)
     _materialize(model, dtype, device)
     model.eval()
     params = dict(model.named_parameters())

@@ -67,6 +67,7 @@ class Worker:
             seed=args.seed or 0,
             model_impl=args.model_impl,
             quantization=args.quantization,
+            quantize_lm_head=args.quantize_lm_head,
         )
         assert isinstance(model, CausalLM)
         self.runner = ModelRunner(model, device, self.dtype, args.block_size, args.attention_backend)

@@ -17,6 +17,8 @@ shard_id), which CausalLM.load_stacked_weights calls with the checkpoint's full 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -181,13 +183,28 @@ class VocabParallelEmbedding(nn.Embedding):
         self.vocab_size = num_embeddings
         self.vocab_start, self.vocab_end, local = padded_shard(num_embeddings)
         super().__init__(local, embedding_dim)
+        # ids -> rows, when another layer holds them (read_rows_from); None: this layer's own weight
+        self.row_lookup: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if get_tp_size() == 1:
-            return F.embedding(input_ids, self.weight)
+            return self.rows(input_ids)
         mine = (input_ids >= self.vocab_start) & (input_ids < self.vocab_end)
         local_ids = torch.where(mine, input_ids - self.vocab_start, 0)
-        return all_reduce(F.embedding(local_ids, self.weight) * mine.unsqueeze(-1).to(self.weight.dtype))
+        return all_reduce(self.rows(local_ids) * mine.unsqueeze(-1).to(self.weight.dtype))
+
+    def rows(self, local_ids: torch.Tensor) -> torch.Tensor:
+        """This shard's rows `local_ids` [...] -> [..., embedding_dim], a fresh tensor in the weight's dtype."""
+        if self.row_lookup is not None:
+            return self.row_lookup(local_ids)
+        return F.embedding(local_ids, self.weight)
+
+    def read_rows_from(self, lookup: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Look rows up through `lookup` (local ids -> rows, same shard, same dtype) and free this layer's
+        own weight: a tied LM head re-laid out for the CPU GEMM keeps the one copy (cpu_linear.CpuLinear.lookup).
+        `weight` stays as an empty placeholder in the dtype (the trunk reads the model's dtype from it)."""
+        self.row_lookup = lookup
+        self.weight = nn.Parameter(torch.empty(0, dtype=self.weight.dtype), requires_grad=False)
 
     def load_weight(self, param_name: str, tensor: torch.Tensor, shard_id: ShardId = None) -> None:
         _load_vocab_rows(self.weight.data, tensor, self.vocab_size, param_name)

@@ -304,8 +304,9 @@ class QuantizedEmbedding(nn.Module):
 
     accepts_quantized = True
 
-    def __init__(self, embedding: VocabParallelEmbedding):
+    def __init__(self, embedding: VocabParallelEmbedding, quantize_to: str | None = None):
         super().__init__()
+        self.quantize_to = quantize_to  # float rows packed into this GGUF type at load (None: kept as they come)
         self.vocab_size, self.embedding_dim = embedding.vocab_size, embedding.embedding_dim
         self.vocab_start, self.vocab_end = embedding.vocab_start, embedding.vocab_end
         self.num_embeddings = embedding.num_embeddings
@@ -316,7 +317,7 @@ class QuantizedEmbedding(nn.Module):
     def load_weight(self, param_name: str, tensor: CheckpointTensor, shard_id: ShardId = None) -> None:
         _check_shape(tensor, (self.vocab_size, self.embedding_dim), param_name)
         rows = tensor.narrow(0, self.vocab_start, self.vocab_end - self.vocab_start)
-        self.parts["0"] = QuantizedPart(rows, self.weight.dtype)
+        self.parts["0"] = QuantizedPart(rows, self.weight.dtype, self.quantize_to)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         part = part_list(self.parts)[0][1]
@@ -361,31 +362,37 @@ def resolve_quantization(
     raise ValueError(f"--quantization {requested} is not available here: {why_not}")
 
 
-def quantize_model(model: nn.Module, method: str) -> None:
+def quantize_model(model: nn.Module, method: str, quantize_lm_head: bool = False) -> None:
     """Swap the model's linears (and for GGUF its embedding and LM head) for their quantized
     counterparts, on the meta device before the weights are materialized. method: "gguf" (the
     checkpoint's blocks are kept as they come; float tensors stay float), "int8" or "int4" (float
     tensors packed at load into Q8_0 / Q4_1; embedding and LM head stay float, as vLLM's weight-only
-    methods leave them)."""
+    methods leave them, unless quantize_lm_head: then the LM head is packed too, into Q8_0 whatever the
+    linears' format (the logits are the model's output: llama.cpp's Q4 files keep theirs at 6-8 bits too),
+    and an embedding tied to it with it, one copy of blocks)."""
     from vllm_cli.model_executor.layers.cpu_linear import replace_linears
 
     quantize_to = quant.QUANTIZE_FORMATS.get(method)
+    lm_head_to = quant.QUANTIZE_FORMATS["int8"] if quantize_lm_head and quantize_to is not None else None
 
     def make(linear: nn.Linear) -> nn.Module:
         known = (type(linear) is nn.Linear) or type(linear) in _LINEAR_KINDS
-        if not known or (quantize_to is not None and isinstance(linear, ParallelLMHead)):
+        if not known:
             return linear
+        if quantize_to is not None and isinstance(linear, ParallelLMHead):
+            return linear if lm_head_to is None else QuantizedLinear(linear, lm_head_to)
         return QuantizedLinear(linear, quantize_to)
 
+    tied = getattr(model, "tie_word_embeddings", False)
     replace_linears(model, make)
-    if quantize_to is not None:
-        return
+    if quantize_to is not None and (lm_head_to is None or not tied):
+        return  # the embedding stays float (an untied one reads a row per token)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is VocabParallelEmbedding:
-                setattr(module, name, QuantizedEmbedding(child))
+                setattr(module, name, QuantizedEmbedding(child, lm_head_to))
     embedding, lm_head = getattr(model, "embedding", None), getattr(model, "lm_head", None)
-    if getattr(model, "tie_word_embeddings", False) and isinstance(lm_head, QuantizedLinear):
+    if tied and isinstance(lm_head, QuantizedLinear):
         if isinstance(embedding, QuantizedEmbedding):
             lm_head.tie_to(embedding)
 
