@@ -7,7 +7,7 @@ oneDNN prepacked and the faster kept; attention and everything else left out. Ce
 output tokens / the sum of those times. The engine runs the same workload in-process and the
 script prints its tok/s, the ceiling and the fraction.
 
-  python benchmarks/gemm_ceiling.py --dtype bfloat16 [--repeats 3] [--profile]
+  python benchmarks/gemm_ceiling.py --dtype bfloat16 [--repeats 3] [--rounds 3] [--profile]
 
 --profile adds one torch.profiler run of the same workload and prints where the time goes, by
 category (the C kernels of kernels/cpu.py are wrapped in record_function so they show up).
@@ -211,6 +211,9 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed engine runs (fresh prompts each); best kept")
     parser.add_argument("--gemm-repeats", type=int, default=5)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds of (engine runs, ceiling); each prints its own fraction"
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--engine-only", action="store_true", help="the engine's runs only, no ceiling")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's choice)")
@@ -227,47 +230,74 @@ def main() -> None:
     config = engine.hf_config
     bench.warm_up(0)
     steps = record_steps(bench)
-    runs = []
-    for i in range(args.repeats):
-        steps.clear()
-        requests = random_requests(args.num_prompts, args.input_len, args.output_len, engine.vocab_size, seed=i)
-        prepared = bench.prepare(requests)
-        cpu_start = time.process_time()
-        timed = bench.run(prepared)
-        cpu_seconds = time.process_time() - cpu_start
-        runs.append(timed.output_tokens / timed.elapsed)
+    output_tokens = args.num_prompts * args.output_len
+    fractions: list[tuple[float, float]] = []
+    bests: list[tuple[float, float, float]] = []  # per round: engine tok/s, ceiling s, chain s
+    for round_index in range(args.rounds):
+        # A round: the engine's runs, then the ceiling timed right after them, so a machine whose speed
+        # drifts from minute to minute (a shared host) moves both sides of the round's fraction alike.
+        runs = []
+        for i in range(args.repeats):
+            steps.clear()
+            seed = round_index * args.repeats + i
+            requests = random_requests(args.num_prompts, args.input_len, args.output_len, engine.vocab_size, seed=seed)
+            prepared = bench.prepare(requests)
+            cpu_start = time.process_time()
+            timed = bench.run(prepared)
+            cpu_seconds = time.process_time() - cpu_start
+            runs.append(timed.output_tokens / timed.elapsed)
+            print(
+                f"run {i}: {timed.output_tokens / timed.elapsed:.1f} output tok/s "
+                f"({timed.elapsed:.2f} s, CPU {cpu_seconds:.2f} s)",
+                flush=True,
+            )
+        if args.engine_only:
+            print(f"best {max(runs):.1f} output tok/s, load average {os.getloadavg()[0]:.2f}")
+            continue
+        recorded = list(steps)
+        shapes = linear_shapes(config)
+        layers = config.num_hidden_layers
+        seconds, per_linear, kinds = gemm_ceiling_seconds(recorded, shapes, layers, dtype, args.gemm_repeats)
+        chain = chain_seconds(recorded, shapes, layers, dtype, kinds, args.gemm_repeats)
+        best = max(runs)
+        prefill = [s for s in recorded if s[0] != s[1]]
         print(
-            f"run {i}: {timed.output_tokens / timed.elapsed:.1f} output tok/s "
-            f"({timed.elapsed:.2f} s, CPU {cpu_seconds:.2f} s)",
+            f"\n{dtype}, {args.num_prompts} x ({args.input_len} in, {args.output_len} out), "
+            f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}"
+        )
+        print(f"steps: {len(recorded)} (prefill/mixed (tokens, sampled rows) {prefill}, the rest decode)")
+        print(f"faster library: {dict(sorted(kinds.items()))}")
+        print(
+            "GEMM time, each linear alone: "
+            + ", ".join(f"{k} {v:.3f} s" for k, v in per_linear.items())
+            + f"; total {seconds:.3f} s; as a chain with every layer's own weights {chain:.3f} s"
+        )
+        print(
+            f"engine: {best:.1f} output tok/s (best of {len(runs)}: {', '.join(f'{r:.1f}' for r in runs)}); "
+            f"ceiling {output_tokens / seconds:.1f} (fraction {best * seconds / output_tokens:.3f}); "
+            f"chain ceiling {output_tokens / chain:.1f} (fraction {best * chain / output_tokens:.3f})",
             flush=True,
         )
-    if args.engine_only:
-        print(f"best {max(runs):.1f} output tok/s, load average {os.getloadavg()[0]:.2f}")
-        return
-    recorded = list(steps)
-    shapes = linear_shapes(config)
-    layers = config.num_hidden_layers
-    seconds, per_linear, kinds = gemm_ceiling_seconds(recorded, shapes, layers, dtype, args.gemm_repeats)
-    chain = chain_seconds(recorded, shapes, layers, dtype, kinds, args.gemm_repeats)
-    output_tokens = args.num_prompts * args.output_len
-    best = max(runs)
-    prefill = [s for s in recorded if s[0] != s[1]]
-    print(
-        f"\n{dtype}, {args.num_prompts} x ({args.input_len} in, {args.output_len} out), "
-        f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}"
-    )
-    print(f"steps: {len(recorded)} (prefill/mixed (tokens, sampled rows) {prefill}, the rest decode)")
-    print(f"faster library: {dict(sorted(kinds.items()))}")
-    print(
-        "GEMM time, each linear alone: "
-        + ", ".join(f"{k} {v:.3f} s" for k, v in per_linear.items())
-        + f"; total {seconds:.3f} s; as a chain with every layer's own weights {chain:.3f} s"
-    )
-    print(
-        f"engine: {best:.1f} output tok/s (best of {len(runs)}: {', '.join(f'{r:.1f}' for r in runs)}); "
-        f"ceiling {output_tokens / seconds:.1f} (fraction {best * seconds / output_tokens:.3f}); "
-        f"chain ceiling {output_tokens / chain:.1f} (fraction {best * chain / output_tokens:.3f})"
-    )
+        fractions.append((best * seconds / output_tokens, best * chain / output_tokens))
+        bests.append((best, seconds, chain))
+    if len(fractions) > 1:
+        alone, chained = sorted(f[0] for f in fractions), sorted(f[1] for f in fractions)
+        print(
+            f"\nover {len(fractions)} rounds: fraction of the ceiling {', '.join(f'{f:.3f}' for f in alone)} "
+            f"(median {alone[len(alone) // 2]:.3f}); of the chain ceiling {', '.join(f'{f:.3f}' for f in chained)} "
+            f"(median {chained[len(chained) // 2]:.3f})"
+        )
+        # best against best: each side at the machine's fastest moment of the whole run
+        engine_best, ceiling_best, chain_best = (
+            max(b[0] for b in bests),
+            min(b[1] for b in bests),
+            min(b[2] for b in bests),
+        )
+        print(
+            f"best engine {engine_best:.1f} tok/s vs best ceiling {output_tokens / ceiling_best:.1f} "
+            f"(fraction {engine_best * ceiling_best / output_tokens:.3f}), best chain ceiling "
+            f"{output_tokens / chain_best:.1f} (fraction {engine_best * chain_best / output_tokens:.3f})"
+        )
     if args.profile:
         requests = random_requests(args.num_prompts, args.input_len, args.output_len, engine.vocab_size, seed=99)
         profile_run(bench, bench.prepare(requests))
