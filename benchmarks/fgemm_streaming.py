@@ -22,10 +22,10 @@ import glob
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 
 import torch
+from gemm_ceiling import best_time  # benchmarks/ is on the path when run as a script
 from vllm_cli.kernels import cpu
 
 from vllm_cli.model_executor.layers.cpu_linear import fgemm_pack
@@ -42,16 +42,6 @@ def build(source_dir: str, out_dir: str, name: str) -> ctypes.CDLL:
     target = os.path.join(out_dir, f"{name}.so")
     subprocess.run(["cc", "-march=native", *cpu._CFLAGS, "-fopenmp", *sources, "-o", target, "-lm"], check=True)
     return ctypes.CDLL(target)
-
-
-def best_seconds(run: Callable[[], None], repeats: int) -> float:
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -95,9 +85,9 @@ def main() -> None:
     for r in range(args.rounds):
         cells = []
         for name, fn in kernels.items():
-            hot = best_seconds(lambda fn=fn: chain(fn, [layers[0]] * LAYERS), args.repeats)
-            own = best_seconds(lambda fn=fn: chain(fn, layers), args.repeats)
-            head = best_seconds(
+            hot = best_time(lambda fn=fn: chain(fn, [layers[0]] * LAYERS), args.repeats)
+            own = best_time(lambda fn=fn: chain(fn, layers), args.repeats)
+            head = best_time(
                 lambda fn=fn: fn(
                     xs[head_k].data_ptr(), rows, head_k, head_weight.data_ptr(), head_n, ys[head_n].data_ptr()
                 ),

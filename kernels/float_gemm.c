@@ -433,6 +433,17 @@ static void fg_stream_run(fg_stream_fn stream, const uint8_t *a, int64_t lda, in
     }
 }
 
+/* How many contiguous runs the panels are cut into, inside a parallel region: per_thread per thread
+ * (handed out dynamically, so a late thread's run is taken by another), at most one per panel. */
+static inline int64_t fg_run_count(int64_t panels, int64_t per_thread) {
+#ifdef _OPENMP
+    const int64_t threads = omp_get_num_threads();
+#else
+    const int64_t threads = 1;
+#endif
+    return panels < threads * per_thread ? panels : threads * per_thread;
+}
+
 /* y (float32) or y16 (bf16) = x @ W^T with x already in the steps' format at a (row stride lda = steps *
  * a_step). */
 static void fg_gemm(int type, const uint8_t *a, int64_t m, int64_t steps, const uint8_t *w, int64_t n, float *y,
@@ -445,12 +456,7 @@ static void fg_gemm(int type, const uint8_t *a, int64_t m, int64_t steps, const 
          * dynamically: a late thread's run is taken by the other). Tiny weights are not worth waking
          * the other threads for. */
         _Pragma("omp parallel if (panels * panel_bytes >= 65536)") {
-#ifdef _OPENMP
-            const int64_t threads = omp_get_num_threads();
-#else
-            const int64_t threads = 1;
-#endif
-            const int64_t runs = panels < threads * FG_CHUNKS ? panels : threads * FG_CHUNKS;
+            const int64_t runs = fg_run_count(panels, FG_CHUNKS);
             _Pragma("omp for schedule(dynamic, 1)")
             for (int64_t r = 0; r < runs; r++)
                 fg_stream_run(stream, a, lda, m, steps, w, panels * r / runs, panels * (r + 1) / runs, n, y, y16);
@@ -462,12 +468,7 @@ static void fg_gemm(int type, const uint8_t *a, int64_t m, int64_t steps, const 
             /* One block of rows (batch decode): each thread takes contiguous runs of panels, so the panel it
              * needs next is the one that follows in memory, which fg_block prefetches. */
             _Pragma("omp parallel if (panels * panel_bytes >= 65536)") {
-#ifdef _OPENMP
-                const int64_t threads = omp_get_num_threads();
-#else
-                const int64_t threads = 1;
-#endif
-                const int64_t runs = panels < threads * FG_TILE_RUNS ? panels : threads * FG_TILE_RUNS;
+                const int64_t runs = fg_run_count(panels, FG_TILE_RUNS);
                 _Pragma("omp for schedule(dynamic, 1)")
                 for (int64_t r = 0; r < runs; r++)
                     for (int64_t j = panels * r / runs; j < panels * (r + 1) / runs; j++)
