@@ -389,6 +389,15 @@ def write_kv_cache(
 DECODE_CHUNK = 256
 
 
+def _float32_slopes(alibi_slopes: torch.Tensor | None, num_heads: int) -> torch.Tensor | None:
+    """ALiBi slopes as the attention kernels read them: float32, contiguous, one per query head."""
+    if alibi_slopes is None:
+        return None
+    slopes = alibi_slopes.to(torch.float32).contiguous()
+    assert slopes.numel() == num_heads
+    return slopes
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -410,10 +419,7 @@ def paged_decode_attention(
     assert k_cache.dtype == v_cache.dtype == q.dtype and num_heads % num_kv_heads == 0
     assert block_tables.dtype == context_lens.dtype == torch.int32 and block_tables.is_contiguous()
     assert context_lens.is_contiguous()
-    slopes = None
-    if alibi_slopes is not None:
-        slopes = alibi_slopes.to(torch.float32).contiguous()
-        assert slopes.numel() == num_heads
+    slopes = _float32_slopes(alibi_slopes, num_heads)
     out = torch.empty((num_seqs, num_heads, head_dim), dtype=q.dtype)
     _kernels[("paged_decode_attention", q.dtype)](
         num_seqs,
@@ -522,10 +528,7 @@ def prefill_attention(
     assert block_tables.dtype == cu_seqlens_q.dtype == context_lens.dtype == torch.int32
     assert block_tables.is_contiguous() and cu_seqlens_q.is_contiguous() and context_lens.is_contiguous()
     assert cu_seqlens_q.shape[0] == num_seqs + 1 and block_tables.shape[0] == num_seqs
-    slopes = None
-    if alibi_slopes is not None:
-        slopes = alibi_slopes.to(torch.float32).contiguous()
-        assert slopes.numel() == num_heads
+    slopes = _float32_slopes(alibi_slopes, num_heads)
     out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype)
     _kernels[("prefill_attention", q.dtype)](
         num_seqs,
