@@ -47,6 +47,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -228,6 +230,23 @@ def load() -> ctypes.CDLL | None:
                 logger.warning("Could not build the CPU kernels (%s): decode runs on plain torch ops", e)
         _tried = True
         return _library
+
+
+_T = TypeVar("_T")
+# (what, id(library)) -> (library, its bound functions): functions bound by bound_per_library
+_bound: dict[tuple[str, int], tuple[ctypes.CDLL, Any]] = {}
+
+
+def bound_per_library(what: str, library: ctypes.CDLL | None, bind: Callable[[ctypes.CDLL], _T], empty: _T) -> _T:
+    """bind(library) once per library and `what` (the functions' argtypes set, a table of them built):
+    library is cpu.load()'s when None, or a test's load_variant build; `empty` without a library."""
+    library = library if library is not None else load()
+    if library is None:
+        return empty
+    entry = _bound.get((what, id(library)))
+    if entry is None or entry[0] is not library:  # an id reused by a new library after the old one's end
+        entry = _bound[(what, id(library))] = (library, bind(library))
+    return entry[1]
 
 
 def load_variant(march: str) -> ctypes.CDLL | None:

@@ -22,12 +22,7 @@
 #include <immintrin.h>
 #endif
 
-/* glibc's vector expf (libmvec, linked through libm), which math.h declares only under -ffast-math
- * (__FAST_MATH__): declared here so the softmax's exps stay vectorized without -ffast-math, whose
- * finite-math assumption the -INFINITY starts below would break. Same function, same results. */
-#if defined(__GLIBC__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__FAST_MATH__)
-__attribute__((__simd__("notinbranch"))) extern float expf(float);
-#endif
+#include "vector_expf.h"
 
 #include "bf16.h"
 

@@ -35,11 +35,7 @@
 #include <immintrin.h>
 #endif
 
-/* glibc's vector expf, which math.h declares only under -ffast-math (see cpu_ops.c): declared so
- * the softmax's exps vectorize. */
-#if defined(__GLIBC__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__FAST_MATH__)
-__attribute__((__simd__("notinbranch"))) extern float expf(float);
-#endif
+#include "vector_expf.h"
 
 #include "bf16.h"
 

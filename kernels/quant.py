@@ -59,28 +59,25 @@ def quant_type(qtype: str | int) -> QuantType:
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _DEQUANTIZE_SIGNATURE = [_ptr, _ptr, _i64]
 _MATMUL_SIGNATURE = [_ptr, _i64, _i64, _ptr, _i64, _ptr]
-# id(library) -> {type name: (dequantize, matmul)}; the library of cpu.load() or a test's variant
-_bound: dict[int, tuple[ctypes.CDLL, dict[str, tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]]] = {}
 
 
 def _functions(library: ctypes.CDLL | None = None) -> dict[str, tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]:
-    library = library if library is not None else cpu.load()
-    if library is None:
-        return {}
-    entry = _bound.get(id(library))
-    if entry is None or entry[0] is not library:
-        functions = {}
-        for name in QUANT_TYPES:
-            try:
-                dequantize_fn = getattr(library, f"gguf_dequantize_{name}")
-                matmul_fn = getattr(library, f"gguf_matmul_{name}")
-            except AttributeError:  # not in this build (e.g. the K-quants' source is absent)
-                continue
-            dequantize_fn.argtypes, dequantize_fn.restype = _DEQUANTIZE_SIGNATURE, None
-            matmul_fn.argtypes, matmul_fn.restype = _MATMUL_SIGNATURE, None
-            functions[name] = (dequantize_fn, matmul_fn)
-        entry = _bound[id(library)] = (library, functions)
-    return entry[1]
+    """{type name: (dequantize, matmul)} of the library (cpu.load()'s or a test's variant)."""
+    return cpu.bound_per_library("gguf", library, _bind_gguf, {})
+
+
+def _bind_gguf(library: ctypes.CDLL) -> dict[str, tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]:
+    functions = {}
+    for name in QUANT_TYPES:
+        try:
+            dequantize_fn = getattr(library, f"gguf_dequantize_{name}")
+            matmul_fn = getattr(library, f"gguf_matmul_{name}")
+        except AttributeError:  # not in this build (e.g. the K-quants' source is absent)
+            continue
+        dequantize_fn.argtypes, dequantize_fn.restype = _DEQUANTIZE_SIGNATURE, None
+        matmul_fn.argtypes, matmul_fn.restype = _MATMUL_SIGNATURE, None
+        functions[name] = (dequantize_fn, matmul_fn)
+    return functions
 
 
 def supported_types(library: ctypes.CDLL | None = None) -> list[str]:

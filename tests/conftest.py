@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import re
 import signal
 import subprocess
@@ -19,6 +20,23 @@ import pytest
 os.environ.setdefault("VLLM_CLI_CACHE_DIR", tempfile.mkdtemp(prefix="vllm-cli-test-cache-"))
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture
+def random_seed(request) -> int:
+    """A fresh seed per test, printed and kept in the test's report so a failure can be replayed."""
+    seed = random.randrange(2**31)
+    request.node.user_properties.append(("seed", seed))
+    print(f"seed {seed}")
+    return seed
+
+
+@pytest.fixture
+def rng(random_seed: int):
+    """A torch generator on random_seed (the kernel tests' random inputs)."""
+    import torch
+
+    return torch.Generator().manual_seed(random_seed)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import subprocess
 import sys
 
@@ -23,14 +22,6 @@ from vllm_cli.model_executor.layers.rotary import RotaryEmbedding, rotate_neox
 if cpu._compiler() is None:
     pytest.skip("no C compiler on this machine: the CPU kernels are not built (torch ops are used)",
                 allow_module_level=True)
-
-
-@pytest.fixture
-def rng(request):
-    seed = random.randrange(2**31)
-    request.node.user_properties.append(("seed", seed))
-    print(f"seed {seed}")
-    return torch.Generator().manual_seed(seed)
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:

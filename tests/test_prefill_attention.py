@@ -8,7 +8,6 @@ Inputs are fresh random draws (seed printed on failure)."""
 from __future__ import annotations
 
 import ctypes
-import random
 
 import pytest
 import torch
@@ -19,14 +18,6 @@ from vllm_cli.kernels.attention_reference import paged_prefill_attention_ref
 if cpu._compiler() is None:
     pytest.skip("no C compiler on this machine: the CPU kernels are not built (SDPA is used)",
                 allow_module_level=True)
-
-
-@pytest.fixture
-def rng(request):
-    seed = random.randrange(2**31)
-    request.node.user_properties.append(("seed", seed))
-    print(f"seed {seed}")
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import platform
-import random
 
 import numpy as np
 import pytest
@@ -59,11 +58,9 @@ def library(build: str) -> ctypes.CDLL:
 
 
 @pytest.fixture
-def rng(request):
-    seed = random.randrange(2**31)
-    request.node.user_properties.append(("seed", seed))
-    print(f"seed {seed}")
-    return np.random.default_rng(seed)
+def rng(random_seed):
+    """numpy's generator here (the blocks are numpy arrays), on conftest's recorded seed."""
+    return np.random.default_rng(random_seed)
 
 
 def random_blocks(name: str, count: int, rng: np.random.Generator) -> np.ndarray:

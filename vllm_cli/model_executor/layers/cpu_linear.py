@@ -133,28 +133,24 @@ def _pack(kind: str, weight: torch.Tensor) -> torch.Tensor:
 
 FGEMM_PANEL = 32
 _FGEMM_SIGNATURE = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
-# id(library) -> (library, {dtype: kernel}); the library of cpu.load() or a test's variant
-_fgemm_bound: dict[int, tuple[ctypes.CDLL, dict[torch.dtype, Callable[..., None]]]] = {}
 
 
 def fgemm_functions(library: ctypes.CDLL | None = None) -> dict[torch.dtype, Callable[..., None]]:
     """{weight dtype: fgemm_matmul_<type>} of the CPU library (empty without it, or on a CPU with
     neither AVX-512 nor AVX2, where float_gemm.c defines nothing)."""
-    library = library if library is not None else cpu.load()
-    if library is None:
-        return {}
-    entry = _fgemm_bound.get(id(library))
-    if entry is None or entry[0] is not library:
-        functions = {}
-        for dtype, suffix in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
-            try:
-                fn = getattr(library, f"fgemm_matmul_{suffix}")
-            except AttributeError:
-                continue
-            fn.argtypes, fn.restype = _FGEMM_SIGNATURE, None
-            functions[dtype] = fn
-        entry = _fgemm_bound[id(library)] = (library, functions)
-    return entry[1]
+    return cpu.bound_per_library("fgemm", library, _bind_fgemm, {})
+
+
+def _bind_fgemm(library: ctypes.CDLL) -> dict[torch.dtype, Callable[..., None]]:
+    functions = {}
+    for dtype, suffix in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+        try:
+            fn = getattr(library, f"fgemm_matmul_{suffix}")
+        except AttributeError:
+            continue
+        fn.argtypes, fn.restype = _FGEMM_SIGNATURE, None
+        functions[dtype] = fn
+    return functions
 
 
 def fgemm_pack(weight: torch.Tensor) -> torch.Tensor:
